@@ -1,0 +1,25 @@
+# `make test` and (from issue #6) `make train` create or reuse .venv in the repo root.
+# torch: on a machine without an NVIDIA GPU we pin torch==2.13.0 (a local CPU wheel on the project's machines);
+# elsewhere set TORCH_INDEX_URL, e.g. make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ddpo-env-installed
+TORCH_INDEX_URL ?=
+TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
+
+.PHONY: venv test lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest -q

@@ -1,0 +1,219 @@
+"""Model backends: one small interface over the parts of a text-to-image diffusion model.
+
+The env uses the frozen parts (``encode_prompts``, ``decode``, ``scheduler_config``); the agents' policy
+trains ``unet`` through ``predict``. A backend is chosen by name with :func:`load_backend`:
+
+    "default"            the embedded default model (until the trained one ships: the tiny model below)
+    "tiny"               a random tiny Stable Diffusion (ddpo_env.models.tiny), for tests and smoke runs
+    a local folder       any diffusers StableDiffusionPipeline saved with save_pretrained
+    "org/name"           a hub id, loaded with StableDiffusionPipeline.from_pretrained (needs the network
+                         or a filled Hugging Face cache)
+    a pipeline / backend an already-built StableDiffusionPipeline or DiffusionBackend instance
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DiffusionBackend(abc.ABC):
+    """What the env and the policy need from a diffusion model.
+
+    Attributes:
+        name: a short description for reprs and checkpoints.
+        unet: the trainable network ``unet(x_t, t, encoder_hidden_states=...)``.
+        scheduler_config: the diffusers scheduler config the DDIM schedule is built from.
+        default_num_steps: DDIM steps per episode when the user gives none.
+        default_guidance_scale: classifier-free guidance weight when the user gives none.
+        default_prompts: prompts used when the user gives none.
+        device, dtype: where and in which precision the model runs.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    scheduler_config: dict
+    default_num_steps: int
+    default_guidance_scale: float
+    default_prompts: tuple[str, ...]
+    device: torch.device
+    dtype: torch.dtype
+
+    @abc.abstractmethod
+    def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+        """(C, h, w) of x_t for an image of ``image_size`` = (height, width), or the model's native size if None.
+        Raises ValueError for a size the model cannot produce."""
+
+    @abc.abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompt conditioning (B, L, D) on ``device`` in ``dtype``; no gradient."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images as float32 in [0, 1], (B, 3, H, W), from final latents x_0 (B, C, h, w); no gradient."""
+
+    def predict(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """The network output (ε̂, v̂ or x̂₀) for x_t (B, C, h, w), τ (B,), conditioning (B, L, D); float32 out."""
+        out = self.unet(
+            latents.to(self.dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(self.dtype)
+        ).sample
+        return out.to(latents.dtype)
+
+    @abc.abstractmethod
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> DiffusionBackend:
+        """Move every part to ``device``/``dtype`` in place; returns self."""
+
+
+class StableDiffusionBackend(DiffusionBackend):
+    """A diffusers ``StableDiffusionPipeline``: CLIP text encoder, VAE latent space, cross-attention UNet."""
+
+    default_num_steps = 50
+    default_guidance_scale = 5.0
+    default_prompts = ("a cat", "a dog", "a horse", "a monkey", "a rabbit", "a zebra", "a spider", "a bird")
+
+    def __init__(self, pipeline: Any, name: str = "stable-diffusion") -> None:
+        self.pipeline = pipeline
+        self.name = name
+        self.unet = pipeline.unet
+        self.vae = pipeline.vae
+        self.text_encoder = pipeline.text_encoder
+        self.tokenizer = pipeline.tokenizer
+        self.scheduler_config = dict(pipeline.scheduler.config)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        for module in (self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+
+    def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = image_size if image_size is not None else (native, native)
+        f = self.vae_scale_factor
+        if height % f or width % f or height <= 0 or width <= 0:
+            raise ValueError(
+                f"image_size {(height, width)} must be positive multiples of the VAE factor {f} "
+                f"(the native size of this model is {native})"
+            )
+        return (self.unet.config.in_channels, height // f, width // f)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        scaled = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(scaled).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> StableDiffusionBackend:
+        device = torch.device(device)
+        for module in (self.unet, self.vae, self.text_encoder):
+            if module.device != device or module.dtype != dtype:  # diffusers warns on every cast
+                module.to(device=device, dtype=dtype)
+        self.device = self.unet.device
+        self.dtype = self.unet.dtype
+        return self
+
+    def __repr__(self) -> str:
+        return f"StableDiffusionBackend({self.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+class TinyBackend(StableDiffusionBackend):
+    """The random tiny Stable Diffusion of :mod:`ddpo_env.models.tiny` (4×8×8 latents, 16×16 images)."""
+
+    default_num_steps = 20
+    default_guidance_scale = 1.0
+    default_prompts = tuple(f"a handwritten digit {d}" for d in range(10))
+
+    def __init__(self, seed: int = 0, **kwargs: Any) -> None:
+        from ddpo_env.models.tiny import build_tiny_pipeline
+
+        super().__init__(build_tiny_pipeline(seed, **kwargs), name=f"tiny(seed={seed})")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """torch dtype from "float32" | "float16" | "bfloat16" or a torch.dtype; ValueError otherwise."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unknown dtype {dtype!r}: use one of {sorted(DTYPES)}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" → cuda if available else cpu; anything else must be a device torch can use here."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU here: use device='cpu'")
+        if resolved.index is None:  # modules report cuda:N; compare like with like
+            resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+def load_backend(
+    model: Any = "default", device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> DiffusionBackend:
+    """Build the backend named by ``model`` (see the module docstring) on ``device`` in ``dtype``."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if isinstance(model, DiffusionBackend):
+        backend = model
+    elif _is_sd_pipeline(model):
+        backend = StableDiffusionBackend(model, name=type(model).__name__)
+    elif model in ("default", "tiny"):
+        backend = TinyBackend()
+    elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+        backend = _from_pretrained(str(model), local_files_only=True)
+    elif isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/")):
+        backend = _from_pretrained(model, local_files_only=False)
+    else:
+        raise ValueError(
+            f"unknown model {model!r}: use 'default', 'tiny', a local folder saved by a diffusers "
+            "StableDiffusionPipeline, a hub id like 'org/name', or a StableDiffusionPipeline instance"
+        )
+    return backend.to(device, dtype)
+
+
+def _is_sd_pipeline(model: Any) -> bool:
+    from diffusers import DiffusionPipeline
+
+    return isinstance(model, DiffusionPipeline) and all(
+        hasattr(model, part) for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    )
+
+
+def _from_pretrained(path_or_id: str, local_files_only: bool) -> StableDiffusionBackend:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            path_or_id, safety_checker=None, requires_safety_checker=False, local_files_only=local_files_only
+        )
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"could not load a StableDiffusionPipeline from {path_or_id!r}: {e}. Pass a local folder written by "
+            "pipeline.save_pretrained(folder), or download the hub id first (this machine may be offline)"
+        ) from e
+    return StableDiffusionBackend(pipeline, name=path_or_id)

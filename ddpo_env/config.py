@@ -1,0 +1,82 @@
+"""The env's configuration: one typed dataclass, one docstring per field, checked at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from gymnasium.vector import AutoresetMode
+
+from ddpo_env.prompts import PromptsLike
+
+
+@dataclass
+class EnvConfig:
+    """Everything that defines a DenoisingDiffusion-v0 task. ``gym.make`` keyword arguments map onto it."""
+
+    model: Any = "default"
+    """'default' (embedded model), 'tiny', a local diffusers pipeline folder, a hub id, or a pipeline/backend."""
+
+    prompts: PromptsLike | None = None
+    """Prompt distribution: a list of strings, a text file (one per line) or fn(rng) -> str. None: the model's."""
+
+    num_steps: int | None = None
+    """T, DDIM steps per episode (= episode length). None: the model's default (20 embedded, 50 on SD)."""
+
+    eta: float = 1.0
+    """DDIM noise scale η in (0, 1]; the policy's std is η·σ_t. η = 0 has no log-probability and is refused."""
+
+    guidance_scale: float | None = None
+    """Classifier-free guidance weight w used by policies on this env (1 = no guidance). None: the model's."""
+
+    image_size: int | tuple[int, int] | None = None
+    """Output image (height, width), or one int for a square; must suit the model. None: native size."""
+
+    device: str = "auto"
+    """Where latents, prompt embeddings and the frozen model live: 'auto' (cuda if present), 'cpu', 'cuda:N'."""
+
+    dtype: str = "float32"
+    """Model compute precision: 'float32', 'float16' or 'bfloat16'. Latents are always stored in float32."""
+
+    scheduler_overrides: dict = field(default_factory=dict)
+    """Entries replacing the model's scheduler config, e.g. {"timestep_spacing": "trailing"}."""
+
+    latent_bound: float = 1000.0
+    """Finite bound of the latent Box spaces, far beyond any real latent so an action is never clipped."""
+
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP
+    """Vector env only: 'next_step' (Gymnasium's default), 'same_step' or 'disabled'."""
+
+    render_mode: str | None = None
+    """None or 'rgb_array' (render() decodes the current latents to images)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta > 0):
+            raise ValueError(
+                f"eta must be > 0, got {self.eta!r}: with eta=0 the denoising step is deterministic and has "
+                "no log-probability (DDPO uses eta=1.0)"
+            )
+        if self.guidance_scale is not None and not (
+            isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)
+            and self.guidance_scale >= 1
+        ):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 1 (1 disables guidance), got {self.guidance_scale!r}"
+            )
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        if self.image_size is not None and not (
+            len(self.image_size) == 2 and all(isinstance(s, int) for s in self.image_size)
+        ):
+            raise ValueError(f"image_size must be an int or (height, width) ints, got {self.image_size!r}")
+        if not (math.isfinite(self.latent_bound) and self.latent_bound > 0):
+            raise ValueError(f"latent_bound must be finite and > 0, got {self.latent_bound!r}")
+        try:
+            self.autoreset_mode = AutoresetMode(self.autoreset_mode)
+        except ValueError as e:
+            raise ValueError(
+                f"unknown autoreset_mode {self.autoreset_mode!r}: use 'next_step', 'same_step' or 'disabled'"
+            ) from e
+        if self.render_mode not in (None, "rgb_array"):
+            raise ValueError(f"unknown render_mode {self.render_mode!r}: use None or 'rgb_array'")

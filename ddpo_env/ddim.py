@@ -1,0 +1,299 @@
+"""The DDIM denoising step as a Gaussian policy, with its exact log-probability.
+
+DDPO (Black et al. 2024, §4) treats one DDIM step as an action a_t = x_{t-1} drawn from
+π_θ(x_{t-1} | x_t, t, c) = N(μ_θ(x_t, t, c), σ_t² I). This file holds that math and nothing else;
+the env (schedule), the reference sampler and the agents' policy all call it, so there is one
+implementation.
+
+Code name → paper symbol (Song et al. 2021 eq. 12, 16; Black et al. 2024 §4):
+
+    alpha_prod_t        ᾱ_t            alphas_cumprod at the current timestep t
+    alpha_prod_t_prev   ᾱ_{t'}         at the previous timestep t' (``final_alpha_cumprod`` when t' < 0)
+    beta_prod_t         1 − ᾱ_t
+    pred_original_sample x̂₀
+    pred_epsilon        ε̂
+    variance            σ_t²           (1−ᾱ_{t'})/(1−ᾱ_t) · (1 − ᾱ_t/ᾱ_{t'})
+    std_dev_t           η·σ_t          the policy's standard deviation
+    mean                μ_θ            √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'}−(ησ_t)²)·ε̂
+    log_prob            log π_θ        mean (not sum) over all non-batch dims
+
+The operations follow ``diffusers.DDIMScheduler.step`` term for term so that, in the same dtype, the
+sample equals diffusers' with ``variance_noise=z`` up to float rounding (tests check every timestep).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class DDIMStepOutput(NamedTuple):
+    """Result of one stochastic DDIM step; every tensor has batch dimension B first.
+
+    prev_sample: x_{t-1}, the action (B, C, H, W).
+    log_prob: log π_θ(x_{t-1} | x_t), mean-reduced over (C, H, W): shape (B,).
+    mean: μ_θ (B, C, H, W).
+    std_dev_t: η·σ_t broadcastable to the sample, e.g. (B, 1, 1, 1).
+    pred_original_sample: x̂₀ after clipping/thresholding (B, C, H, W).
+    """
+
+    prev_sample: torch.Tensor
+    log_prob: torch.Tensor
+    mean: torch.Tensor
+    std_dev_t: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """The T denoising steps of an episode and their per-step coefficients.
+
+    Built from a diffusers scheduler config with :meth:`from_scheduler_config`; diffusers' own
+    ``DDIMScheduler.set_timesteps`` chooses the timesteps so the spacing logic never drifts from it.
+
+    Attributes (index k = 0 .. T−1 is the step of the episode; all tensors float32 on CPU, shape (T,)):
+        timesteps: τ_k, int64, decreasing (e.g. 951, 901, …, 1).
+        prev_timesteps: τ_k − num_train_timesteps // T, as diffusers computes t' (may be negative).
+        alpha_prod_t: ᾱ_{τ_k}.
+        alpha_prod_t_prev: ᾱ_{t'}, or ``final_alpha_cumprod`` where t' < 0.
+        std_dev_t: η·σ_{τ_k}; strictly positive (checked at construction).
+        eta: η.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value:
+            the scheduler's treatment of x̂₀, copied from its config.
+        num_train_timesteps: length of the training noise schedule (1000 for Stable Diffusion).
+    """
+
+    timesteps: torch.Tensor
+    prev_timesteps: torch.Tensor
+    alpha_prod_t: torch.Tensor
+    alpha_prod_t_prev: torch.Tensor
+    std_dev_t: torch.Tensor
+    eta: float
+    prediction_type: str
+    clip_sample: bool
+    clip_sample_range: float
+    thresholding: bool
+    dynamic_thresholding_ratio: float
+    sample_max_value: float
+    num_train_timesteps: int
+
+    @property
+    def num_steps(self) -> int:
+        """T, the number of denoising steps (= episode length)."""
+        return int(self.timesteps.shape[0])
+
+    @classmethod
+    def from_scheduler_config(cls, config: Any, num_steps: int, eta: float = 1.0) -> DDIMSchedule:
+        """Build the schedule for ``num_steps`` DDIM steps with noise scale ``eta``.
+
+        ``config`` is a diffusers scheduler config (any scheduler's: DDIM reads the fields it knows).
+        Raises ValueError for eta ≤ 0, num_steps outside [1, num_train_timesteps], an unknown
+        prediction type, or any step whose std is 0 (its log-probability would be undefined).
+        """
+        from diffusers import DDIMScheduler
+
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
+            raise ValueError(
+                f"eta must be > 0, got {eta!r}: with eta=0 the denoising step is deterministic and has "
+                "no log-probability (DDPO uses eta=1.0)"
+            )
+        scheduler = DDIMScheduler.from_config(config)
+        c = scheduler.config
+        if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= c.num_train_timesteps:
+            raise ValueError(
+                f"num_steps must be an int in [1, {c.num_train_timesteps}] (the model's num_train_timesteps), "
+                f"got {num_steps!r}"
+            )
+        if c.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type {c.prediction_type!r} is not supported: use one of {PREDICTION_TYPES}"
+            )
+        scheduler.set_timesteps(int(num_steps))
+        timesteps = scheduler.timesteps.to(torch.int64)
+        prev_timesteps = timesteps - c.num_train_timesteps // int(num_steps)
+        alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
+        final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
+        alpha_prod_t = alphas_cumprod[timesteps]
+        # t' < 0 means "after the last step": diffusers uses final_alpha_cumprod there. (The DDPO
+        # reference code clamps t' to 0 instead, which differs when set_alpha_to_one=True.)
+        alpha_prod_t_prev = torch.where(
+            prev_timesteps >= 0, alphas_cumprod[prev_timesteps.clamp(min=0)], final
+        )
+        std_dev_t = eta * _variance(alpha_prod_t, alpha_prod_t_prev) ** 0.5
+        zero = (~(std_dev_t > 0)).nonzero().flatten().tolist()
+        if zero:
+            k = zero[0]
+            raise ValueError(
+                f"step {k} of {num_steps} (timestep {int(timesteps[k])} -> {int(prev_timesteps[k])}) has std 0, "
+                "so its log-probability is undefined. This happens when the last step lands on ᾱ_{t'} = ᾱ_t "
+                "(timestep_spacing='leading' or 'linspace' with steps_offset=0) or ᾱ_{t'} = 1 "
+                "(set_alpha_to_one=True): use timestep_spacing='trailing' or steps_offset=1, "
+                "and set_alpha_to_one=False"
+            )
+        if bool((1 - alpha_prod_t_prev - std_dev_t**2 < 0).any()):
+            raise ValueError(
+                f"eta={eta} is too large: 1 - ᾱ_(t') - (eta·σ_t)² < 0 on some step, so the DDIM mean is undefined; "
+                "use 0 < eta <= 1"
+            )
+        return cls(
+            timesteps=timesteps,
+            prev_timesteps=prev_timesteps,
+            alpha_prod_t=alpha_prod_t,
+            alpha_prod_t_prev=alpha_prod_t_prev,
+            std_dev_t=std_dev_t,
+            eta=float(eta),
+            prediction_type=c.prediction_type,
+            clip_sample=bool(c.clip_sample),
+            clip_sample_range=float(c.clip_sample_range),
+            thresholding=bool(c.thresholding),
+            dynamic_thresholding_ratio=float(c.dynamic_thresholding_ratio),
+            sample_max_value=float(c.sample_max_value),
+            num_train_timesteps=int(c.num_train_timesteps),
+        )
+
+    def step_index(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Map timesteps τ (any shape, int) to step indices k; raises ValueError for a timestep not in the schedule."""
+        t = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
+        match = t.reshape(-1, 1) == self.timesteps.reshape(1, -1)
+        if not bool(match.any(dim=1).all()):
+            bad = t.reshape(-1)[~match.any(dim=1)].unique().tolist()
+            raise ValueError(
+                f"timesteps {bad} are not in this schedule {self.timesteps.tolist()}: "
+                "was the observation produced by an env with the same num_steps and scheduler?"
+            )
+        return match.to(torch.int64).argmax(dim=1).reshape(t.shape)
+
+    def coefficients(
+        self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ᾱ_t, ᾱ_{t'}, η·σ_t) for a batch of timesteps (B,), each shaped (B, 1, …, 1) with ``ndim`` dims."""
+        k = self.step_index(timesteps).reshape(-1)
+        shape = (-1,) + (1,) * (ndim - 1)
+        return tuple(  # type: ignore[return-value]
+            v[k].reshape(shape).to(device=device, dtype=dtype)
+            for v in (self.alpha_prod_t, self.alpha_prod_t_prev, self.std_dev_t)
+        )
+
+
+def _variance(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor) -> torch.Tensor:
+    """σ_t² = (1−ᾱ_{t'})/(1−ᾱ_t) · (1 − ᾱ_t/ᾱ_{t'})  (DDIM eq. 16 with η = 1)."""
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    return (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+
+def predict_original_sample(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    schedule: DDIMSchedule,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1 and 4 of DDIM: (x̂₀, ε̂) from the network output, then clip or threshold x̂₀ as configured."""
+    beta_prod_t = 1 - alpha_prod_t
+    if schedule.prediction_type == "epsilon":
+        pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+        pred_epsilon = model_output
+    elif schedule.prediction_type == "sample":
+        pred_original_sample = model_output
+        pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
+    else:  # v_prediction (validated in DDIMSchedule)
+        pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
+        pred_epsilon = (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample
+    if schedule.thresholding:
+        pred_original_sample = _dynamic_threshold(pred_original_sample, schedule)
+    elif schedule.clip_sample:
+        r = schedule.clip_sample_range
+        pred_original_sample = pred_original_sample.clamp(-r, r)
+    return pred_original_sample, pred_epsilon
+
+
+def _dynamic_threshold(x0: torch.Tensor, schedule: DDIMSchedule) -> torch.Tensor:
+    """Imagen's dynamic thresholding of x̂₀: per sample, s = quantile(|x̂₀|, ratio) clamped to [1, max]."""
+    flat = x0.float().reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), schedule.dynamic_thresholding_ratio, dim=1)
+    s = torch.clamp(s, min=1, max=schedule.sample_max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def ddim_step(
+    model_output: torch.Tensor,
+    timesteps: torch.Tensor,
+    sample: torch.Tensor,
+    schedule: DDIMSchedule,
+    *,
+    noise: torch.Tensor | None = None,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> DDIMStepOutput:
+    """One stochastic DDIM step x_t → x_{t-1} with its log-probability under π_θ.
+
+    Args:
+        model_output: network output (ε̂, v̂ or x̂₀ per ``schedule.prediction_type``), (B, C, H, W).
+        timesteps: τ of each sample, (B,) int; may differ across the batch (training minibatches).
+        sample: x_t, (B, C, H, W).
+        schedule: the episode's :class:`DDIMSchedule`.
+        noise: z ~ N(0, I) to sample with: x_{t-1} = μ + η σ_t z.
+        prev_sample: an x_{t-1} already taken (training): its log-prob is evaluated, nothing is sampled.
+        generator: draws z when neither ``noise`` nor ``prev_sample`` is given (one per sample, or one).
+
+    Math in the sample's dtype; the log-prob is computed in float32 (or float64 if the sample is).
+    """
+    if noise is not None and prev_sample is not None:
+        raise ValueError("pass either noise (to sample) or prev_sample (to score), not both")
+    alpha_prod_t, alpha_prod_t_prev, std_dev_t = schedule.coefficients(
+        timesteps, sample.ndim, sample.device, sample.dtype
+    )
+    # 1, 4. x̂₀ and ε̂ from the model output; clip or threshold x̂₀.
+    pred_original_sample, pred_epsilon = predict_original_sample(model_output, sample, alpha_prod_t, schedule)
+    # 2, 3. μ = √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'}−(ησ_t)²)·ε̂ ; std = ησ_t (precomputed in the schedule).
+    pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * pred_epsilon
+    mean = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
+    if prev_sample is None:
+        if noise is None:
+            noise = _randn_like(mean, generator)
+        prev_sample = mean + std_dev_t * noise
+    return DDIMStepOutput(
+        prev_sample=prev_sample,
+        log_prob=gaussian_log_prob(prev_sample, mean, std_dev_t),
+        mean=mean,
+        std_dev_t=std_dev_t,
+        pred_original_sample=pred_original_sample,
+    )
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; μ, std² I) per element, averaged over all non-batch dims → (B,).
+
+    Step 4 of DESIGN.md: mean, not sum, so that ratios and clip ranges do not scale with latent size.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
+    log_prob = -((x.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_2PI
+    return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+
+
+def classifier_free_guidance(
+    uncond_output: torch.Tensor, cond_output: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
+    """ε̂ = ε_u + w·(ε_c − ε_u): the guided prediction, used alike in sampling and training."""
+    return uncond_output + guidance_scale * (cond_output - uncond_output)
+
+
+def _randn_like(
+    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+) -> torch.Tensor:
+    if isinstance(generator, list):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}: pass one per sample")
+        return torch.stack(
+            [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
+        ).to(like.device)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

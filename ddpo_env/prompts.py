@@ -1,0 +1,119 @@
+"""The prompt distribution c ~ p(c) of the MDP, and the table that gives each prompt a small integer id.
+
+Observations carry a prompt *id*, not an embedding, so rollout storage holds one integer per step; the
+env turns ids back into strings (:meth:`PromptTable.strings`) or embeddings (the env's embedding cache).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+PromptFn = Callable[[np.random.Generator], str]
+PromptsLike = Union[Sequence[str], str, os.PathLike, PromptFn]
+
+#: Ids are stored as float32 by stable-baselines3's preprocessing, exact up to 2**24.
+MAX_PROMPT_IDS = 2**24
+
+
+class PromptSource:
+    """Draws prompts: uniformly from a list, from a text file (one prompt per line), or from a callable.
+
+    Args:
+        prompts: a non-empty list of strings; a path to a UTF-8 text file (``pathlib.Path``, or a ``str``
+            that names an existing file or ends in ``.txt``) with one prompt per line (blank lines and lines
+            starting with ``#`` are skipped); any other single ``str`` is one prompt; or a callable
+            ``fn(rng: numpy.random.Generator) -> str`` that must draw its randomness from ``rng`` only.
+    """
+
+    def __init__(self, prompts: PromptsLike) -> None:
+        self.fn: PromptFn | None = None
+        self.prompts: tuple[str, ...] | None = None
+        if callable(prompts):
+            self.fn = prompts
+            return
+        if isinstance(prompts, os.PathLike) or (
+            isinstance(prompts, str) and (prompts.endswith(".txt") or os.path.isfile(prompts))
+        ):
+            prompts = _read_prompt_file(Path(prompts))
+        elif isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence):
+            raise TypeError(
+                f"prompts must be a list of strings, a path to a text file or a callable, got {type(prompts).__name__}"
+            )
+        if len(prompts) == 0:
+            raise ValueError(
+                "prompts is empty: give at least one prompt string, a text file with one prompt per line, "
+                "or a callable fn(rng) -> str"
+            )
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"every prompt must be a str, got {bad[0]!r} ({type(bad[0]).__name__})")
+        self.prompts = tuple(prompts)
+
+    def sample(self, rng: np.random.Generator) -> str:
+        """One prompt drawn with ``rng`` (uniform over the list, or the callable's choice)."""
+        if self.prompts is not None:
+            return self.prompts[int(rng.integers(len(self.prompts)))]
+        prompt = self.fn(rng)  # type: ignore[misc]
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"the prompt function {getattr(self.fn, '__name__', self.fn)!r} returned "
+                f"{type(prompt).__name__}, expected str"
+            )
+        return prompt
+
+    def __repr__(self) -> str:
+        if self.prompts is not None:
+            return f"PromptSource({len(self.prompts)} prompts)"
+        return f"PromptSource(fn={getattr(self.fn, '__name__', self.fn)!r})"
+
+
+def _read_prompt_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"prompt file {str(path)!r} does not exist: pass a text file with one prompt per line, "
+            "or a list of prompt strings"
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class PromptTable:
+    """Bidirectional map prompt string ↔ id. Id 0 is always the empty prompt "" (the unconditional / negative
+    prompt of classifier-free guidance); a list source gets ids 1..n in list order."""
+
+    def __init__(self, initial: Sequence[str] = ()) -> None:
+        self._ids: dict[str, int] = {}
+        self._strings: list[str] = []
+        for prompt in ("", *initial):
+            self.id_of(prompt)
+
+    def id_of(self, prompt: str) -> int:
+        """The id of ``prompt``, assigning the next free id on first sight."""
+        found = self._ids.get(prompt)
+        if found is not None:
+            return found
+        if len(self._strings) >= MAX_PROMPT_IDS:
+            raise RuntimeError(
+                f"more than {MAX_PROMPT_IDS} distinct prompts in one env: a prompt function that never repeats "
+                "exhausts the id space; draw from a finite set or recreate the env"
+            )
+        self._ids[prompt] = len(self._strings)
+        self._strings.append(prompt)
+        return self._ids[prompt]
+
+    def strings(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        """Prompt strings for an array of ids (any shape, flattened)."""
+        flat = np.asarray(ids).reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self._strings)):
+            raise KeyError(f"unknown prompt id in {flat.tolist()}: this table has ids 0..{len(self._strings) - 1}")
+        return [self._strings[int(i)] for i in flat]
+
+    def __len__(self) -> int:
+        return len(self._strings)

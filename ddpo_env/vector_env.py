@@ -1,0 +1,301 @@
+"""DenoisingDiffusion-v0 as a native batched Gymnasium ``VectorEnv`` (the ``CartPoleVectorEnv`` template).
+
+The MDP of DDPO (Black et al. 2024, §4), all envs advancing in one call:
+
+    state   s_k = (c, τ_k, x_{τ_k})      obs {"latent": x (C,h,w) float32, "timestep": [τ_k], "prompt_id": [id]}
+    action  a_k = x_{τ_{k+1}}           the next latent, a Box (C,h,w) float32 with finite bounds
+    reward  0 on steps 1..T−1; at step T the env decodes x_0 and puts ``info["image"]`` (B,H,W,3 uint8) and
+            ``info["prompt"]`` (B,) for reward wrappers, which add the score. The bare env's reward is 0.
+    end     exactly T = num_steps steps; step T has terminated=True, truncated=False. The terminal obs holds x_0
+            with timestep 0.
+
+Every env of the batch is at the same step (episodes are all T long), so resets are whole-batch.
+Randomness: env i owns a numpy generator (prompt draws) and a torch generator (x_T), both seeded seed+i, so
+env i's trajectory does not depend on num_envs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from ddpo_env.backends import DiffusionBackend, load_backend
+from ddpo_env.config import EnvConfig
+from ddpo_env.ddim import DDIMSchedule
+from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource, PromptTable
+
+_EMBED_CACHE_SIZE = 4096
+
+
+class DenoisingDiffusionVectorEnv(VectorEnv):
+    """``gym.make_vec("DenoisingDiffusion-v0", num_envs=B, **EnvConfig fields)``.
+
+    Useful attributes for policies: ``backend`` (frozen parts + trainable UNet), ``schedule``
+    (:class:`~ddpo_env.ddim.DDIMSchedule`), ``guidance_scale``, :meth:`prompt_embeds`,
+    :meth:`negative_prompt_embeds`, :meth:`prompt_strings`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise ValueError(f"pass either config= or keyword arguments, not both (got {sorted(kwargs)})")
+        self.config = config if config is not None else EnvConfig(**kwargs)
+        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        cfg = self.config
+        self.num_envs = int(num_envs)
+        self.render_mode = cfg.render_mode
+        self.metadata = {**self.metadata, "autoreset_mode": cfg.autoreset_mode}
+
+        self.backend: DiffusionBackend = load_backend(cfg.model, cfg.device, cfg.dtype)
+        self.device = self.backend.device
+        self.prompt_source = PromptSource(cfg.prompts if cfg.prompts is not None else self.backend.default_prompts)
+        self.prompt_table = PromptTable(self.prompt_source.prompts or ())
+        self.guidance_scale = float(
+            cfg.guidance_scale if cfg.guidance_scale is not None else self.backend.default_guidance_scale
+        )
+        num_steps = cfg.num_steps if cfg.num_steps is not None else self.backend.default_num_steps
+        scheduler_config = {**self.backend.scheduler_config, **cfg.scheduler_overrides}
+        self.schedule = DDIMSchedule.from_scheduler_config(scheduler_config, num_steps, cfg.eta)
+        self.num_steps = self.schedule.num_steps
+        self.latent_shape = self.backend.latent_shape(cfg.image_size)
+
+        bound = np.float32(cfg.latent_bound)
+        latent_space = spaces.Box(-bound, bound, self.latent_shape, np.float32)
+        self.single_action_space = latent_space
+        self.single_observation_space = spaces.Dict(
+            {
+                "latent": latent_space,
+                "timestep": spaces.Box(0, self.schedule.num_train_timesteps - 1, (1,), np.int64),
+                "prompt_id": spaces.Box(0, MAX_PROMPT_IDS - 1, (1,), np.int64),
+            }
+        )
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+
+        self._latents: torch.Tensor | None = None  # x at the current step, (B, C, h, w) float32 on device
+        self._prompt_ids = np.zeros(self.num_envs, dtype=np.int64)
+        self._step: int | None = None  # k in 0..T; None before the first reset
+        self._episode_over = False
+        self._prompt_rngs: list[np.random.Generator] = []
+        self._noise_generators: list[torch.Generator] = []
+        self._embed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    # ----------------------------------------------------------------------------------------------- API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start a new episode in every env: draw c and x_T ~ N(0, I) from env i's generators.
+
+        Args:
+            seed: env i's generators restart from seed + i; None continues them (or seeds from entropy once).
+            options: {"prompts": [str] * num_envs} fixes the prompts of this episode (e.g. for evaluation).
+        """
+        super().reset(seed=seed)
+        prompts = self._parse_reset_options(options)
+        if seed is not None or not self._prompt_rngs:
+            base = int(seed) if seed is not None else int(self.np_random.integers(2**62))
+            self._seed_generators(base)
+        self._start_episode(prompts)
+        return self._observation(), {}
+
+    def step(
+        self, actions: np.ndarray | torch.Tensor
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Take x_{t-1} = ``actions`` (num_envs, C, h, w) as the next latents; see the module docstring."""
+        if self._step is None:
+            raise ResetNeeded("step() was called before reset(): call env.reset(seed=...) first")
+        x_prev = self._check_actions(actions)
+        zeros = np.zeros(self.num_envs, dtype=np.bool_)
+        if self._episode_over:
+            if self.config.autoreset_mode == AutoresetMode.DISABLED:
+                raise ResetNeeded(
+                    f"the episode ended after {self.num_steps} steps and autoreset_mode is 'disabled': "
+                    "call env.reset() before stepping again"
+                )
+            self._start_episode(None)  # NEXT_STEP: this step only resets; the action is ignored
+            return self._observation(), np.zeros(self.num_envs), zeros, zeros.copy(), {}
+
+        self._latents = x_prev
+        self._step += 1
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.full(self.num_envs, self._step == self.num_steps)
+        obs = self._observation()
+        if not terminated[0]:
+            return obs, rewards, terminated, zeros, {}
+
+        everywhere = np.ones(self.num_envs, dtype=np.bool_)
+        info: dict[str, Any] = {
+            "image": self.decode_images(self._latents),
+            "_image": everywhere,
+            "prompt": np.array(self.prompt_strings(self._prompt_ids), dtype=object),
+            "_prompt": everywhere.copy(),
+        }
+        if self.config.autoreset_mode == AutoresetMode.SAME_STEP:
+            info["final_obs"], info["_final_obs"] = obs, everywhere.copy()
+            self._start_episode(None)
+            obs = self._observation()
+        else:
+            self._episode_over = True
+        return obs, rewards, terminated, zeros, info
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """'rgb_array': the current latents decoded, one (H, W, 3) uint8 image per env."""
+        if self.render_mode is None:
+            gym.logger.warn("render() needs render_mode='rgb_array' at construction")
+            return None
+        if self._latents is None:
+            raise ResetNeeded("render() was called before reset(): call env.reset() first")
+        return tuple(self.decode_images(self._latents))
+
+    def close(self, **kwargs: Any) -> None:
+        self._embed_cache.clear()
+        super().close(**kwargs)
+
+    # --------------------------------------------------------------------------- for policies and rewards
+
+    def prompt_embeds(self, prompt_ids: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        """Conditioning (B, L, D) for prompt ids (B,) or (B, 1), on the env's device (cached per id)."""
+        ids = np.asarray(
+            prompt_ids.cpu() if isinstance(prompt_ids, torch.Tensor) else prompt_ids, dtype=np.int64
+        ).reshape(-1)
+        missing = sorted({int(i) for i in ids if int(i) not in self._embed_cache})
+        if missing:
+            for i, e in zip(missing, self.backend.encode_prompts(self.prompt_table.strings(missing)), strict=True):
+                self._embed_cache[i] = e
+        for i in ids:
+            self._embed_cache.move_to_end(int(i))
+        embeds = torch.stack([self._embed_cache[int(i)] for i in ids])
+        while len(self._embed_cache) > _EMBED_CACHE_SIZE:
+            self._embed_cache.popitem(last=False)
+        return embeds
+
+    def negative_prompt_embeds(self, batch_size: int = 1) -> torch.Tensor:
+        """Conditioning of the empty prompt (id 0), the unconditional branch of CFG: (batch_size, L, D)."""
+        return self.prompt_embeds(np.zeros(batch_size, dtype=np.int64))
+
+    def prompt_strings(self, prompt_ids: np.ndarray | list[int]) -> list[str]:
+        """The prompt text of each id."""
+        return self.prompt_table.strings(prompt_ids)
+
+    def decode_images(self, latents: torch.Tensor) -> np.ndarray:
+        """Decode latents (B, C, h, w) to uint8 images (B, H, W, 3) with the model's frozen decoder."""
+        images = self.backend.decode(latents)
+        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    @property
+    def step_index(self) -> int | None:
+        """k, the number of steps taken in the current episode (None before reset)."""
+        return self._step
+
+    # ----------------------------------------------------------------------------------------- internals
+
+    def _seed_generators(self, base: int) -> None:
+        self._prompt_rngs = [np.random.default_rng(base + i) for i in range(self.num_envs)]
+        self._noise_generators = [
+            torch.Generator(device=self.device).manual_seed(base + i) for i in range(self.num_envs)
+        ]
+
+    def _start_episode(self, prompts: list[str] | None) -> None:
+        if prompts is None:
+            prompts = [self.prompt_source.sample(rng) for rng in self._prompt_rngs]
+        self._prompt_ids = np.array([self.prompt_table.id_of(p) for p in prompts], dtype=np.int64)
+        self._latents = torch.stack(
+            [torch.randn(self.latent_shape, generator=g, device=self.device) for g in self._noise_generators]
+        )
+        self._step = 0
+        self._episode_over = False
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        assert self._latents is not None and self._step is not None
+        t = int(self.schedule.timesteps[self._step]) if self._step < self.num_steps else 0
+        return {
+            "latent": self._latents.cpu().numpy().copy(),
+            "timestep": np.full((self.num_envs, 1), t, dtype=np.int64),
+            "prompt_id": self._prompt_ids.reshape(-1, 1).copy(),
+        }
+
+    def _parse_reset_options(self, options: dict[str, Any] | None) -> list[str] | None:
+        if not options:
+            return None
+        unknown = set(options) - {"prompts"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}: the only option is 'prompts'")
+        prompts = options["prompts"]
+        if (
+            isinstance(prompts, str)
+            or len(prompts) != self.num_envs
+            or not all(isinstance(p, str) for p in prompts)
+        ):
+            raise ValueError(
+                f"options['prompts'] must be a list of {self.num_envs} strings (one per env), got {prompts!r}"
+            )
+        return list(prompts)
+
+    def _check_actions(self, actions: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Validate a batch of x_{t-1} and return it as a float32 tensor on the env's device."""
+        if isinstance(actions, torch.Tensor):
+            if actions.device != self.device:
+                raise ValueError(
+                    f"actions are on device {actions.device} but the env runs on {self.device}: "
+                    f"move them with actions.to('{self.device}') or pass a numpy array"
+                )
+            x = actions.detach().to(torch.float32).clone()
+        else:
+            array = np.asarray(actions)
+            if not np.issubdtype(array.dtype, np.number):
+                raise TypeError(f"actions must be a float array or tensor, got dtype {array.dtype}")
+            x = torch.from_numpy(array.astype(np.float32, copy=True)).to(self.device)
+        expected = (self.num_envs, *self.latent_shape)
+        if x.ndim != len(expected) or x.shape[0] != self.num_envs:
+            raise ValueError(
+                f"actions have shape {tuple(x.shape)} but the env expects {expected}: one x_(t-1) latent per env "
+                f"(num_envs={self.num_envs})"
+            )
+        if tuple(x.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"actions have per-env shape {tuple(x.shape[1:])} but the latent shape is {self.latent_shape} "
+                f"(full batch {expected})"
+            )
+        flat = x.reshape(self.num_envs, -1)
+        finite = torch.isfinite(flat).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(
+                f"actions contain NaN or Inf in env(s) {bad}: the policy produced a non-finite latent "
+                "(look at the learning rate and the log-probabilities)"
+            )
+        bound = self.config.latent_bound
+        if bool((flat.abs() > bound).any()):
+            bad = (flat.abs() > bound).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"actions exceed the latent bound ±{bound} in env(s) {bad}: no real latent is that large; "
+                "raise latent_bound if your model's latents are"
+            )
+        return x
+
+    def __repr__(self) -> str:
+        return (
+            f"DenoisingDiffusionVectorEnv(num_envs={self.num_envs}, model={self.backend!r}, "
+            f"num_steps={self.num_steps}, eta={self.schedule.eta}, guidance_scale={self.guidance_scale})"
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (model given by name), for logs and checkpoints."""
+        d = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+        d["model"] = self.backend.name
+        if callable(d["prompts"]):
+            d["prompts"] = repr(self.prompt_source)
+        d["autoreset_mode"] = self.config.autoreset_mode.value
+        return d
