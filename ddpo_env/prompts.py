@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 PromptFn = Callable[[np.random.Generator], str]
-PromptsLike = Union[Sequence[str], str, os.PathLike, PromptFn]
+PromptsLike = Sequence[str] | str | os.PathLike | PromptFn
 
 #: Ids are stored as float32 by stable-baselines3's preprocessing, exact up to 2**24.
 MAX_PROMPT_IDS = 2**24
