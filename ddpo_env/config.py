@@ -72,11 +72,16 @@ class EnvConfig:
             raise ValueError(f"image_size must be an int or (height, width) ints, got {self.image_size!r}")
         if not (math.isfinite(self.latent_bound) and self.latent_bound > 0):
             raise ValueError(f"latent_bound must be finite and > 0, got {self.latent_bound!r}")
-        try:
-            self.autoreset_mode = AutoresetMode(self.autoreset_mode)
-        except ValueError as e:
-            raise ValueError(
-                f"unknown autoreset_mode {self.autoreset_mode!r}: use 'next_step', 'same_step' or 'disabled'"
-            ) from e
+        self.autoreset_mode = _parse_autoreset_mode(self.autoreset_mode)
         if self.render_mode not in (None, "rgb_array"):
             raise ValueError(f"unknown render_mode {self.render_mode!r}: use None or 'rgb_array'")
+
+
+def _parse_autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """AutoresetMode from the enum, its value ('NextStep') or snake case ('next_step')."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    for member in AutoresetMode:
+        if isinstance(mode, str) and mode.replace("_", "").lower() == member.value.lower():
+            return member
+    raise ValueError(f"unknown autoreset_mode {mode!r}: use 'next_step', 'same_step' or 'disabled'")

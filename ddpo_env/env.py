@@ -21,7 +21,7 @@ class DenoisingDiffusionEnv(gym.Env):
     step call ``reset()``. The batched machinery (and the attributes policies use) is ``self.vector``.
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, config: EnvConfig | None = None, **kwargs: Any) -> None:
         if config is None:

@@ -44,7 +44,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
     :meth:`negative_prompt_embeds`, :meth:`prompt_strings`.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, **kwargs: Any) -> None:
         if config is not None and kwargs:
