@@ -25,7 +25,7 @@ def run_episode(env, sampler=None, seed=0):
         action, _ = sampler(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         for seq, v in zip((observations, rewards, terminateds, truncateds, infos, actions),
-                          (obs, reward, terminated, truncated, info, action)):
+                          (obs, reward, terminated, truncated, info, action), strict=False):
             seq.append(v)
     return observations, rewards, terminateds, truncateds, infos, actions
 
@@ -68,7 +68,7 @@ def test_gymnasium_and_sb3_env_checkers_pass():
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_episode_is_exactly_T_steps_with_terminal_only_reward(num_envs):
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **TINY)
-    observations, rewards, terminateds, truncateds, infos, actions = run_episode(venv)
+    observations, rewards, terminateds, truncateds, infos, _actions = run_episode(venv)
     T = venv.unwrapped.schedule.num_steps
     assert len(rewards) == T == 4
     for k in range(T - 1):
@@ -87,7 +87,7 @@ def test_obs_latent_is_the_action_bit_for_bit_timestep_follows_schedule_prompt_c
         expected_t = int(schedule.timesteps[k]) if k < schedule.num_steps else 0
         assert (obs["timestep"] == expected_t).all()
         assert np.array_equal(obs["prompt_id"], observations[0]["prompt_id"])
-    for obs, action in zip(observations[1:], actions):
+    for obs, action in zip(observations[1:], actions, strict=False):
         assert obs["latent"].tobytes() == action.astype(np.float32).tobytes()
     # a torch action on the env's device is taken bit for bit too
     obs, _ = venv.reset(seed=1)
@@ -98,7 +98,7 @@ def test_obs_latent_is_the_action_bit_for_bit_timestep_follows_schedule_prompt_c
 
 def test_next_step_autoreset_step_by_step():
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY)
-    observations, *_ = run_episode(venv)
+    _observations, *_ = run_episode(venv)
     garbage = np.full((3, 4, 8, 8), 7.0, dtype=np.float32)
     obs, reward, terminated, truncated, info = venv.step(garbage)  # the autoreset step ignores the action
     assert (obs["timestep"] == int(venv.unwrapped.schedule.timesteps[0])).all()
@@ -111,7 +111,7 @@ def test_next_step_autoreset_step_by_step():
 def test_same_step_autoreset_returns_reset_obs_and_final_obs():
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=3, autoreset_mode="same_step", **TINY)
     assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
-    observations, rewards, terminateds, _, infos, actions = run_episode(venv)
+    observations, _rewards, terminateds, _, infos, actions = run_episode(venv)
     last_obs, last_info = observations[-1], infos[-1]
     assert terminateds[-1].all()
     assert (last_obs["timestep"] == 751).all()  # already the next episode's first state
