@@ -29,9 +29,7 @@ class SB3VecEnv(VecEnv):
         self.venv = venv
         self.num_clipped_actions = 0
         self._actions: np.ndarray | None = None
-        super().__init__(
-            venv.num_envs, venv.single_observation_space, venv.single_action_space, render_mode=venv.render_mode
-        )
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
 
     def reset(self) -> VecEnvObs:
         options = None
