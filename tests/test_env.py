@@ -310,3 +310,20 @@ def test_bfloat16_model_keeps_float32_latents():
 def test_cpu_env_does_not_initialise_cuda():
     _vector().reset(seed=0)
     assert not torch.cuda.is_initialized()
+
+
+TRAILING = {"scheduler_overrides": {"timestep_spacing": "trailing", "steps_offset": 0}}
+
+
+@pytest.mark.parametrize("overrides", [{}, TRAILING])
+def test_all_log_probs_of_a_default_length_rollout_are_finite(overrides):
+    venv = DenoisingDiffusionVectorEnv(num_envs=3, model="tiny", device="cpu", **overrides)
+    assert venv.num_steps == 20
+    sampler = DDIMSampler(venv)
+    obs, _ = venv.reset(seed=0)
+    log_probs = []
+    for _ in range(venv.num_steps):
+        action, log_prob = sampler(obs)
+        obs, *_ = venv.step(action)
+        log_probs.append(log_prob)
+    assert np.isfinite(np.stack(log_probs)).all()
