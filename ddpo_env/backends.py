@@ -3,7 +3,8 @@
 The env uses the frozen parts (``encode_prompts``, ``decode``, ``scheduler_config``); the agents' policy
 trains ``unet`` through ``predict``. A backend is chosen by name with :func:`load_backend`:
 
-    "default"            the embedded default model (until the trained one ships: the tiny model below)
+    "default"            the embedded default model: 16×16 handwritten digits from free-text prompts
+                         (ddpo_env.models.digits; MiniLM text encoder, cross-attention UNet, pixel space)
     "tiny"               a random tiny Stable Diffusion (ddpo_env.models.tiny), for tests and smoke runs
     a local folder       any diffusers StableDiffusionPipeline saved with save_pretrained
     "org/name"           a hub id, loaded with StableDiffusionPipeline.from_pretrained (needs the network
@@ -14,6 +15,7 @@ trains ``unet`` through ``predict``. A backend is chosen by name with :func:`loa
 from __future__ import annotations
 
 import abc
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -148,6 +150,57 @@ class TinyBackend(StableDiffusionBackend):
         super().__init__(build_tiny_pipeline(seed, **kwargs), name=f"tiny(seed={seed})")
 
 
+class DigitsBackend(DiffusionBackend):
+    """The embedded default model (:mod:`ddpo_env.models.digits`): pixel space, so x_0 is the image itself."""
+
+    default_num_steps = 20
+    default_guidance_scale = 1.0
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        from ddpo_env.models import digits
+
+        folder = folder if folder is not None else digits.DEFAULT_DIR
+        index = digits.read_model_index(folder)
+        self.name = "default" if folder == digits.DEFAULT_DIR else f"digits({folder})"
+        self.unet = digits.load_unet(folder)
+        self.text_encoder = _shared_minilm(str(self.unet.device))
+        self.scheduler_config = dict(index["scheduler"])
+        self.image_size = int(index["image_size"])
+        self.default_prompts = tuple(digits.prompt_for(d, "a handwritten digit {n}") for d in range(10))
+        self.device, self.dtype = self.unet.device, self.unet.dtype
+
+    def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
+        size = self.image_size
+        if image_size is not None and tuple(image_size) != (size, size):
+            raise ValueError(f"the default model makes {size}x{size} images only, got image_size {tuple(image_size)}")
+        return (self.unet.config.in_channels, size, size)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder(prompts).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> DigitsBackend:
+        self.unet.to(device=device, dtype=dtype)
+        self.text_encoder = _shared_minilm(str(self.unet.device))
+        self.device, self.dtype = self.unet.device, self.unet.dtype
+        return self
+
+    def __repr__(self) -> str:
+        return f"DigitsBackend({self.name!r}, device={self.device}, dtype={self.dtype})"
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_minilm(device: str):
+    """The frozen MiniLM encoder on ``device``, loaded once per process and shared by every env (it never trains)."""
+    from ddpo_env.models.digits import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(device)
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """torch dtype from "float32" | "float16" | "bfloat16" or a torch.dtype; ValueError otherwise."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
@@ -182,7 +235,9 @@ def load_backend(
         backend = model
     elif _is_sd_pipeline(model):
         backend = StableDiffusionBackend(model, name=type(model).__name__)
-    elif model in ("default", "tiny"):
+    elif model == "default":
+        backend = DigitsBackend()
+    elif model == "tiny":
         backend = TinyBackend()
     elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         backend = _from_pretrained(str(model), local_files_only=True)
