@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.default_model_quality" + (f" --per-digit {args.per_digit}" if args.per_digit != 50 else "")
+    command = "python -m benchmarks.default_model_quality"
+    if args.per_digit != 50:
+        command += f" --per-digit {args.per_digit}"
     env_info = environment(command)
     classifier = load_classifier()
     start = time.perf_counter()
@@ -108,8 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
         "| measure | value |\n|---|---|\n"
         f"| classifier agreement, guidance 1.0 ({len(prompts)} samples) | {results['agreement_cfg1.0']:.1%} |\n"
         f"| classifier agreement, guidance 1.5 ({len(prompts)} samples) | {results['agreement_cfg1.5']:.1%} |\n"
-        f"| agreement on unseen wordings (200 samples, default guidance) | {results['agreement_unseen_wording']:.1%} |\n"
-        f"| sampling speed, batch 64, 20 steps, {args.threads} threads | {results['images_per_s_batch64']:.1f} images/s |\n"
+        "| agreement on unseen wordings (200 samples, default guidance) | "
+        f"{results['agreement_unseen_wording']:.1%} |\n"
+        f"| sampling speed, batch 64, 20 steps, {args.threads} threads | "
+        f"{results['images_per_s_batch64']:.1f} images/s |\n"
         f"| loading the shipped UNet (config + safetensors) | {load_seconds:.3f} s |\n"
         f"| (first import of diffusers, paid once per process) | {import_seconds:.1f} s |\n"
         "\n![grid](default_model_grid.png)\n",

@@ -56,7 +56,7 @@ def test_default_env_runs_an_episode_and_returns_gray_uint8_images():
     while not terminated:
         action, log_prob = sampler(obs)
         assert np.isfinite(log_prob)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, _reward, terminated, _truncated, info = env.step(action)
     image = info["image"]
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and info["prompt"] == "the number seven"
     assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])

@@ -77,7 +77,8 @@ def digits_dataset(seed: int = 0, heldout_fraction: float = 0.2) -> dict[str, to
 
     data = load_digits()
     images = torch.from_numpy(data.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8) in [0, 1]
-    images = torch.nn.functional.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    size = (IMAGE_SIZE, IMAGE_SIZE)
+    images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
     images = images.clamp(0, 1) * 2 - 1
     labels = torch.from_numpy(data.target.astype(np.int64))
     rng = np.random.default_rng(seed)
