@@ -65,8 +65,8 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
             cfg.guidance_scale if cfg.guidance_scale is not None else self.backend.default_guidance_scale
         )
         num_steps = cfg.num_steps if cfg.num_steps is not None else self.backend.default_num_steps
-        scheduler_config = {**self.backend.scheduler_config, **cfg.scheduler_overrides}
-        self.schedule = DDIMSchedule.from_scheduler_config(scheduler_config, num_steps, cfg.eta)
+        self.scheduler_config = {**self.backend.scheduler_config, **cfg.scheduler_overrides}
+        self.schedule = DDIMSchedule.from_scheduler_config(self.scheduler_config, num_steps, cfg.eta)
         self.num_steps = self.schedule.num_steps
         self.latent_shape = self.backend.latent_shape(cfg.image_size)
 

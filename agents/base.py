@@ -1,0 +1,257 @@
+"""The rollout-and-update loop every agent shares (stable-baselines3's ``OnPolicyAlgorithm`` pattern).
+
+``DiffusionAgent`` owns sampling (the policy acts on the env for ``samples_per_epoch`` episodes), storage
+(:class:`~agents.buffer.TrajectoryBuffer`), advantages (per-prompt stat tracking, clipping), the micro-batch /
+timestep loop with gradient accumulation, NaN guards and logging through SB3's logger. An algorithm file only
+says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_loss`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import MaybeCallback
+from stable_baselines3.common.utils import obs_as_tensor
+
+from agents.buffer import TrajectoryBuffer
+from agents.config import AgentConfig
+from agents.policy import DiffusionPolicy
+from agents.stat_tracking import EPS, PerPromptStatTracker
+from ddpo_env.sb3 import SB3VecEnv
+
+
+class DiffusionAgent(OnPolicyAlgorithm):
+    """Base of DDPO-IS, DDPO-SF, RWR and sparse RWR.
+
+    Args:
+        env: a DenoisingDiffusion-v0 vector env (``gym.make_vec``, possibly reward-wrapped) or its SB3VecEnv.
+        config: the algorithm's config dataclass; or give its fields as keyword arguments.
+        verbose, tensorboard_log: as in stable-baselines3.
+    """
+
+    config_class: ClassVar[type[AgentConfig]] = AgentConfig
+
+    def __init__(
+        self,
+        env: Any,
+        config: AgentConfig | None = None,
+        *,
+        verbose: int = 0,
+        tensorboard_log: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if config is not None and kwargs:
+            raise ValueError(f"pass either config= or keyword arguments, not both (got {sorted(kwargs)})")
+        self.config = config if config is not None else self.config_class(**kwargs)
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        venv = env if isinstance(env, SB3VecEnv) else SB3VecEnv(env)
+        self.diffusion_env = venv.venv.unwrapped
+        self.num_steps = self.diffusion_env.num_steps
+        self.config.validate(venv.num_envs, self.num_steps)
+        super().__init__(
+            policy=DiffusionPolicy,
+            env=venv,
+            learning_rate=self.config.learning_rate,
+            n_steps=self.num_steps,
+            gamma=1.0,
+            gae_lambda=1.0,
+            ent_coef=0.0,
+            vf_coef=0.0,
+            max_grad_norm=self.config.max_grad_norm,
+            use_sde=False,
+            sde_sample_freq=-1,
+            policy_kwargs={
+                "diffusion_env": self.diffusion_env,
+                "lora_rank": self.config.lora_rank,
+                "seed": self.config.seed,
+                "optimizer_kwargs": {"weight_decay": self.config.adam_weight_decay},
+            },
+            verbose=verbose,
+            seed=self.config.seed,
+            device=self.diffusion_env.device,
+            monitor_wrapper=False,
+            tensorboard_log=tensorboard_log,
+            supported_action_spaces=(spaces.Box,),
+            _init_setup_model=False,
+        )
+        self._setup_model()
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(
+            self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+        )
+        self.buffer = TrajectoryBuffer(
+            self.config.samples_per_epoch, self.num_steps, self.diffusion_env.latent_shape, self.device
+        )
+        self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
+        self.train_generator = torch.Generator().manual_seed(self.config.seed)
+        self.num_epochs = 0  # rollouts collected and trained on
+        self.num_skipped_updates = 0
+
+    # ------------------------------------------------------------------------------------- sampling
+
+    def collect_rollouts(self, env: Any, callback: BaseCallback, rollout_buffer: Any, n_rollout_steps: int) -> bool:
+        """Run ``samples_per_epoch`` whole episodes with the current policy into ``self.buffer``."""
+        self.policy.set_training_mode(False)
+        self.buffer.reset()
+        callback.on_rollout_start()
+        num_envs, start = env.num_envs, time.perf_counter()
+        for first in range(0, self.config.samples_per_epoch, num_envs):
+            rows = slice(first, first + num_envs)
+            obs = self._last_obs
+            returns = np.zeros(num_envs)
+            prompt_ids = np.asarray(obs["prompt_id"]).reshape(-1).copy()
+            for k in range(self.num_steps):
+                with torch.no_grad():
+                    obs_tensor = obs_as_tensor(obs, self.device)
+                    out = self.policy.step(obs_tensor)
+                obs, rewards, dones, infos = env.step(out.prev_sample.cpu().numpy())
+                self.num_timesteps += num_envs
+                returns += rewards
+                self.buffer.add_step(
+                    rows, k, obs_tensor["latent"], out.prev_sample,
+                    obs_tensor["timestep"].reshape(-1).round().long(), out.log_prob,
+                )
+                callback.update_locals(locals())
+                if not callback.on_step():
+                    return False
+            if not dones.all():
+                raise RuntimeError(
+                    f"an episode did not end after {self.num_steps} steps: is the env a DenoisingDiffusion env?"
+                )
+            self.buffer.add_episodes(rows, prompt_ids, self.diffusion_env.prompt_strings(prompt_ids), returns)
+            self._last_obs = obs
+        self.buffer.check_finite()
+        self._compute_advantages()
+        self._sampling_seconds = time.perf_counter() - start
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _compute_advantages(self) -> None:
+        rewards = self.buffer.rewards
+        if not np.isfinite(rewards).all():
+            bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
+            raise FloatingPointError(
+                f"non-finite reward in rollout samples {bad[:10]}: the update is refused (check the reward wrapper)"
+            )
+        if self.config.per_prompt_stat_tracking:
+            advantages = self.stat_tracker.update(self.buffer.prompts, rewards)
+        else:
+            advantages = (rewards - rewards.mean()) / (rewards.std() + EPS)
+        clip = self.config.adv_clip
+        self.buffer.set_advantages(np.clip(advantages, -clip, clip))
+        self.logger.record("rollout/reward_mean", float(rewards.mean()))
+        self.logger.record("rollout/reward_std", float(rewards.std()))
+        self.logger.record("rollout/epoch", self.num_epochs)
+
+    # -------------------------------------------------------------------------------------- training
+
+    def train_samples(self) -> torch.Tensor:
+        """Indices of the rollout samples this algorithm trains on (all of them by default)."""
+        return torch.arange(self.buffer.num_samples)
+
+    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(sample indices (B,), step indices (B,)) per micro-batch: samples shuffled, and each sample's steps
+        shuffled independently, keeping the first ⌈T·timestep_fraction⌉."""
+        samples = self.train_samples()
+        train_steps = self.config.train_timesteps(self.num_steps)
+        for _ in range(self.config.num_inner_epochs):
+            order = samples[torch.randperm(len(samples), generator=self.train_generator)]
+            step_order = torch.stack(
+                [torch.randperm(self.num_steps, generator=self.train_generator) for _ in range(len(samples))]
+            )
+            for first in range(0, len(order), self.config.batch_size):
+                chunk = slice(first, first + self.config.batch_size)
+                for j in range(train_steps):
+                    yield order[chunk], step_order[chunk, j]
+
+    def backward_passes_per_update(self) -> int:
+        """Backward passes whose gradients add up to one optimizer step."""
+        return self.config.gradient_accumulation_steps * self.config.train_timesteps(self.num_steps)
+
+    def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The algorithm's loss on one micro-batch, and metrics to log. Implemented by each algorithm."""
+        raise NotImplementedError
+
+    def train(self) -> None:
+        """One pass of updates over the rollout in ``self.buffer``."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        params = self.policy.trainable_parameters()
+        per_update = self.backward_passes_per_update()
+        metrics: dict[str, list[float]] = defaultdict(list)
+        start, passes = time.perf_counter(), 0
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        for samples, steps in self.micro_batches():
+            loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
+            (loss / per_update).backward()
+            passes += 1
+            metrics["loss"].append(float(loss.detach()))
+            for key, value in info.items():
+                metrics[key].append(value)
+            if passes % per_update == 0:
+                self._optimizer_step(params, metrics)
+        if passes % per_update:
+            self._optimizer_step(params, metrics)
+        self.num_epochs += 1
+        for key, values in metrics.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/n_updates", self._n_updates)
+        self.logger.record("train/skipped_updates", self.num_skipped_updates)
+        seconds = self._sampling_seconds + time.perf_counter() - start
+        self.logger.record("time/samples_per_s", self.buffer.num_samples / seconds)
+
+    def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.num_skipped_updates += 1  # a non-finite gradient never reaches the weights
+            self.logger.record("train/last_skip_reason", "non-finite gradient")
+        else:
+            self.policy.optimizer.step()
+            self._n_updates += 1
+        metrics["grad_norm"].append(float(grad_norm))
+        self.policy.optimizer.zero_grad(set_to_none=True)
+
+    # -------------------------------------------------------------------------------------- learning
+
+    def learn(
+        self,
+        total_samples: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str | None = None,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> DiffusionAgent:
+        """Train on ``total_samples`` episodes (rounded up to whole rollouts of ``samples_per_epoch``)."""
+        if total_samples < 1:
+            raise ValueError(f"total_samples must be >= 1, got {total_samples}")
+        epochs = -(-total_samples // self.config.samples_per_epoch)
+        total_timesteps = epochs * self.config.samples_per_epoch * self.num_steps
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar
+        )
+        callback.on_training_start(locals(), globals())
+        iteration = 0
+        while self.num_timesteps < total_timesteps:
+            if not self.collect_rollouts(self.env, callback, None, self.n_steps):
+                break
+            iteration += 1
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            self.train()
+            if log_interval and iteration % log_interval == 0:
+                self.dump_logs(iteration)
+        callback.on_training_end()
+        return self

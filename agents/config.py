@@ -1,0 +1,132 @@
+"""Agent configuration: a typed dataclass per algorithm, one docstring per field, checked at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class AgentConfig:
+    """Settings shared by every agent (sampling, storage, optimisation)."""
+
+    samples_per_epoch: int = 64
+    """Episodes (denoising trajectories) collected per rollout; a multiple of the env's num_envs."""
+    batch_size: int = 8
+    """Samples per training micro-batch (one UNet forward/backward holds batch_size transitions)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches whose gradients add up to one optimizer step (× the timesteps trained per sample)."""
+    num_inner_epochs: int = 1
+    """Passes over each rollout's data."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate (DDPO: 3e-4 with LoRA, ~1e-5 for a full fine-tune)."""
+    adam_weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    timestep_fraction: float = 1.0
+    """Fraction of each trajectory's T steps trained on (a random subset per sample and inner epoch), in (0, 1]."""
+    adv_clip: float = 5.0
+    """Advantages are clipped to [-adv_clip, adv_clip] after normalisation."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip before each optimizer step."""
+    per_prompt_stat_tracking: bool = True
+    """Normalise rewards per prompt (DDPO); False: normalise over the whole batch."""
+    stat_buffer_size: int = 32
+    """Rewards remembered per prompt by the stat tracker."""
+    stat_min_count: int = 16
+    """Rewards a prompt needs before its own statistics are used (before that: the batch's)."""
+    lora_rank: int = 4
+    """LoRA rank on the UNet's attention projections; 0 fine-tunes the whole UNet."""
+    seed: int = 0
+    """Seeds the env, the LoRA init, the policy's noise and the training shuffles."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        """Raise ValueError naming the offending values; called by the agent once the env is known."""
+        positive = ("samples_per_epoch", "batch_size", "gradient_accumulation_steps", "num_inner_epochs",
+                    "stat_buffer_size", "stat_min_count")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.samples_per_epoch % num_envs:
+            raise ValueError(
+                f"samples_per_epoch={self.samples_per_epoch} must be a multiple of the env's num_envs={num_envs}"
+            )
+        if self.samples_per_epoch % self.batch_size:
+            raise ValueError(
+                f"samples_per_epoch={self.samples_per_epoch} must be a multiple of batch_size={self.batch_size}"
+            )
+        micro_batches = self.samples_per_epoch // self.batch_size
+        if micro_batches % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide the "
+                f"{micro_batches} micro-batches per epoch (samples_per_epoch={self.samples_per_epoch} / "
+                f"batch_size={self.batch_size})"
+            )
+        if not (0 < self.timestep_fraction <= 1):
+            raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
+        for name in ("learning_rate", "adv_clip", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        if self.stat_min_count > self.stat_buffer_size:
+            raise ValueError(
+                f"stat_min_count={self.stat_min_count} must be <= stat_buffer_size={self.stat_buffer_size}"
+            )
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+
+    def train_timesteps(self, num_steps: int) -> int:
+        """Timesteps trained per sample and inner epoch: ⌈T · timestep_fraction⌉ (at least 1)."""
+        return max(1, math.ceil(num_steps * self.timestep_fraction - 1e-9))
+
+
+@dataclass
+class DDPOISConfig(AgentConfig):
+    """DDPO-IS: PPO's clipped importance-sampling objective over denoising steps."""
+
+    clip_range: float = 1e-4
+    """PPO clip ε on the ratio π_θ/π_old (tuned to mean-reduced log-probs)."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ValueError(f"clip_range must be finite and > 0, got {self.clip_range!r}")
+
+
+@dataclass
+class DDPOSFConfig(AgentConfig):
+    """DDPO-SF: REINFORCE (score function), one on-policy gradient step per rollout."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if self.num_inner_epochs != 1:
+            raise ValueError(
+                f"DDPO-SF takes one on-policy gradient step per rollout: num_inner_epochs must be 1, "
+                f"got {self.num_inner_epochs}"
+            )
+
+
+@dataclass
+class RWRConfig(AgentConfig):
+    """Reward-weighted regression: the denoising loss on final samples, weighted by softmax(r/τ)."""
+
+    temperature: float = 0.2
+    """τ of the weights softmax(r/τ) (on normalised rewards; the paper's β = 1/τ = 5)."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature!r}")
+
+
+@dataclass
+class SparseRWRConfig(AgentConfig):
+    """Sparse RWR: the unweighted denoising loss on the top fraction of samples by reward."""
+
+    top_fraction: float = 0.1
+    """Fraction of each rollout's samples kept (the best by reward), in (0, 1]."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if not (0 < self.top_fraction <= 1):
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction!r}")

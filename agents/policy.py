@@ -1,0 +1,193 @@
+"""DiffusionPolicy: the denoising network as a stable-baselines3 policy π_θ(x_{t-1} | x_t, t, c).
+
+The policy owns the trainable UNet (the env's, with an optional peft LoRA adapter) and evaluates the exact DDIM
+Gaussian of ``ddpo_env.ddim`` — one implementation shared with the env's sampler. What it does not have, on
+purpose: orthogonal re-initialisation (it would destroy a pretrained UNet), a learned log-std (σ_t is fixed by the
+scheduler and η), a features extractor. The value is 0 (DDPO needs no critic); stock PPO still runs, its value
+loss then being a constant.
+
+Observations are SB3 tensors: {"latent": (B, C, h, w), "timestep": (B, 1), "prompt_id": (B, 1)} (floats after
+SB3's preprocessing; ids and timesteps are exact integers in float32 up to 2**24). Actions may come flat
+(B, C·h·w), as SB3's rollout buffer stores them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import Schedule
+
+from ddpo_env.ddim import DDIMStepOutput, ddim_step
+from ddpo_env.sampler import guided_model_output
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ADAPTER_NAME = "ddpo"
+
+
+class DiffusionPolicy(BasePolicy):
+    """stable-baselines3 policy over a DenoisingDiffusion-v0 env's model.
+
+    Args:
+        observation_space, action_space, lr_schedule: as SB3 passes them.
+        diffusion_env: the DenoisingDiffusion env (vector or single, wrapped or not): model, schedule, prompts.
+        lora_rank: rank of the LoRA adapter on ``lora_targets``; 0 or None fine-tunes the whole UNet.
+        lora_alpha: LoRA scale numerator (default: equal to the rank, so the scale is 1).
+        lora_targets: attention projections that get the adapter.
+        seed: seeds the LoRA initialisation and the policy's noise generator.
+        optimizer_class, optimizer_kwargs: the optimizer over the trainable parameters only.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        lr_schedule: Schedule,
+        use_sde: bool = False,
+        *,
+        diffusion_env: Any,
+        lora_rank: int | None = 4,
+        lora_alpha: float | None = None,
+        lora_targets: tuple[str, ...] = LORA_TARGETS,
+        seed: int = 0,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if use_sde:
+            raise ValueError("use_sde=True is not supported: the DDIM policy's noise is fixed by the scheduler")
+        super().__init__(
+            observation_space,
+            action_space,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs or {},
+            squash_output=False,
+            normalize_images=False,
+        )
+        env = diffusion_env.unwrapped
+        if not hasattr(env, "schedule") or not hasattr(env, "backend"):
+            raise TypeError(f"diffusion_env must be a DenoisingDiffusion-v0 env, got {type(env).__name__}")
+        self._env = env  # not a submodule: the frozen parts live in the env
+        self.schedule = env.schedule
+        self.guidance_scale = float(env.guidance_scale)
+        self.latent_shape = tuple(action_space.shape)
+        self.unet = env.backend.unet
+        self.lora_rank = int(lora_rank or 0)
+        self._setup_trainable(lora_alpha, lora_targets, seed)
+        self.noise_generator = torch.Generator(device=env.backend.device).manual_seed(seed)
+        self.optimizer = self.optimizer_class(
+            self.trainable_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    # ------------------------------------------------------------------------------------- parameters
+
+    def _setup_trainable(self, lora_alpha: float | None, lora_targets: tuple[str, ...], seed: int) -> None:
+        if self.lora_rank <= 0:
+            self.unet.requires_grad_(True)
+            return
+        from peft import LoraConfig
+
+        if ADAPTER_NAME in getattr(self.unet, "peft_config", {}):
+            raise ValueError(
+                "this env's UNet already carries a 'ddpo' LoRA adapter from another policy: make a fresh env "
+                "for each agent"
+            )
+        config = LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=lora_alpha if lora_alpha is not None else self.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=list(lora_targets),
+        )
+        self.unet.requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+        for name, param in self.unet.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+                param.data = param.data.float()  # LoRA weights stay fp32 under mixed precision
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights only (the LoRA adapter, or the whole UNet without LoRA)."""
+        return {n: p.detach() for n, p in self.unet.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------------------------------------- math
+
+    def _unpack(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = obs["latent"].to(torch.float32)
+        timesteps = obs["timestep"].reshape(-1).round().to(torch.int64)
+        prompt_ids = obs["prompt_id"].reshape(-1).round().to(torch.int64)
+        return latents, timesteps, prompt_ids
+
+    def model_output(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Guided network output for x_t (B, C, h, w), τ (B,), prompt ids (B,)."""
+        backend = self._env.backend
+        embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy())
+        with self._autocast():
+            out = guided_model_output(
+                backend, latents, timesteps.to(latents.device), embeds, self._env.negative_prompt_embeds(),
+                self.guidance_scale,
+            )
+        return out.float()
+
+    def _autocast(self):
+        dtype = self._env.backend.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._env.backend.device.type, dtype=dtype)
+
+    def step(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None, deterministic: bool = False
+    ) -> DDIMStepOutput:
+        """The DDIM step at ``obs``: sample x_{t-1} (or take the mean if deterministic), or score ``actions``."""
+        latents, timesteps, prompt_ids = self._unpack(obs)
+        model_output = self.model_output(latents, timesteps, prompt_ids)
+        if actions is not None:
+            return ddim_step(
+                model_output, timesteps, latents, self.schedule, prev_sample=actions.reshape(latents.shape).float()
+            )
+        if deterministic:
+            noise = torch.zeros_like(latents)
+            return ddim_step(model_output, timesteps, latents, self.schedule, noise=noise)
+        return ddim_step(model_output, timesteps, latents, self.schedule, generator=self.noise_generator)
+
+    def entropy(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Per-dimension Gaussian entropy ½·log(2πe) + log(ησ_t), (B,): fixed by the schedule, no gradient."""
+        _, _, std = self.schedule.coefficients(timesteps, 1, timesteps.device, torch.float32)
+        return std.reshape(-1).log() + 0.5 * math.log(2 * math.pi * math.e)
+
+    # ----------------------------------------------------------------------------------- SB3 interface
+
+    def forward(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(actions (B, C, h, w), values (B, 1) = 0, log_prob (B,)) as SB3's collect_rollouts expects."""
+        out = self.step(obs, deterministic=deterministic)
+        values = torch.zeros(out.log_prob.shape[0], 1, device=out.log_prob.device)
+        return out.prev_sample, values, out.log_prob
+
+    def evaluate_actions(
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values (B, 1) = 0, log_prob (B,), entropy (B,)) of ``actions`` (B, C, h, w) or flat (B, C·h·w)."""
+        out = self.step(obs, actions=actions)
+        _, timesteps, _ = self._unpack(obs)
+        values = torch.zeros(out.log_prob.shape[0], 1, device=out.log_prob.device)
+        return values, out.log_prob, self.entropy(timesteps).to(out.log_prob.device)
+
+    def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.zeros(obs["latent"].shape[0], 1, device=obs["latent"].device)
+
+    def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
+        return self.step(observation, deterministic=deterministic).prev_sample
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(lora_rank=self.lora_rank)
+        return data

@@ -1,0 +1,39 @@
+"""DDPO-SF (Black et al. 2024, eq. 3): REINFORCE over the denoising steps — the score-function gradient
+
+    ∇J = E[ Â · Σ_t ∇ log π_θ(x_{t-1} | x_t, c) ],   loss L(θ) = E[ −Â · log π_θ ]
+
+with one on-policy gradient step per rollout (all its micro-batches accumulate into that step).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from agents.base import DiffusionAgent
+from agents.config import DDPOSFConfig
+
+
+def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """−Â·log π, averaged over the batch (B,) → scalar."""
+    return (-advantages * log_prob).mean()
+
+
+class DDPO_SF(DiffusionAgent):
+    """DDPO with the score-function (REINFORCE) estimator."""
+
+    config_class: ClassVar[type[DDPOSFConfig]] = DDPOSFConfig
+    config: DDPOSFConfig
+
+    def backward_passes_per_update(self) -> int:
+        micro_batches = -(-len(self.train_samples()) // self.config.batch_size)
+        return micro_batches * self.config.train_timesteps(self.num_steps)
+
+    def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.buffer.transitions(samples, steps)
+        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
+        log_prob = self.policy.step(obs, actions=batch.next_latents).log_prob
+        with torch.no_grad():
+            info = {"approx_kl": float(0.5 * ((log_prob - batch.old_log_probs) ** 2).mean())}
+        return reinforce_loss(log_prob, batch.advantages), info

@@ -1,0 +1,88 @@
+"""Reward-weighted regression (Black et al. 2024 §4.1; Lee et al. 2023): the standard denoising loss on the
+rollout's final samples x_0, weighted by their reward.
+
+    w_i = N · softmax(Â / τ)_i                       (RWR; Σ w = N, τ = 1/β; Â: normalised rewards)
+    w_i = N / k for the top k = ⌈f·N⌉ samples, else 0 (sparse RWR: the unweighted loss on the best samples)
+    L(θ) = mean_i w_i · ‖f_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c_i) − target‖²   (target ε, v or x_0 by prediction type)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from agents.base import DiffusionAgent
+from agents.config import RWRConfig, SparseRWRConfig
+
+
+def rwr_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
+    """N · softmax(r/τ) over the batch (N,): sums to N, shift-invariant, uniform as τ → ∞."""
+    return rewards.numel() * torch.softmax(rewards / temperature, dim=0)
+
+
+def sparse_rwr_weights(rewards: torch.Tensor, top_fraction: float) -> torch.Tensor:
+    """N/k on the k = ⌈top_fraction·N⌉ largest rewards (ties broken by index), 0 elsewhere; sums to N."""
+    n = rewards.numel()
+    k = max(1, int(np.ceil(top_fraction * n - 1e-9)))
+    keep = torch.argsort(rewards, descending=True, stable=True)[:k]
+    weights = torch.zeros_like(rewards)
+    weights[keep] = n / k
+    return weights
+
+
+def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
+    """What the network should predict for x_t = √ᾱ x_0 + √(1−ᾱ) ε."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
+    return x0
+
+
+class RWR(DiffusionAgent):
+    """Reward-weighted regression on final samples."""
+
+    config_class: ClassVar[type[RWRConfig]] = RWRConfig
+    config: RWRConfig
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.diffusion_env.scheduler_config)
+        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self.prediction_type = scheduler.config.prediction_type
+
+    def sample_weights(self) -> torch.Tensor:
+        return rwr_weights(self.buffer.advantages, self.config.temperature)
+
+    def train_samples(self) -> torch.Tensor:
+        self.weights = self.sample_weights()
+        return torch.nonzero(self.weights > 0).flatten().cpu()
+
+    def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x0 = self.buffer.final_samples()[samples]
+        g = self.train_generator
+        t = torch.randint(len(self.alphas_cumprod), (len(samples),), generator=g).to(self.device)
+        noise = torch.randn(x0.shape, generator=g).to(self.device)
+        alpha_prod = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
+        x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
+        embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
+        with self.policy._autocast():
+            prediction = self.diffusion_env.backend.predict(x_t, t, embeds).float()
+        target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
+        mse = ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
+        weights = self.weights[samples]
+        return (weights * mse).mean(), {"mse": float(mse.detach().mean()), "weight_max": float(weights.max())}
+
+
+class SparseRWR(RWR):
+    """RWR keeping only the top fraction of samples, unweighted."""
+
+    config_class: ClassVar[type[SparseRWRConfig]] = SparseRWRConfig
+    config: SparseRWRConfig
+
+    def sample_weights(self) -> torch.Tensor:
+        return sparse_rwr_weights(self.buffer.advantages, self.config.top_fraction)

@@ -1,0 +1,100 @@
+"""Losses and advantage normalisation on hand-computed numbers (RELIABILITY.md 9, 10)."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.ddpo import ppo_clip_loss
+from agents.reinforce import reinforce_loss
+from agents.rwr import rwr_weights, sparse_rwr_weights
+from agents.stat_tracking import EPS, PerPromptStatTracker
+
+
+def test_ppo_clip_loss_hand_computed():
+    loss, ratio = ppo_clip_loss(torch.zeros(1), torch.zeros(1), torch.tensor([-1.0]), 1e-4)
+    assert loss.item() == 1.0 and ratio.item() == 1.0
+    # A = 2, ratio = e^0.5 > 1 + ε: max(−2·e^0.5, −2·(1+ε)) = −2(1+ε), the clipped branch: no gradient.
+    log_prob = torch.tensor([0.5], requires_grad=True)
+    loss, _ = ppo_clip_loss(log_prob, torch.zeros(1), torch.tensor([2.0]), 0.2)
+    assert loss.item() == pytest.approx(-2 * 1.2)
+    loss.backward()
+    assert log_prob.grad.item() == 0.0
+    # A = −1 and ratio above the clip: the unclipped branch is larger and keeps its gradient (pessimistic bound)
+    log_prob = torch.tensor([0.5], requires_grad=True)
+    loss, _ = ppo_clip_loss(log_prob, torch.zeros(1), torch.tensor([-1.0]), 0.2)
+    loss.backward()
+    assert loss.item() == pytest.approx(np.exp(0.5)) and log_prob.grad.item() == pytest.approx(np.exp(0.5))
+
+
+def test_reinforce_gradient_is_minus_advantage_times_grad_log_prob_by_finite_differences():
+    torch.manual_seed(0)
+    theta = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    advantages = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+
+    def log_prob(t):  # a Gaussian log-density, mean-reduced like the policy's
+        return (-0.5 * (x - t) ** 2 - 0.5 * np.log(2 * np.pi)).mean(dim=1)
+
+    reinforce_loss(log_prob(theta), advantages).backward()
+    eps, numeric = 1e-6, torch.zeros(3, dtype=torch.float64)
+    for i in range(3):
+        d = torch.zeros(3, dtype=torch.float64)
+        d[i] = eps
+        with torch.no_grad():
+            numeric[i] = (reinforce_loss(log_prob(theta + d), advantages) - reinforce_loss(log_prob(theta - d),
+                                                                                            advantages)) / (2 * eps)
+    torch.testing.assert_close(theta.grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_rwr_weights_sum_to_n_are_shift_invariant_and_uniform_at_high_temperature():
+    r = torch.tensor([0.0, 1.0, 2.0, -1.0], dtype=torch.float64)
+    w = rwr_weights(r, 0.2)
+    assert w.sum().item() == pytest.approx(4.0)
+    torch.testing.assert_close(rwr_weights(r + 100.0, 0.2), w)
+    torch.testing.assert_close(rwr_weights(r, 1e9), torch.ones(4, dtype=torch.float64))
+    expected = 4 * np.exp(r.numpy() / 0.2) / np.exp(r.numpy() / 0.2).sum()
+    np.testing.assert_allclose(w.numpy(), expected)
+
+
+def test_sparse_rwr_keeps_exactly_the_top_fraction():
+    r = torch.arange(20, dtype=torch.float64).flip(0)  # 19, 18, ..., 0
+    w = sparse_rwr_weights(r, 0.1)
+    assert torch.equal(torch.nonzero(w).flatten(), torch.tensor([0, 1]))
+    assert w.sum().item() == pytest.approx(20.0) and w[0].item() == 10.0
+    assert (sparse_rwr_weights(r, 1.0) == 1.0).all()
+    assert torch.count_nonzero(sparse_rwr_weights(torch.zeros(7), 0.01)) == 1
+
+
+def test_per_prompt_tracker_hand_computed_with_batch_fallback():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    prompts = ["a", "a", "a", "b"]
+    rewards = np.array([1.0, 2.0, 3.0, 10.0])
+    adv = tracker.update(prompts, rewards)
+    # "a" has 3 rewards ≥ min_count: its own mean 2, std √(2/3); "b" has 1 < 3: the batch's mean 4, std √12.5
+    np.testing.assert_allclose(adv[:3], (rewards[:3] - 2.0) / (np.sqrt(2 / 3) + EPS))
+    np.testing.assert_allclose(adv[3], (10.0 - 4.0) / (np.sqrt(12.5) + EPS))
+    # the buffer keeps the last 4 rewards of "a"
+    adv = tracker.update(["a", "a"], np.array([5.0, 5.0]))
+    buf = np.array([2.0, 3.0, 5.0, 5.0])
+    np.testing.assert_allclose(adv, (5.0 - buf.mean()) / (buf.std() + EPS))
+    state = tracker.state_dict()
+    restored = PerPromptStatTracker()
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+
+
+def test_tracker_never_divides_by_zero():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=1)
+    adv = tracker.update(["a", "a"], np.array([3.0, 3.0]))
+    assert np.array_equal(adv, np.zeros(2))
+
+
+def test_terminal_reward_broadcast_to_every_step():
+    """Each step of an episode trains with the episode's advantage: the buffer indexes advantages by sample."""
+    from agents.buffer import TrajectoryBuffer
+
+    buf = TrajectoryBuffer(3, 4, (1, 2, 2), torch.device("cpu"))
+    buf.set_advantages(np.array([0.5, -1.0, 2.0]))
+    samples = torch.tensor([0, 0, 0, 0, 2, 2])
+    steps = torch.tensor([0, 1, 2, 3, 0, 3])
+    assert buf.transitions(samples, steps).advantages.tolist() == [0.5, 0.5, 0.5, 0.5, 2.0, 2.0]
