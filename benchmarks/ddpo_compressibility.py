@@ -26,12 +26,14 @@ from benchmarks.record import RESULTS_DIR, environment, update_summary, write_js
 from ddpo_env.models.digits import prompt_for
 from rewards import JpegCompressibility
 
+# Tuned on this machine: with LoRA r4 (lr 1e-3) and the paper's clip 1e-4 the reward did not move within 10 minutes
+# here; a full fine-tune at lr 2e-4 with clip 1e-3 does (the first updates dip, then the reward climbs steadily).
+AGENT = {"samples_per_epoch": 64, "batch_size": 16, "learning_rate": 2e-4, "clip_range": 1e-3, "lora_rank": 0}
 SETTINGS = {
-    # 20 DDIM steps, eta 1, LoRA r4 lr 1e-3 (DESIGN.md), 64 samples per epoch, clip 1e-4, per-prompt tracking.
-    "default": {"env": {}, "agent": {"samples_per_epoch": 64, "batch_size": 16, "learning_rate": 1e-3}, "epochs": 70},
+    # the embedded default model: 20 DDIM steps, eta 1, guidance 1
+    "default": {"env": {}, "agent": AGENT, "epochs": 64},
     # the SD path: a random tiny Stable Diffusion (latents 4×8×8 → VAE → 16×16 RGB), 20 steps
-    "tiny": {"env": {"model": "tiny"}, "agent": {"samples_per_epoch": 64, "batch_size": 16, "learning_rate": 1e-3},
-             "epochs": 10},
+    "tiny": {"env": {"model": "tiny"}, "agent": AGENT, "epochs": 32},
 }
 
 

@@ -184,7 +184,8 @@ class DigitsBackend(DiffusionBackend):
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> DigitsBackend:
-        self.unet.to(device=device, dtype=dtype)
+        if self.unet.device != torch.device(device) or self.unet.dtype != dtype:  # diffusers warns on every cast
+            self.unet.to(device=device, dtype=dtype)
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.device, self.dtype = self.unet.device, self.unet.dtype
         return self

@@ -4,14 +4,17 @@ the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Impor
 
 from rewards.base import SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
+from rewards.digits import DigitAlignment, prompted_digit
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 
 __all__ = [
     "CallableReward",
+    "DigitAlignment",
     "JpegCompressibility",
     "JpegIncompressibility",
     "SingleEnvReward",
     "TerminalReward",
     "from_callable",
     "jpeg_size_kb",
+    "prompted_digit",
 ]

@@ -162,3 +162,28 @@ def test_non_finite_reward_refuses_the_update_and_names_the_reward():
         agent.learn(6, reset_num_timesteps=False)
     assert str(e.value) == "reward 'flaky' returned NaN or Inf for sample(s) [0, 1, 2]"
     assert all(torch.equal(before[k], v) for k, v in agent.policy.trainable_state_dict().items())
+
+
+def test_mixed_precision_keeps_lora_weights_in_float32():
+    agent = make_agent("ddpo-is", tiny_env(dtype="bfloat16"), **SMALL)
+    agent.set_logger(Logger(folder=None, output_formats=[]))
+    agent.learn(6)
+    trainable = agent.policy.trainable_state_dict()
+    assert trainable and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in trainable.values())
+    frozen = [p for n, p in agent.policy.unet.named_parameters() if "lora_" not in n]
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in frozen)
+
+
+def test_evaluation_is_repeatable_and_leaves_the_policy_noise_untouched():
+    from agents.evaluation import evaluate_policy
+
+    env = tiny_env()
+    agent = make_agent("ddpo-is", env, **SMALL)
+    eval_env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **{**TINY, "model":
+                                                                                          env.unwrapped.backend}))
+    state = agent.policy.noise_generator.get_state()
+    a = evaluate_policy(agent.policy, eval_env, ["a", "b", "c"], seed=5)
+    b = evaluate_policy(agent.policy, eval_env, ["a", "b", "c"], seed=5)
+    assert a.images.shape == (3, 16, 16, 3) and np.array_equal(a.images, b.images)
+    assert np.array_equal(a.rewards, b.rewards) and (a.rewards < 0).all()
+    assert torch.equal(agent.policy.noise_generator.get_state(), state)

@@ -1,0 +1,49 @@
+"""Digit alignment for the embedded default model: the shipped classifier's probability of the prompted digit.
+
+The prompted digit is read from the prompt: exactly one numeral 0–9 or one word zero…nine ("a handwritten 7",
+"the number seven"). A prompt that names no digit, or two different ones, raises an error that names it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpo_env.models.digits import DIGIT_WORDS
+from rewards.base import TerminalReward
+
+_DIGIT = re.compile(r"(?<![0-9])[0-9](?![0-9])|\b(" + "|".join(DIGIT_WORDS) + r")\b", re.IGNORECASE)
+
+
+def prompted_digit(prompt: str) -> int:
+    """The digit a prompt asks for; ValueError if it names none or several different ones."""
+    found = {int(m.group()) if m.group().isdigit() else DIGIT_WORDS.index(m.group().lower())
+             for m in _DIGIT.finditer(prompt)}
+    if len(found) != 1:
+        raise ValueError(
+            f"digit_alignment cannot tell which digit the prompt {prompt!r} asks for: name exactly one digit "
+            "(0-9 or zero..nine)"
+        )
+    return found.pop()
+
+
+class DigitAlignment(TerminalReward):
+    """Reward p_classifier(prompted digit | image) in [0, 1], with the classifier shipped with the default model."""
+
+    name = "digit_alignment"
+
+    def __init__(self, env: Any, *, device: str | None = None, weight: float = 1.0) -> None:
+        from ddpo_env.models.digit_classifier import load_classifier
+
+        if device is None:
+            device = str(env.unwrapped.device) if env is not None and hasattr(env.unwrapped, "device") else "cpu"
+        self.classifier = load_classifier(device=device)
+        super().__init__(env, weight=weight, device=device)
+
+    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        digits = torch.tensor([prompted_digit(p) for p in prompts], device=self.classifier.device)
+        probabilities = self.classifier.predict_proba(images)
+        return probabilities.gather(1, digits[:, None]).squeeze(1).cpu().numpy()

@@ -1,0 +1,118 @@
+"""Rewards as wrappers (RELIABILITY.md 16, 17)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from ddpo_env import DDIMSampler
+from rewards import DigitAlignment, JpegCompressibility, JpegIncompressibility, from_callable, jpeg_size_kb
+from tests.conftest import TINY
+
+
+def run(env, seed=0):
+    sampler = DDIMSampler(env)
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for _ in range(env.unwrapped.num_steps if hasattr(env.unwrapped, "num_steps") else 4):
+        obs, reward, terminated, truncated, info = env.step(sampler(obs)[0])
+        out.append((reward, terminated, info))
+    return out
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_vector_reward_equals_the_function_per_sample_and_only_at_the_last_step(num_envs):
+    calls = []
+
+    def brightness(images, prompts):
+        calls.append((images.shape, images.dtype, images.min(), images.max(), list(prompts)))
+        return images.mean(axis=(1, 2, 3)) / 255.0
+
+    env = from_callable(gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **TINY), brightness)
+    steps = run(env)
+    assert len(calls) == 1  # called once, at step T
+    shape, dtype, low, high, prompts = calls[0]
+    assert shape == (num_envs, 16, 16, 3) and dtype == np.uint8 and 0 <= low <= high <= 255
+    for reward, terminated, info in steps[:-1]:
+        assert np.array_equal(reward, np.zeros(num_envs)) and "reward_brightness" not in info
+    reward, terminated, info = steps[-1]
+    expected = np.array([brightness(info["image"][i : i + 1], [info["prompt"][i]])[0] for i in range(num_envs)])
+    np.testing.assert_allclose(reward, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(info["reward_brightness"], expected)
+    assert prompts == list(info["prompt"])
+
+
+def test_single_env_form_and_recorded_arguments():
+    env = JpegIncompressibility(gym.make("DenoisingDiffusion-v0", **TINY), quality=80, upscale=2, weight=0.5)
+    steps = run(env)
+    reward, terminated, info = steps[-1]
+    assert terminated and reward == pytest.approx(0.5 * jpeg_size_kb(info["image"], 80, 2))
+    assert info["reward_jpeg_incompressibility"] == pytest.approx(jpeg_size_kb(info["image"], 80, 2))
+    assert env._saved_kwargs["quality"] == 80 and env._saved_kwargs["weight"] == 0.5
+    venv = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY), upscale=3)
+    assert venv._saved_kwargs == {"weight": 1.0, "quality": 95, "upscale": 3}
+
+
+def test_jpeg_size_matches_pillow_and_signs():
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    flat = np.zeros((16, 16, 3), dtype=np.uint8)
+    assert jpeg_size_kb(image) > jpeg_size_kb(flat) > 0
+    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY))
+    assert env.score(np.stack([image, flat]), ["", ""]).tolist() == [-jpeg_size_kb(image), -jpeg_size_kb(flat)]
+
+
+@pytest.mark.parametrize(
+    "fn, error, message",
+    [
+        (lambda im, p: np.zeros((len(im), 2)), ValueError,
+         "reward 'bad' returned shape (3, 2) for 3 images, expected (3,)"),
+        (lambda im, p: np.array([0.0, np.nan, np.inf]), FloatingPointError,
+         "reward 'bad' returned NaN or Inf for sample(s) [1, 2]"),
+        (lambda im, p: 3.0, TypeError, "reward 'bad' returned float, expected an array of floats"),
+        (lambda im, p: np.array(["a", "b", "c"]), TypeError, "reward 'bad' returned dtype <U1, expected floats"),
+    ],
+)
+def test_bad_reward_output_raises_naming_the_reward(fn, error, message):
+    env = from_callable(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), fn, name="bad")
+    with pytest.raises(error) as e:
+        run(env)
+    assert str(e.value) == message
+
+
+def test_constructor_arguments_are_validated():
+    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
+    with pytest.raises(ValueError) as e:
+        JpegCompressibility(venv, quality=0)
+    assert str(e.value) == "jpeg_compressibility: quality must be an int in [1, 100], got 0"
+    with pytest.raises(ValueError) as e:
+        JpegCompressibility(venv, weight=float("inf"))
+    assert str(e.value) == "jpeg_compressibility: weight must be a finite number, got inf"
+    with pytest.raises(TypeError) as e:
+        from_callable(venv, "not a function")
+    assert str(e.value) == "from_callable needs a function fn(images, prompts) -> rewards, got str"
+
+
+def test_digit_alignment_scores_real_digits_high_and_refuses_unknown_prompts():
+    from ddpo_env.models.digits import digits_dataset
+
+    data = digits_dataset()
+    images = ((data["heldout_images"][:20, 0] + 1) / 2 * 255).round().byte().numpy()
+    rgb = np.repeat(images[..., None], 3, axis=-1)
+    labels = data["heldout_labels"][:20].tolist()
+    reward = DigitAlignment(gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY))
+    right = reward.score(rgb, [f"the number {d}" for d in labels])
+    wrong = reward.score(rgb, [f"the number {(d + 1) % 10}" for d in labels])
+    assert right.mean() > 0.9 and wrong.mean() < 0.1
+    with pytest.raises(ValueError) as e:
+        reward.score(rgb[:1], ["a cat"])
+    assert str(e.value) == ("digit_alignment cannot tell which digit the prompt 'a cat' asks for: name exactly one "
+                            "digit (0-9 or zero..nine)")
+
+
+def test_digit_alignment_on_the_default_model_episode():
+    env = DigitAlignment(gym.make("DenoisingDiffusion-v0", device="cpu"))
+    sampler = DDIMSampler(env)
+    obs, _ = env.reset(seed=0, options={"prompt": "the number four"})
+    terminated = False
+    while not terminated:
+        obs, reward, terminated, _, info = env.step(sampler(obs)[0])
+    assert 0.5 < reward <= 1.0 and info["reward_digit_alignment"] == reward
