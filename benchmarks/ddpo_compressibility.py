@@ -31,7 +31,7 @@ from rewards import JpegCompressibility
 AGENT = {"samples_per_epoch": 64, "batch_size": 16, "learning_rate": 2e-4, "clip_range": 1e-3, "lora_rank": 0}
 SETTINGS = {
     # the embedded default model: 20 DDIM steps, eta 1, guidance 1
-    "default": {"env": {}, "agent": AGENT, "epochs": 64},
+    "default": {"env": {}, "agent": AGENT, "epochs": 56},
     # the SD path: a random tiny Stable Diffusion (latents 4×8×8 → VAE → 16×16 RGB), 20 steps
     "tiny": {"env": {"model": "tiny"}, "agent": AGENT, "epochs": 32},
 }
