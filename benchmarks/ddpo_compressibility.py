@@ -33,7 +33,7 @@ SETTINGS = {
     # the embedded default model: 20 DDIM steps, eta 1, guidance 1
     "default": {"env": {}, "agent": AGENT, "epochs": 56},
     # the SD path: a random tiny Stable Diffusion (latents 4×8×8 → VAE → 16×16 RGB), 20 steps
-    "tiny": {"env": {"model": "tiny"}, "agent": AGENT, "epochs": 32},
+    "tiny": {"env": {"model": "tiny"}, "agent": AGENT, "epochs": 100},
 }
 
 
