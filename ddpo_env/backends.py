@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from ddpo_env.prompts import PromptConditioning
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -68,6 +70,18 @@ class DiffusionBackend(abc.ABC):
             latents.to(self.dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(self.dtype)
         ).sample
         return out.to(latents.dtype)
+
+    @property
+    def conditioning(self) -> PromptConditioning:
+        """Prompt ids, strings and cached embeddings shared by every env on this model."""
+        if getattr(self, "_conditioning", None) is None:
+            self._conditioning = PromptConditioning(self.encode_prompts)
+        return self._conditioning
+
+    def _moved(self) -> None:
+        """Drop cached embeddings after a device/dtype change (ids stay valid)."""
+        if getattr(self, "_conditioning", None) is not None:
+            self._conditioning.clear_cache()
 
     @abc.abstractmethod
     def to(self, device: torch.device | str, dtype: torch.dtype) -> DiffusionBackend:
@@ -131,6 +145,7 @@ class StableDiffusionBackend(DiffusionBackend):
                 module.to(device=device, dtype=dtype)
         self.device = self.unet.device
         self.dtype = self.unet.dtype
+        self._moved()
         return self
 
     def __repr__(self) -> str:
@@ -188,6 +203,7 @@ class DigitsBackend(DiffusionBackend):
             self.unet.to(device=device, dtype=dtype)
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.device, self.dtype = self.unet.device, self.unet.dtype
+        self._moved()
         return self
 
     def __repr__(self) -> str:

@@ -1,16 +1,19 @@
-"""The prompt distribution c ~ p(c) of the MDP, and the table that gives each prompt a small integer id.
+"""The prompt distribution c ~ p(c) of the MDP, and the ids that stand for prompts in observations.
 
-Observations carry a prompt *id*, not an embedding, so rollout storage holds one integer per step; the
-env turns ids back into strings (:meth:`PromptTable.strings`) or embeddings (the env's embedding cache).
+Observations carry a prompt *id*, not an embedding, so rollout storage holds one integer per step. Ids belong to
+the model (:class:`PromptConditioning`, one per backend): every env built on the same backend — a training env
+and an evaluation env, say — shares them, so a policy can look up any of their observations.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 PromptFn = Callable[[np.random.Generator], str]
 PromptsLike = Sequence[str] | str | os.PathLike | PromptFn
@@ -116,3 +119,44 @@ class PromptTable:
 
     def __len__(self) -> int:
         return len(self._strings)
+
+
+class PromptConditioning:
+    """Prompt ids ↔ strings ↔ embeddings for one model: a :class:`PromptTable` plus an LRU cache of
+    ``encode(prompts) -> (B, L, D)`` results per id.
+
+    Args:
+        encode: the model's text encoder call.
+        cache_size: embeddings kept (least recently used are dropped first, and re-encoded on demand).
+    """
+
+    def __init__(self, encode: Callable[[Sequence[str]], torch.Tensor], cache_size: int = 4096) -> None:
+        self.table = PromptTable()
+        self.encode = encode
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def id_of(self, prompt: str) -> int:
+        return self.table.id_of(prompt)
+
+    def strings(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        return self.table.strings(ids)
+
+    def embeds(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Conditioning (B, L, D) for ids of any shape (flattened)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.cpu().numpy()
+        flat = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        missing = sorted({i for i in flat if i not in self._cache})
+        if missing:
+            for i, embedding in zip(missing, self.encode(self.strings(missing)), strict=True):
+                self._cache[i] = embedding
+        for i in flat:
+            self._cache.move_to_end(i)
+        embeds = torch.stack([self._cache[i] for i in flat])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return embeds
+
+    def clear_cache(self) -> None:
+        self._cache.clear()

@@ -16,7 +16,6 @@ env i's trajectory does not depend on num_envs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import fields
 from typing import Any
 
@@ -31,9 +30,7 @@ from gymnasium.vector.utils import batch_space
 from ddpo_env.backends import DiffusionBackend, load_backend
 from ddpo_env.config import EnvConfig
 from ddpo_env.ddim import DDIMSchedule
-from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource, PromptTable
-
-_EMBED_CACHE_SIZE = 4096
+from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource
 
 
 class DenoisingDiffusionVectorEnv(VectorEnv):
@@ -60,7 +57,9 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         self.backend: DiffusionBackend = load_backend(cfg.model, cfg.device, cfg.dtype)
         self.device = self.backend.device
         self.prompt_source = PromptSource(cfg.prompts if cfg.prompts is not None else self.backend.default_prompts)
-        self.prompt_table = PromptTable(self.prompt_source.prompts or ())
+        self.conditioning = self.backend.conditioning  # prompt ids are shared by every env on this model
+        for prompt in self.prompt_source.prompts or ():
+            self.conditioning.id_of(prompt)
         self.guidance_scale = float(
             cfg.guidance_scale if cfg.guidance_scale is not None else self.backend.default_guidance_scale
         )
@@ -89,7 +88,6 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         self._episode_over = False
         self._prompt_rngs: list[np.random.Generator] = []
         self._noise_generators: list[torch.Generator] = []
-        self._embed_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     # ----------------------------------------------------------------------------------------------- API
 
@@ -160,26 +158,13 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         return tuple(self.decode_images(self._latents))
 
     def close(self, **kwargs: Any) -> None:
-        self._embed_cache.clear()
         super().close(**kwargs)
 
     # --------------------------------------------------------------------------- for policies and rewards
 
     def prompt_embeds(self, prompt_ids: np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
         """Conditioning (B, L, D) for prompt ids (B,) or (B, 1), on the env's device (cached per id)."""
-        ids = np.asarray(
-            prompt_ids.cpu() if isinstance(prompt_ids, torch.Tensor) else prompt_ids, dtype=np.int64
-        ).reshape(-1)
-        missing = sorted({int(i) for i in ids if int(i) not in self._embed_cache})
-        if missing:
-            for i, e in zip(missing, self.backend.encode_prompts(self.prompt_table.strings(missing)), strict=True):
-                self._embed_cache[i] = e
-        for i in ids:
-            self._embed_cache.move_to_end(int(i))
-        embeds = torch.stack([self._embed_cache[int(i)] for i in ids])
-        while len(self._embed_cache) > _EMBED_CACHE_SIZE:
-            self._embed_cache.popitem(last=False)
-        return embeds
+        return self.conditioning.embeds(prompt_ids)
 
     def negative_prompt_embeds(self, batch_size: int = 1) -> torch.Tensor:
         """Conditioning of the empty prompt (id 0), the unconditional branch of CFG: (batch_size, L, D)."""
@@ -187,7 +172,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
 
     def prompt_strings(self, prompt_ids: np.ndarray | list[int]) -> list[str]:
         """The prompt text of each id."""
-        return self.prompt_table.strings(prompt_ids)
+        return self.conditioning.strings(prompt_ids)
 
     def decode_images(self, latents: torch.Tensor) -> np.ndarray:
         """Decode latents (B, C, h, w) to uint8 images (B, H, W, 3) with the model's frozen decoder."""
@@ -210,7 +195,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
     def _start_episode(self, prompts: list[str] | None) -> None:
         if prompts is None:
             prompts = [self.prompt_source.sample(rng) for rng in self._prompt_rngs]
-        self._prompt_ids = np.array([self.prompt_table.id_of(p) for p in prompts], dtype=np.int64)
+        self._prompt_ids = np.array([self.conditioning.id_of(p) for p in prompts], dtype=np.int64)
         self._latents = torch.stack(
             [torch.randn(self.latent_shape, generator=g, device=self.device) for g in self._noise_generators]
         )

@@ -327,3 +327,11 @@ def test_all_log_probs_of_a_default_length_rollout_are_finite(overrides):
         obs, *_ = venv.step(action)
         log_probs.append(log_prob)
     assert np.isfinite(np.stack(log_probs)).all()
+
+
+def test_envs_on_the_same_model_share_prompt_ids():
+    train = _vector(prompts=["a cat", "a dog"])
+    evaluation = DenoisingDiffusionVectorEnv(num_envs=2, **{**TINY, "model": train.backend, "prompts": ["a dog", "x"]})
+    obs, _ = evaluation.reset(seed=0, options={"prompts": ["x", "a cat"]})
+    assert train.prompt_strings(obs["prompt_id"]) == ["x", "a cat"]
+    torch.testing.assert_close(train.prompt_embeds(obs["prompt_id"]), evaluation.prompt_embeds(obs["prompt_id"]))
