@@ -21,8 +21,8 @@ from stable_baselines3.common.logger import configure
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import DDPO_IS
 from agents.evaluation import evaluate_policy
-from benchmarks.default_model_quality import save_grid
 from benchmarks.record import RESULTS_DIR, environment, update_summary, write_json
+from ddpo_env.images import save_grid
 from ddpo_env.models.digits import prompt_for
 from rewards import JpegCompressibility
 

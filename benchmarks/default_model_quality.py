@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 from benchmarks.record import RESULTS_DIR, environment, update_summary, write_json
 from ddpo_env import DDIMSampler, DenoisingDiffusionVectorEnv
+from ddpo_env.images import save_grid
 from ddpo_env.models.digit_classifier import load_classifier
 from ddpo_env.models.digits import HELDOUT_TEMPLATES, load_unet, prompt_for
 
@@ -42,18 +42,6 @@ def generate(env: DenoisingDiffusionVectorEnv, prompts: list[str], seed: int) ->
 def agreement(images: np.ndarray, digits: np.ndarray, classifier) -> float:
     predicted = classifier.predict_proba(images).argmax(dim=1).numpy()
     return float((predicted == digits).mean())
-
-
-def save_grid(images: np.ndarray, rows: int, path, scale: int = 4) -> None:
-    """images (rows * cols, H, W, 3) row-major → one PNG, each image upscaled ×scale (nearest), 2 px gaps."""
-    cols = len(images) // rows
-    h, w = images.shape[1] * scale, images.shape[2] * scale
-    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(images[: rows * cols]):
-        r, c = divmod(i, cols)
-        big = image.repeat(scale, axis=0).repeat(scale, axis=1)
-        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = big
-    Image.fromarray(grid).save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

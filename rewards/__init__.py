@@ -7,7 +7,22 @@ from rewards.callable import CallableReward, from_callable
 from rewards.digits import DigitAlignment, prompted_digit
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 
+REWARDS: dict[str, type[TerminalReward]] = {
+    "jpeg_compressibility": JpegCompressibility,
+    "jpeg_incompressibility": JpegIncompressibility,
+    "digit_alignment": DigitAlignment,
+}
+
+
+def make_reward(name: str, env, **kwargs) -> TerminalReward:
+    """Wrap ``env`` with the reward called ``name`` (see ``REWARDS``)."""
+    if name not in REWARDS:
+        raise ValueError(f"unknown reward {name!r}: use one of {sorted(REWARDS)}")
+    return REWARDS[name](env, **kwargs)
+
+
 __all__ = [
+    "REWARDS",
     "CallableReward",
     "DigitAlignment",
     "JpegCompressibility",
@@ -16,5 +31,6 @@ __all__ = [
     "TerminalReward",
     "from_callable",
     "jpeg_size_kb",
+    "make_reward",
     "prompted_digit",
 ]
