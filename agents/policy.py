@@ -3,8 +3,8 @@
 The policy owns the trainable UNet (the env's, with an optional peft LoRA adapter) and evaluates the exact DDIM
 Gaussian of ``ddpo_env.ddim`` — one implementation shared with the env's sampler. What it does not have, on
 purpose: orthogonal re-initialisation (it would destroy a pretrained UNet), a learned log-std (σ_t is fixed by the
-scheduler and η), a features extractor. The value is 0 (DDPO needs no critic); stock PPO still runs, its value
-loss then being a constant.
+scheduler and η), a features extractor. The value is 0 unless ``value_head=True`` (DDPO needs no critic; stock PPO
+runs either way, its value loss being a constant without the head).
 
 Observations are SB3 tensors: {"latent": (B, C, h, w), "timestep": (B, 1), "prompt_id": (B, 1)} (floats after
 SB3's preprocessing; ids and timesteps are exact integers in float32 up to 2**24). Actions may come flat
@@ -38,7 +38,8 @@ class DiffusionPolicy(BasePolicy):
         lora_rank: rank of the LoRA adapter on ``lora_targets``; 0 or None fine-tunes the whole UNet.
         lora_alpha: LoRA scale numerator (default: equal to the rank, so the scale is 1).
         lora_targets: attention projections that get the adapter.
-        seed: seeds the LoRA initialisation and the policy's noise generator.
+        seed: seeds the LoRA initialisation, the value head and the policy's noise generator.
+        value_head: add a small critic V(x_t, t, c) (:class:`ValueHead`) for algorithms that use one.
         optimizer_class, optimizer_kwargs: the optimizer over the trainable parameters only.
     """
 
@@ -56,6 +57,7 @@ class DiffusionPolicy(BasePolicy):
         seed: int = 0,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
+        value_head: bool = False,
     ) -> None:
         if use_sde:
             raise ValueError("use_sde=True is not supported: the DDIM policy's noise is fixed by the scheduler")
@@ -78,6 +80,13 @@ class DiffusionPolicy(BasePolicy):
         self.lora_rank = int(lora_rank or 0)
         self._setup_trainable(lora_alpha, lora_targets, seed)
         self.noise_generator = torch.Generator(device=env.backend.device).manual_seed(seed)
+        self.value_net: ValueHead | None = None
+        if value_head:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                embed_dim = env.prompt_embeds([0]).shape[-1]
+                self.value_net = ValueHead(self.latent_shape[0], embed_dim)
+            self.value_net.to(env.backend.device)
         self.optimizer = self.optimizer_class(
             self.trainable_parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
@@ -111,7 +120,8 @@ class DiffusionPolicy(BasePolicy):
                 param.data = param.data.float()  # LoRA weights stay fp32 under mixed precision
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        return params + (list(self.value_net.parameters()) if self.value_net is not None else [])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights only (the LoRA adapter, or the whole UNet without LoRA)."""
@@ -167,10 +177,9 @@ class DiffusionPolicy(BasePolicy):
     def forward(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(actions (B, C, h, w), values (B, 1) = 0, log_prob (B,)) as SB3's collect_rollouts expects."""
+        """(actions (B, C, h, w), values (B, 1), log_prob (B,)) as SB3's collect_rollouts expects."""
         out = self.step(obs, deterministic=deterministic)
-        values = torch.zeros(out.log_prob.shape[0], 1, device=out.log_prob.device)
-        return out.prev_sample, values, out.log_prob
+        return out.prev_sample, self.predict_values(obs), out.log_prob
 
     def evaluate_actions(
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor
@@ -178,16 +187,42 @@ class DiffusionPolicy(BasePolicy):
         """(values (B, 1) = 0, log_prob (B,), entropy (B,)) of ``actions`` (B, C, h, w) or flat (B, C·h·w)."""
         out = self.step(obs, actions=actions)
         _, timesteps, _ = self._unpack(obs)
-        values = torch.zeros(out.log_prob.shape[0], 1, device=out.log_prob.device)
-        return values, out.log_prob, self.entropy(timesteps).to(out.log_prob.device)
+        return self.predict_values(obs), out.log_prob, self.entropy(timesteps).to(out.log_prob.device)
 
     def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.zeros(obs["latent"].shape[0], 1, device=obs["latent"].device)
+        """V(s) (B, 1): the value head's estimate, or 0 without one."""
+        latents, timesteps, prompt_ids = self._unpack(obs)
+        if self.value_net is None:
+            return torch.zeros(latents.shape[0], 1, device=latents.device)
+        embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy()).float()
+        return self.value_net(latents, timesteps.to(latents.device), embeds)
 
     def _predict(self, observation: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         return self.step(observation, deterministic=deterministic).prev_sample
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(lora_rank=self.lora_rank)
+        data.update(lora_rank=self.lora_rank, value_head=self.value_net is not None)
         return data
+
+
+class ValueHead(torch.nn.Module):
+    """A small critic V(x_t, t, c): conv features of x_t pooled, a sinusoidal embedding of t, the mean prompt
+    embedding, then an MLP → (B, 1). Independent of the UNet, so the policy's weights are untouched by its loss."""
+
+    def __init__(self, channels: int, embed_dim: int, width: int = 64) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, width, 3, padding=1), torch.nn.SiLU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        )  # fmt: skip
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width + 32 + embed_dim, width), torch.nn.SiLU(), torch.nn.Linear(width, 1)
+        )
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        freqs = torch.exp(-math.log(10_000) * torch.arange(16, device=latents.device) / 16)
+        angles = timesteps.float()[:, None] * freqs[None]
+        t_embed = torch.cat([angles.sin(), angles.cos()], dim=1)
+        return self.mlp(torch.cat([self.features(latents), t_embed, prompt_embeds.mean(dim=1)], dim=1))

@@ -187,3 +187,19 @@ def test_evaluation_is_repeatable_and_leaves_the_policy_noise_untouched():
     assert a.images.shape == (3, 16, 16, 3) and np.array_equal(a.images, b.images)
     assert np.array_equal(a.rewards, b.rewards) and (a.rewards < 0).all()
     assert torch.equal(agent.policy.noise_generator.get_state(), state)
+
+
+def test_optional_value_head_is_trained_by_stock_ppo():
+    venv = tiny_env()
+    model = PPO(DiffusionPolicy, SB3VecEnv(venv), n_steps=4, batch_size=6, n_epochs=2, gamma=1.0, gae_lambda=1.0,
+                clip_range=1e-4, vf_coef=0.5, ent_coef=0.0, learning_rate=1e-3, device="cpu", seed=0,
+                policy_kwargs={"diffusion_env": venv, "value_head": True})
+    head_before = {k: v.clone() for k, v in model.policy.value_net.state_dict().items()}
+    obs, _ = venv.reset(seed=0)
+    values = model.policy.predict_values({k: torch.as_tensor(v) for k, v in obs.items()})
+    assert values.shape == (3, 1) and values.requires_grad
+    model.learn(total_timesteps=2 * 4 * 3)
+    assert any(not torch.equal(head_before[k], v) for k, v in model.policy.value_net.state_dict().items())
+    no_head = DiffusionPolicy(venv.single_observation_space, venv.single_action_space, lambda _: 1e-3,
+                              diffusion_env=tiny_env())
+    assert no_head.value_net is None
