@@ -18,6 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import AGENTS, make_agent
-from agents.evaluation import evaluate_policy
+from agents.evaluation import EvaluationResult, evaluate_policy
 from ddpo_env.images import save_grid
 from ddpo_env.models.digits import prompt_for
 from rewards import REWARDS, make_reward
@@ -72,6 +73,13 @@ class TrainConfig:
     """Where the PNGs, metrics and weights go."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+
+
+class TrainResult(NamedTuple):
+    metrics: dict[str, Any]  # what metrics.json holds
+    before: EvaluationResult  # the fixed evaluation set before training
+    after: EvaluationResult  # and after
+    agent: Any
 
 
 class EpochProgress(BaseCallback):
@@ -140,8 +148,8 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run the job described by ``cfg``; returns the metrics written to metrics.json."""
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run the job described by ``cfg``; returns its metrics (also in metrics.json) and evaluations."""
     if cfg.agent not in AGENTS:
         raise ValueError(f"unknown agent {cfg.agent!r}: use one of {sorted(AGENTS)}")
     if cfg.reward not in REWARDS:
@@ -183,6 +191,7 @@ def train(cfg: TrainConfig) -> dict:
     save_weights(agent.policy.trainable_state_dict(), out / "trained.safetensors")
     metrics = {
         "config": asdict(cfg),
+        "samples": cfg.epochs * cfg.samples_per_epoch,
         "train_seconds": seconds,
         "eval_reward_before": {"mean": float(before.rewards.mean()), "std": float(before.rewards.std())},
         "eval_reward_after": {"mean": float(after.rewards.mean()), "std": float(after.rewards.std())},
@@ -200,7 +209,7 @@ def train(cfg: TrainConfig) -> dict:
         f"  {out / 'metrics.json'}        numbers\n"
         f"  {out / 'trained.safetensors'} trained weights"
     )
-    return metrics
+    return TrainResult(metrics, before, after, agent)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
