@@ -4,6 +4,7 @@ the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Impor
 
 from rewards.base import SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
+from rewards.combine import weighted_sum
 from rewards.digits import DigitAlignment, prompted_digit
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 
@@ -33,4 +34,5 @@ __all__ = [
     "jpeg_size_kb",
     "make_reward",
     "prompted_digit",
+    "weighted_sum",
 ]

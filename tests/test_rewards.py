@@ -116,3 +116,23 @@ def test_digit_alignment_on_the_default_model_episode():
     while not terminated:
         obs, reward, terminated, _, info = env.step(sampler(obs)[0])
     assert 0.5 < reward <= 1.0 and info["reward_digit_alignment"] == reward
+
+
+def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
+    from rewards import weighted_sum
+
+    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY)
+    env = weighted_sum(venv, {"jpeg_compressibility": 2.0, "jpeg_incompressibility": 0.5},
+                       options={"jpeg_compressibility": {"upscale": 2}})
+    reward, terminated, info = run(env)[-1]
+    expected = 2.0 * info["reward_jpeg_compressibility"] + 0.5 * info["reward_jpeg_incompressibility"]
+    np.testing.assert_allclose(reward, expected)
+    sizes = np.array([jpeg_size_kb(im, 95, 2) for im in info["image"]])
+    np.testing.assert_allclose(info["reward_jpeg_compressibility"], -sizes)
+    with pytest.raises(ValueError) as e:
+        weighted_sum(venv, {"beauty": 1.0})
+    assert str(e.value) == ("weighted_sum: unknown or unweighted reward(s) ['beauty']: use names from "
+                            "['digit_alignment', 'jpeg_compressibility', 'jpeg_incompressibility']")
+    with pytest.raises(ValueError) as e:
+        weighted_sum(venv, {"jpeg_compressibility": 0})
+    assert str(e.value) == "weighted_sum: the weight of 'jpeg_compressibility' must be a finite non-zero number, got 0"
