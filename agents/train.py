@@ -44,9 +44,13 @@ class TrainConfig:
     model: str = "default"
     """'default' (embedded digits model), 'tiny', or a local diffusers Stable Diffusion folder."""
     reward: str = "jpeg_compressibility"
-    """jpeg_compressibility | jpeg_incompressibility | digit_alignment."""
+    """jpeg_compressibility | jpeg_incompressibility | digit_alignment | aesthetic."""
     jpeg_upscale: int = 4
     """JPEG rewards: enlarge images ×k before encoding (small images need it)."""
+    aesthetic_clip_model: str = ""
+    """aesthetic reward: local folder (or hub id) of a CLIP ViT-L/14."""
+    aesthetic_mlp_weights: str = ""
+    """aesthetic reward: path of the LAION predictor head's weights."""
     epochs: int = 56
     """Rollouts of samples_per_epoch samples each."""
     samples_per_epoch: int = 64
@@ -161,7 +165,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     env_kwargs = {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype}
     if cfg.num_steps:
         env_kwargs["num_steps"] = cfg.num_steps
-    reward_kwargs = {"upscale": cfg.jpeg_upscale} if cfg.reward.startswith("jpeg") else {}
+    reward_kwargs: dict = {"upscale": cfg.jpeg_upscale} if cfg.reward.startswith("jpeg") else {}
+    if cfg.reward == "aesthetic":
+        reward_kwargs = {"clip_model": cfg.aesthetic_clip_model, "mlp_weights": cfg.aesthetic_mlp_weights}
     env = make_reward(cfg.reward, gym.make_vec("DenoisingDiffusion-v0", num_envs=cfg.num_envs, **env_kwargs),
                       **reward_kwargs)
     agent_class = AGENTS[cfg.agent]

@@ -2,6 +2,7 @@
 the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Imports ``ddpo_env``, never ``agents``.
 """
 
+from rewards.aesthetic import AestheticScore
 from rewards.base import SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
 from rewards.combine import weighted_sum
@@ -12,6 +13,7 @@ REWARDS: dict[str, type[TerminalReward]] = {
     "jpeg_compressibility": JpegCompressibility,
     "jpeg_incompressibility": JpegIncompressibility,
     "digit_alignment": DigitAlignment,
+    "aesthetic": AestheticScore,
 }
 
 
@@ -24,6 +26,7 @@ def make_reward(name: str, env, **kwargs) -> TerminalReward:
 
 __all__ = [
     "REWARDS",
+    "AestheticScore",
     "CallableReward",
     "DigitAlignment",
     "JpegCompressibility",

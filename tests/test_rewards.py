@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from ddpo_env import DDIMSampler
-from rewards import DigitAlignment, JpegCompressibility, JpegIncompressibility, from_callable, jpeg_size_kb
+from rewards import (
+    AestheticScore,
+    DigitAlignment,
+    JpegCompressibility,
+    JpegIncompressibility,
+    from_callable,
+    jpeg_size_kb,
+)
 from tests.conftest import TINY
 
 
@@ -132,7 +139,64 @@ def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"beauty": 1.0})
     assert str(e.value) == ("weighted_sum: unknown or unweighted reward(s) ['beauty']: use names from "
-                            "['digit_alignment', 'jpeg_compressibility', 'jpeg_incompressibility']")
+                            "['aesthetic', 'digit_alignment', 'jpeg_compressibility', 'jpeg_incompressibility']")
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"jpeg_compressibility": 0})
     assert str(e.value) == "weighted_sum: the weight of 'jpeg_compressibility' must be a finite non-zero number, got 0"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_and_mlp(tmp_path_factory):
+    """A random CLIP with ViT-L/14's projection size (768) and a random head of the real predictor's shape."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from rewards.aesthetic import AestheticMLP
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=768,
+    )
+    CLIPModel(config).save_pretrained(folder / "clip")
+    torch.save(AestheticMLP().state_dict(), folder / "head.pth")
+    return str(folder / "clip"), str(folder / "head.pth")
+
+
+def test_aesthetic_score_equals_clip_embedding_through_the_mlp(tiny_clip_and_mlp):
+    import torch
+    from transformers import CLIPModel
+
+    from rewards.aesthetic import AestheticMLP, clip_pixels
+
+    clip_path, head_path = tiny_clip_and_mlp
+    env = AestheticScore(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), clip_model=clip_path,
+                         mlp_weights=head_path, batch_size=2)
+    reward, terminated, info = run(env)[-1]
+    clip = CLIPModel.from_pretrained(clip_path).eval()
+    head = AestheticMLP()
+    head.load_state_dict(torch.load(head_path, weights_only=True))
+    head.eval()
+    with torch.no_grad():
+        e = clip.visual_projection(clip.vision_model(pixel_values=clip_pixels(info["image"], 32, "cpu")).pooler_output)
+        expected = head(e / e.norm(dim=-1, keepdim=True)).squeeze(1).numpy()
+    np.testing.assert_allclose(reward, expected, rtol=1e-5, atol=1e-6)
+    assert env.mlp.layers[0].weight.shape == (1024, 768) and env.mlp.layers[7].weight.shape == (1, 16)
+
+
+def test_aesthetic_names_the_fix_when_weights_are_missing(tiny_clip_and_mlp, tmp_path):
+    clip_path, _ = tiny_clip_and_mlp
+    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
+    with pytest.raises(FileNotFoundError) as e:
+        AestheticScore(venv, clip_model=clip_path, mlp_weights=str(tmp_path / "missing.pth"))
+    assert str(e.value) == (
+        f"aesthetic: no predictor weights at {str(tmp_path / 'missing.pth')!r}. Download the LAION aesthetic "
+        "predictor's MLP (e.g. sac+logos+ava1-l14-linearMSE.pth) and pass its path as mlp_weights="
+    )
+    with pytest.raises(FileNotFoundError, match=r"^aesthetic: could not load a CLIP model from '/nowhere/clip'"):
+        AestheticScore(venv, clip_model="/nowhere/clip", mlp_weights="x.pth")
