@@ -42,10 +42,6 @@ class TrajectoryBuffer:
     def reset(self) -> None:
         self.filled = 0
 
-    @property
-    def full(self) -> bool:
-        return self.filled == self.num_samples
-
     def add_step(
         self,
         rows: slice,

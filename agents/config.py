@@ -64,16 +64,19 @@ class AgentConfig:
             )
         if not (0 < self.timestep_fraction <= 1):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
-        for name in ("learning_rate", "adv_clip", "max_grad_norm"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        self._require_positive_finite("learning_rate", "adv_clip", "max_grad_norm")
         if self.stat_min_count > self.stat_buffer_size:
             raise ValueError(
                 f"stat_min_count={self.stat_min_count} must be <= stat_buffer_size={self.stat_buffer_size}"
             )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+
+    def _require_positive_finite(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
     def train_timesteps(self, num_steps: int) -> int:
         """Timesteps trained per sample and inner epoch: ⌈T · timestep_fraction⌉ (at least 1)."""
@@ -89,8 +92,7 @@ class DDPOISConfig(AgentConfig):
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         super().validate(num_envs, num_steps)
-        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
-            raise ValueError(f"clip_range must be finite and > 0, got {self.clip_range!r}")
+        self._require_positive_finite("clip_range")
 
 
 @dataclass
@@ -115,8 +117,7 @@ class RWRConfig(AgentConfig):
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         super().validate(num_envs, num_steps)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {self.temperature!r}")
+        self._require_positive_finite("temperature")
 
 
 @dataclass

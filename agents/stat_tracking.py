@@ -50,11 +50,6 @@ class PerPromptStatTracker:
             advantages[members] = (rewards[members] - mean) / (std + EPS)
         return advantages
 
-    def stats(self) -> dict[str, float]:
-        """Number of tracked prompts and the mean buffer fill, for logging."""
-        sizes = [len(b) for b in self.buffers.values()]
-        return {"num_prompts": len(sizes), "mean_count": float(np.mean(sizes)) if sizes else 0.0}
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer_size": self.buffer_size,

@@ -16,7 +16,6 @@ env i's trajectory does not depend on num_envs.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import gymnasium as gym
@@ -275,12 +274,3 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
             f"DenoisingDiffusionVectorEnv(num_envs={self.num_envs}, model={self.backend!r}, "
             f"num_steps={self.num_steps}, eta={self.schedule.eta}, guidance_scale={self.guidance_scale})"
         )
-
-    def config_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (model given by name), for logs and checkpoints."""
-        d = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
-        d["model"] = self.backend.name
-        if callable(d["prompts"]):
-            d["prompts"] = repr(self.prompt_source)
-        d["autoreset_mode"] = self.config.autoreset_mode.value
-        return d
