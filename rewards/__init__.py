@@ -3,6 +3,7 @@ the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Impor
 """
 
 from rewards.aesthetic import AestheticScore
+from rewards.alignment import AlignmentScorer, PromptAlignment
 from rewards.base import SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
 from rewards.combine import weighted_sum
@@ -14,6 +15,7 @@ REWARDS: dict[str, type[TerminalReward]] = {
     "jpeg_incompressibility": JpegIncompressibility,
     "digit_alignment": DigitAlignment,
     "aesthetic": AestheticScore,
+    "alignment": PromptAlignment,
 }
 
 
@@ -27,10 +29,12 @@ def make_reward(name: str, env, **kwargs) -> TerminalReward:
 __all__ = [
     "REWARDS",
     "AestheticScore",
+    "AlignmentScorer",
     "CallableReward",
     "DigitAlignment",
     "JpegCompressibility",
     "JpegIncompressibility",
+    "PromptAlignment",
     "SingleEnvReward",
     "TerminalReward",
     "from_callable",

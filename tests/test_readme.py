@@ -15,3 +15,23 @@ def test_readme_gym_make_example_runs(capsys):
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["terminated"] is True and namespace["info"]["image"].shape == (16, 16, 3)
     assert "a handwritten digit" in capsys.readouterr().out
+
+
+def test_readme_custom_reward_example_runs():
+    import gymnasium as gym
+    import numpy as np
+
+    from ddpo_env import DDIMSampler
+    from tests.conftest import TINY
+
+    section = README.read_text(encoding="utf-8").split("Your own reward, in five lines:", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len([line for line in code.strip().splitlines() if line.strip()]) <= 5 + 2  # + two imports
+    namespace: dict = {"env": gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY)}
+    exec(compile(code, str(README), "exec"), namespace)
+    env = namespace["env"]
+    obs, _ = env.reset(seed=0)
+    for _ in range(4):
+        obs, reward, terminated, truncated, info = env.step(DDIMSampler(env)(obs)[0])
+    np.testing.assert_allclose(reward, info["image"].mean(axis=(1, 2, 3)) / 255.0)
+    assert terminated.all() and np.array_equal(info["reward_brightness"], reward)

@@ -139,7 +139,8 @@ def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"beauty": 1.0})
     assert str(e.value) == ("weighted_sum: unknown or unweighted reward(s) ['beauty']: use names from "
-                            "['aesthetic', 'digit_alignment', 'jpeg_compressibility', 'jpeg_incompressibility']")
+                            "['aesthetic', 'alignment', 'digit_alignment', 'jpeg_compressibility', "
+                            "'jpeg_incompressibility']")
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"jpeg_compressibility": 0})
     assert str(e.value) == "weighted_sum: the weight of 'jpeg_compressibility' must be a finite non-zero number, got 0"
@@ -200,3 +201,16 @@ def test_aesthetic_names_the_fix_when_weights_are_missing(tiny_clip_and_mlp, tmp
     )
     with pytest.raises(FileNotFoundError, match=r"^aesthetic: could not load a CLIP model from '/nowhere/clip'"):
         AestheticScore(venv, clip_model="/nowhere/clip", mlp_weights="x.pth")
+
+
+def test_the_spec_of_a_wrapped_env_rebuilds_it_with_its_rewards():
+    from rewards import weighted_sum
+
+    env = weighted_sum(gym.make("DenoisingDiffusion-v0", **TINY), {"jpeg_incompressibility": 0.5})
+    env = JpegCompressibility(env, quality=80, upscale=2, weight=2.0)
+    rebuilt = gym.make(env.spec)
+    assert [w.kwargs for w in rebuilt.spec.additional_wrappers] == [w.kwargs for w in env.spec.additional_wrappers]
+    (reward, _, info), (rebuilt_reward, _, rebuilt_info) = run(env, seed=3)[-1], run(rebuilt, seed=3)[-1]
+    assert rebuilt_reward == reward != 0
+    assert rebuilt_info["reward_jpeg_compressibility"] == info["reward_jpeg_compressibility"]
+    assert rebuilt_info["reward_jpeg_incompressibility"] == info["reward_jpeg_incompressibility"]

@@ -30,5 +30,5 @@ def test_train_cli_rejects_unknown_names(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0
-    assert ("ValueError: unknown reward 'beauty': use one of ['aesthetic', 'digit_alignment', "
+    assert ("ValueError: unknown reward 'beauty': use one of ['aesthetic', 'alignment', 'digit_alignment', "
             "'jpeg_compressibility', 'jpeg_incompressibility']") in result.stderr
