@@ -26,4 +26,4 @@ test: lint
 
 # DDPO-IS on the embedded default model, JPEG compressibility: about 10 minutes on 2 CPU cores; PNGs in runs/train
 train: $(STAMP)
-	$(PY) -m agents.train --output-dir runs/train
+	$(PY) -m agents.cli train --output-dir runs/train

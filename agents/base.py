@@ -251,7 +251,26 @@ class DiffusionAgent(OnPolicyAlgorithm):
             iteration += 1
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.train()
+            _notify_epoch_end(callback)
             if log_interval and iteration % log_interval == 0:
                 self.dump_logs(iteration)
         callback.on_training_end()
         return self
+
+
+class EpochEndCallback(BaseCallback):
+    """An SB3 callback that is also told when an epoch's update is done (``on_epoch_end``), the moment to save
+    checkpoints or log images: the rollout and the update of ``model.num_epochs`` are both finished."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def on_epoch_end(self) -> None:
+        pass
+
+
+def _notify_epoch_end(callback: BaseCallback) -> None:
+    if isinstance(callback, EpochEndCallback):
+        callback.on_epoch_end()
+    for child in getattr(callback, "callbacks", []):  # a CallbackList
+        _notify_epoch_end(child)

@@ -127,6 +127,25 @@ class DiffusionPolicy(BasePolicy):
         """The trained weights only (the LoRA adapter, or the whole UNet without LoRA)."""
         return {n: p.detach() for n, p in self.unet.named_parameters() if p.requires_grad}
 
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy saved trained weights (:meth:`trainable_state_dict`) into this policy; the names must match."""
+        params = dict(self.unet.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"the saved weights do not fit this policy (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+                "build the policy with the saved run's model and lora_rank"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                if params[name].shape != value.shape:
+                    raise ValueError(
+                        f"saved weight {name} has shape {tuple(value.shape)}, the policy's has "
+                        f"{tuple(params[name].shape)}: build the policy with the saved run's model and lora_rank"
+                    )
+                params[name].copy_(value)
+
     # ------------------------------------------------------------------------------------------- math
 
     def _unpack(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

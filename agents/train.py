@@ -1,22 +1,24 @@
-"""Train an agent on DenoisingDiffusion-v0 and leave pictures: ``python -m agents.train`` (what ``make train`` runs).
+"""One training job on DenoisingDiffusion-v0, from a :class:`TrainConfig` (what ``ddpo train`` and ``make train``
+run; the command line is :mod:`agents.cli`).
 
 Defaults: DDPO-IS on the embedded default model with the JPEG-compressibility reward, 56 epochs of 64 samples
-(about 9 minutes on 2 CPU cores). Writes to ``--output-dir``: ``reward_curve.png`` (reward per epoch),
-``before_after.png`` (the same prompts and seeds before and after), ``metrics.json`` and ``trained.safetensors``
-(the trained weights: the LoRA adapter, or the whole UNet with ``--lora-rank 0``).
+(under 10 minutes on 2 CPU cores). The output folder gets
 
-Checkpoints with bit-exact resume, TensorBoard and LoRA export to diffusers arrive with the training application
-(issue #6); this entry point runs one training job from start to end.
+    reward_curve.png   training reward per epoch, and the evaluation before / after
+    before_after.png   100 fixed prompts and seeds: left before training, right after
+    metrics.json       the numbers
+    checkpoints/       epoch-NNNNNN/ folders (atomic; resume with --resume auto)
+    logs/              TensorBoard events (scalars and captioned sample grids) and progress.csv
+    lora/              the LoRA adapter in diffusers' format (pipe.load_lora_weights), or unet/ for a full fine-tune
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import tempfile
+import math
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,12 +26,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger
-from tqdm import tqdm
+from stable_baselines3.common.logger import configure
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import AGENTS, make_agent
+from agents.callbacks import CheckpointEvery, EpochProgress, ImageGrids
+from agents.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from agents.evaluation import EvaluationResult, evaluate_policy
+from agents.export import export_weights
 from ddpo_env.images import save_grid
 from ddpo_env.models.digits import prompt_for
 from rewards import REWARDS, make_reward
@@ -44,15 +48,15 @@ class TrainConfig:
     model: str = "default"
     """'default' (embedded digits model), 'tiny', or a local diffusers Stable Diffusion folder."""
     reward: str = "jpeg_compressibility"
-    """jpeg_compressibility | jpeg_incompressibility | digit_alignment | aesthetic."""
+    """A reward name, or a weighted sum such as 'jpeg_compressibility=1,digit_alignment=2'."""
+    reward_options: dict = field(default_factory=dict)
+    """Per-reward constructor arguments, e.g. {"aesthetic": {"clip_model": "...", "mlp_weights": "..."}} (JSON)."""
     jpeg_upscale: int = 4
     """JPEG rewards: enlarge images ×k before encoding (small images need it)."""
-    aesthetic_clip_model: str = ""
-    """aesthetic reward: local folder (or hub id) of a CLIP ViT-L/14."""
-    aesthetic_mlp_weights: str = ""
-    """aesthetic reward: path of the LAION predictor head's weights."""
+    prompts: str = ""
+    """Prompt file (one per line); empty: the model's own prompt distribution."""
     epochs: int = 56
-    """Rollouts of samples_per_epoch samples each."""
+    """Rollouts of samples_per_epoch samples each (the whole job, also when resuming)."""
     samples_per_epoch: int = 64
     """Denoising trajectories per rollout."""
     num_envs: int = 16
@@ -74,44 +78,83 @@ class TrainConfig:
     dtype: str = "float32"
     """Model precision: float32 | float16 | bfloat16."""
     output_dir: str = "runs/train"
-    """Where the PNGs, metrics and weights go."""
+    """Where the PNGs, metrics, logs, checkpoints and exported weights go."""
+    save_every: int = 10
+    """Checkpoint every N epochs (0: only at the end; the last epoch is always saved)."""
+    keep_last: int = 3
+    """Checkpoints kept (0: all)."""
+    resume: str = ""
+    """'auto' (the newest checkpoint in output_dir/checkpoints), a checkpoint folder, or empty to start afresh."""
+    tensorboard: bool = True
+    """Write TensorBoard events (scalars; sample grids every image_every epochs) to output_dir/logs."""
+    image_every: int = 14
+    """Epochs between captioned sample grids in TensorBoard (0: none)."""
+    evaluate: bool = True
+    """Evaluate 100 fixed prompts and seeds before and after training (the PNGs need it)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 
 
 class TrainResult(NamedTuple):
     metrics: dict[str, Any]  # what metrics.json holds
-    before: EvaluationResult  # the fixed evaluation set before training
-    after: EvaluationResult  # and after
+    before: EvaluationResult | None  # the fixed evaluation set before training
+    after: EvaluationResult | None  # and after
     agent: Any
 
 
-class EpochProgress(BaseCallback):
-    """A tqdm bar over epochs showing the reward mean and samples/s; keeps the per-epoch reward statistics."""
-
-    def __init__(self, epochs: int, samples_per_epoch: int) -> None:
-        super().__init__()
-        self.bar = tqdm(total=epochs, desc="train", unit="epoch")
-        self.samples_per_epoch = samples_per_epoch
-        self.history: list[dict[str, float]] = []
-        self._start = time.perf_counter()
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        rewards = self.model.buffer.rewards
-        elapsed = time.perf_counter() - self._start
-        self.history.append({"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())})
-        done = len(self.history) * self.samples_per_epoch
-        self.bar.set_postfix(reward=f"{rewards.mean():.4f}", samples_per_s=f"{done / elapsed:.1f}")
-        self.bar.update(1)
-
-    def _on_training_end(self) -> None:
-        self.bar.close()
+def parse_rewards(spec: str) -> dict[str, float]:
+    """'name' → {name: 1.0}; 'a=1,b=-0.5' → {a: 1.0, b: -0.5}; unknown names and bad weights are errors."""
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition("=")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            value = math.nan
+        if name not in REWARDS or not math.isfinite(value) or value == 0:
+            raise ValueError(
+                f"bad reward {part.strip()!r} in {spec!r}: use a name from {sorted(REWARDS)}, optionally "
+                "=weight (finite, non-zero), comma-separated"
+            )
+        weights[name] = value
+    return weights
 
 
-def evaluation_prompts(env) -> list[str]:
+def validate(cfg: TrainConfig) -> None:
+    if cfg.agent not in AGENTS:
+        raise ValueError(f"unknown agent {cfg.agent!r}: use one of {sorted(AGENTS)}")
+    unknown = sorted(set(cfg.reward_options) - set(parse_rewards(cfg.reward)))
+    if unknown:
+        raise ValueError(f"reward_options for {unknown}, which are not in reward={cfg.reward!r}")
+    for name in ("epochs", "samples_per_epoch", "num_envs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("save_every", "keep_last", "image_every", "threads", "num_steps", "lora_rank"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None) -> Any:
+    """The reward-wrapped vector env of the job (``model``: reuse a built backend, e.g. the training env's)."""
+    env_kwargs: dict[str, Any] = {"model": model if model is not None else cfg.model, "device": cfg.device,
+                                  "dtype": cfg.dtype}
+    if cfg.num_steps:
+        env_kwargs["num_steps"] = cfg.num_steps
+    if cfg.prompts:
+        env_kwargs["prompts"] = cfg.prompts
+    env = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs or cfg.num_envs, **env_kwargs)
+    for name, weight in parse_rewards(cfg.reward).items():
+        options = {"upscale": cfg.jpeg_upscale} if name.startswith("jpeg") else {}
+        env = make_reward(name, env, weight=weight, **{**options, **cfg.reward_options.get(name, {})})
+    return env
+
+
+def build_agent(cfg: TrainConfig, env: Any) -> Any:
+    known = {f.name for f in fields(AGENTS[cfg.agent].config_class)}
+    return make_agent(cfg.agent, env, **{k: v for k, v in asdict(cfg).items() if k in known})
+
+
+def evaluation_prompts(env: Any) -> list[str]:
     """Ten prompts × ten seeds: the digits for the default model, else the model's default prompts."""
     if env.unwrapped.backend.name == "default":
         return [prompt_for(d, "a handwritten digit {n}") for d in range(10) for _ in range(10)]
@@ -119,7 +162,8 @@ def evaluation_prompts(env) -> list[str]:
     return [p for p in base for _ in range(10)]
 
 
-def plot_rewards(history: list[dict[str, float]], before: float, after: float, path: Path, title: str) -> None:
+def plot_rewards(history: list[dict[str, float]], before: float | None, after: float | None, path: Path,
+                 title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,8 +175,9 @@ def plot_rewards(history: list[dict[str, float]], before: float, after: float, p
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(epochs, mean, label="training rollouts (mean ± std)")
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
-    ax.axhline(before, color="gray", linestyle="--", label=f"evaluation before: {before:.3f}")
-    ax.axhline(after, color="green", linestyle="--", label=f"evaluation after: {after:.3f}")
+    if before is not None and after is not None:
+        ax.axhline(before, color="gray", linestyle="--", label=f"evaluation before: {before:.3f}")
+        ax.axhline(after, color="green", linestyle="--", label=f"evaluation after: {after:.3f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("reward")
     ax.set_title(title)
@@ -142,92 +187,91 @@ def plot_rewards(history: list[dict[str, float]], before: float, after: float, p
     plt.close(fig)
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors, written to a temporary file and renamed (never half a file)."""
-    from safetensors.torch import save_file
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint a job resumes from (None: a fresh start)."""
+    if not cfg.resume:
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")  # nothing saved yet: a fresh start
+    path = Path(cfg.resume)
+    read_meta(path)  # a clear error when it is not a checkpoint
+    return path
 
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        tmp = f.name
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+
+def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, resumed: bool) -> EvaluationResult:
+    """The untrained model's evaluation, kept in before.npz so a resumed job reuses it."""
+    path = out / "before.npz"
+    if resumed and path.is_file():
+        saved = np.load(path)
+        return EvaluationResult(saved["images"], saved["rewards"], prompts)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000)
+    np.savez(path, images=result.images, rewards=result.rewards)
+    return result
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run the job described by ``cfg``; returns its metrics (also in metrics.json) and evaluations."""
-    if cfg.agent not in AGENTS:
-        raise ValueError(f"unknown agent {cfg.agent!r}: use one of {sorted(AGENTS)}")
-    if cfg.reward not in REWARDS:
-        raise ValueError(f"unknown reward {cfg.reward!r}: use one of {sorted(REWARDS)}")
+def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
+    """Run the job described by ``cfg`` (resuming it when ``cfg.resume`` says so); returns its metrics (also in
+    metrics.json), its evaluations and the agent. ``callbacks`` run after the job's own."""
+    validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env_kwargs = {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype}
-    if cfg.num_steps:
-        env_kwargs["num_steps"] = cfg.num_steps
-    reward_kwargs: dict = {"upscale": cfg.jpeg_upscale} if cfg.reward.startswith("jpeg") else {}
-    if cfg.reward == "aesthetic":
-        reward_kwargs = {"clip_model": cfg.aesthetic_clip_model, "mlp_weights": cfg.aesthetic_mlp_weights}
-    env = make_reward(cfg.reward, gym.make_vec("DenoisingDiffusion-v0", num_envs=cfg.num_envs, **env_kwargs),
-                      **reward_kwargs)
-    agent_class = AGENTS[cfg.agent]
-    known = {f.name for f in fields(agent_class.config_class)}
-    agent_kwargs = {k: v for k, v in asdict(cfg).items() if k in known}
-    agent = make_agent(cfg.agent, env, **agent_kwargs)
-    agent.set_logger(Logger(folder=None, output_formats=[]))
-    eval_env = make_reward(
-        cfg.reward,
-        gym.make_vec("DenoisingDiffusion-v0", num_envs=25, **{**env_kwargs, "model": env.unwrapped.backend}),
-        **reward_kwargs,
-    )
+    resume_from = resolve_resume(cfg)
+
+    env = build_env(cfg)
+    agent = build_agent(cfg, env)
+    history: list[dict[str, float]] = []
+    if resume_from is not None:
+        history = load_checkpoint(agent, resume_from)["config"].get("history", [])
+        print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
+    agent.set_logger(configure(str(out / "logs"), ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]))
+
+    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if cfg.evaluate or cfg.image_every else None
     prompts = evaluation_prompts(env)
-    before = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000)
+    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if cfg.evaluate else None
 
-    progress = EpochProgress(cfg.epochs, cfg.samples_per_epoch)
+    progress = EpochProgress(cfg.epochs, cfg.samples_per_epoch, history)
+    job = asdict(cfg)
+    checkpoints = CheckpointEvery(out / "checkpoints", cfg.save_every, cfg.epochs, cfg.keep_last,
+                                  lambda: {**job, "history": progress.history})
+    own: list[BaseCallback] = [progress, checkpoints]
+    if cfg.tensorboard and cfg.image_every:
+        own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every))
+    remaining = cfg.epochs - agent.num_epochs
     start = time.perf_counter()
-    agent.learn(total_samples=cfg.epochs * cfg.samples_per_epoch, callback=progress)
+    if remaining > 0:
+        agent.learn(total_samples=remaining * cfg.samples_per_epoch, callback=[*own, *callbacks],
+                    reset_num_timesteps=resume_from is None)
     seconds = time.perf_counter() - start
-    after = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000)
+    agent.logger.close()
+    after = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000) if cfg.evaluate else None
 
-    grid = np.concatenate([before.images.reshape(10, 10, *before.images.shape[1:])[:, :5],
-                           after.images.reshape(10, 10, *after.images.shape[1:])[:, :5]], axis=1)
-    save_grid(grid.reshape(-1, *before.images.shape[1:]), rows=10, path=out / "before_after.png")
-    plot_rewards(progress.history, float(before.rewards.mean()), float(after.rewards.mean()),
-                 out / "reward_curve.png", f"{cfg.agent} on {cfg.model} model, reward {cfg.reward}")
-    save_weights(agent.policy.trainable_state_dict(), out / "trained.safetensors")
-    metrics = {
-        "config": asdict(cfg),
-        "samples": cfg.epochs * cfg.samples_per_epoch,
-        "train_seconds": seconds,
-        "eval_reward_before": {"mean": float(before.rewards.mean()), "std": float(before.rewards.std())},
-        "eval_reward_after": {"mean": float(after.rewards.mean()), "std": float(after.rewards.std())},
-        "epochs": progress.history,
-    }
+    exported = export_weights(agent.policy, out)
+    plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
+                 None if after is None else float(after.rewards.mean()), out / "reward_curve.png",
+                 f"{cfg.agent} on {cfg.model} model, reward {cfg.reward}")
+    metrics: dict[str, Any] = {"config": job, "samples": agent.num_epochs * cfg.samples_per_epoch,
+                               "train_seconds_this_run": seconds, "epochs": progress.history}
+    lines = [f"\n{cfg.agent} on the {cfg.model} model, reward {cfg.reward}: {agent.num_epochs} epochs × "
+             f"{cfg.samples_per_epoch} samples ({max(remaining, 0)} epochs in this run, {seconds / 60:.1f} min)"]
+    if before is not None and after is not None:
+        grid = np.concatenate([before.images.reshape(10, 10, *before.images.shape[1:])[:, :5],
+                               after.images.reshape(10, 10, *after.images.shape[1:])[:, :5]], axis=1)
+        save_grid(grid.reshape(-1, *before.images.shape[1:]), rows=10, path=out / "before_after.png")
+        for key, result in (("eval_reward_before", before), ("eval_reward_after", after)):
+            metrics[key] = {"mean": float(result.rewards.mean()), "std": float(result.rewards.std())}
+        gain = (after.rewards.mean() - before.rewards.mean()) / max(before.rewards.std(), 1e-12)
+        lines += [f"  evaluation reward (100 fixed prompts and seeds): {before.rewards.mean():.4f} ± "
+                  f"{before.rewards.std():.4f} → {after.rewards.mean():.4f} ± {after.rewards.std():.4f}  "
+                  f"({gain:+.2f} initial std)",
+                  f"  {out / 'before_after.png'}  left: before, right: after (same prompts and seeds)"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    gain = (after.rewards.mean() - before.rewards.mean()) / max(before.rewards.std(), 1e-12)
-    print(
-        f"\n{cfg.agent} on the {cfg.model} model, reward {cfg.reward}: {cfg.epochs} epochs × {cfg.samples_per_epoch} "
-        f"samples in {seconds / 60:.1f} min\n"
-        f"  evaluation reward (100 fixed prompts and seeds): {before.rewards.mean():.4f} ± {before.rewards.std():.4f}"
-        f" → {after.rewards.mean():.4f} ± {after.rewards.std():.4f}  ({gain:+.2f} initial std)\n"
-        f"  {out / 'reward_curve.png'}    reward per epoch\n"
-        f"  {out / 'before_after.png'}    left: before, right: after (same prompts and seeds)\n"
-        f"  {out / 'metrics.json'}        numbers\n"
-        f"  {out / 'trained.safetensors'} trained weights"
-    )
+    lines += [f"  {out / 'reward_curve.png'}  reward per epoch",
+              f"  {out / 'metrics.json'}  numbers",
+              f"  {checkpoints.saved[-1] if checkpoints.saved else out / 'checkpoints'}  newest checkpoint "
+              f"(resume: --resume auto)",
+              f"  {exported}  trained weights for diffusers",
+              f"  {out / 'logs'}  " + (f"tensorboard --logdir {out / 'logs'}" if cfg.tensorboard else "progress.csv")]
+    print("\n".join(lines))
     return TrainResult(metrics, before, after, agent)
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
-
-def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

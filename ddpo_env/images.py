@@ -25,3 +25,29 @@ def image_grid(images: np.ndarray, rows: int, scale: int = 4, gap: int = 2) -> n
 def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 4) -> None:
     """Write :func:`image_grid` as a PNG."""
     Image.fromarray(image_grid(images, rows, scale)).save(path)
+
+
+def captioned_grid(images: np.ndarray, captions: list[str], cols: int, scale: int = 4, line_px: int = 11) -> np.ndarray:
+    """uint8 images (N, H, W, 3) in a grid of ``cols`` columns, each enlarged ×scale with its caption (e.g. the
+    prompt and the reward; lines wrapped to the cell's width) written under it."""
+    import textwrap
+
+    from PIL import ImageDraw
+
+    if len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images")
+    rows = -(-len(images) // cols)
+    h, w = images.shape[1] * scale, max(images.shape[2] * scale, 120)
+    wrapped = [[piece for line in caption.split("\n") for piece in textwrap.wrap(line, w // 6) or [""]]
+               for caption in captions]
+    cell_h, gap = h + max(map(len, wrapped)) * line_px + 4, 6
+    canvas = Image.new("RGB", (cols * (w + gap) + gap, rows * (cell_h + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (image, lines) in enumerate(zip(images, wrapped, strict=True)):
+        r, c = divmod(i, cols)
+        left, top = gap + c * (w + gap), gap + r * (cell_h + gap)
+        tile = Image.fromarray(image).resize((images.shape[2] * scale, h), Image.NEAREST)
+        canvas.paste(tile, (left + (w - tile.width) // 2, top))
+        for j, line in enumerate(lines):
+            draw.text((left, top + h + 2 + j * line_px), line, fill="black")
+    return np.asarray(canvas)

@@ -147,16 +147,29 @@ class PromptConditioning:
         if isinstance(ids, torch.Tensor):
             ids = ids.cpu().numpy()
         flat = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
-        missing = sorted({i for i in flat if i not in self._cache})
-        if missing:
-            for i, embedding in zip(missing, self.encode(self.strings(missing)), strict=True):
-                self._cache[i] = embedding
+        for i in sorted({i for i in flat if i not in self._cache}):
+            # one prompt per encoder call: an embedding never depends on which prompts shared its batch, so a
+            # resumed run (fresh cache) gets the very same bits as the uninterrupted one
+            self._cache[i] = self.encode(self.strings([i]))[0]
         for i in flat:
             self._cache.move_to_end(i)
         embeds = torch.stack([self._cache[i] for i in flat])
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return embeds
+
+    def prompt_list(self) -> list[str]:
+        """Every prompt in id order (id 0 is ""): what a checkpoint saves so ids mean the same after resume."""
+        return self.table.strings(range(len(self.table)))
+
+    def restore_prompt_list(self, prompts: Sequence[str]) -> None:
+        """Give ``prompts[i]`` id i again (a fresh table, or one that agrees on the ids it already has)."""
+        for i, prompt in enumerate(prompts):
+            if self.table.id_of(prompt) != i:
+                raise ValueError(
+                    f"prompt {prompt!r} already has id {self.table.id_of(prompt)} in this model's table, not {i}: "
+                    "restore a checkpoint into a freshly built env"
+                )
 
     def clear_cache(self) -> None:
         self._cache.clear()

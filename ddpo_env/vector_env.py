@@ -178,6 +178,49 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         images = self.backend.decode(latents)
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue this env exactly: the current latents, prompts and step,
+        every generator's state and the prompt-id table (tensors on the CPU; plain Python otherwise)."""
+        return {
+            "latents": None if self._latents is None else self._latents.cpu().clone(),
+            "prompt_ids": torch.from_numpy(self._prompt_ids.copy()),
+            "step": self._step,
+            "episode_over": self._episode_over,
+            "prompt_rngs": [rng.bit_generator.state for rng in self._prompt_rngs],
+            "noise_generators": [g.get_state() for g in self._noise_generators],
+            "np_random": None if self._np_random is None else self._np_random.bit_generator.state,
+            "prompts": self.conditioning.prompt_list(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (from an env with the same model, num_envs and latent shape)."""
+        if len(state["prompt_rngs"]) != self.num_envs:
+            raise ValueError(
+                f"the saved env state has {len(state['prompt_rngs'])} envs but this env has {self.num_envs}: "
+                "build the env with the num_envs of the saved run"
+            )
+        latents = state["latents"]
+        if latents is not None and tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"the saved latents have shape {tuple(latents.shape[1:])} but this env's latent shape is "
+                f"{self.latent_shape}: build the env with the saved run's model"
+            )
+        self.conditioning.restore_prompt_list(state["prompts"])
+        self._latents = None if latents is None else latents.to(self.device)
+        self._prompt_ids = state["prompt_ids"].numpy().astype(np.int64)
+        self._step, self._episode_over = state["step"], state["episode_over"]
+        self._prompt_rngs = []
+        for saved in state["prompt_rngs"]:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = saved
+            self._prompt_rngs.append(rng)
+        self._noise_generators = [torch.Generator(device=self.device) for _ in state["noise_generators"]]
+        for generator, saved in zip(self._noise_generators, state["noise_generators"], strict=True):
+            generator.set_state(saved)
+        if state["np_random"] is not None:
+            self._np_random = np.random.default_rng()
+            self._np_random.bit_generator.state = state["np_random"]
+
     @property
     def step_index(self) -> int | None:
         """k, the number of steps taken in the current episode (None before reset)."""

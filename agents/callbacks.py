@@ -1,0 +1,93 @@
+"""What a training job shows and keeps while it runs: a progress bar, checkpoints, image grids in TensorBoard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.logger import Image
+from tqdm import tqdm
+
+from agents.base import EpochEndCallback
+from agents.checkpoint import save_checkpoint
+from agents.evaluation import evaluate_policy
+from ddpo_env.images import captioned_grid
+
+NOT_TEXT = ("stdout", "log", "json", "csv")  # image records go to TensorBoard only
+
+
+class EpochProgress(EpochEndCallback):
+    """A tqdm bar over epochs showing the reward mean and samples/s; keeps per-epoch reward statistics in
+    ``history`` (continued from ``history`` when a run resumes)."""
+
+    def __init__(self, epochs: int, samples_per_epoch: int, history: list[dict[str, float]] | None = None) -> None:
+        super().__init__()
+        self.history = list(history or [])
+        self.bar = tqdm(total=epochs, initial=len(self.history), desc="train", unit="epoch")
+        self.samples_per_epoch = samples_per_epoch
+        self._start, self._done = time.perf_counter(), 0
+
+    def _on_rollout_end(self) -> None:
+        rewards = self.model.buffer.rewards
+        self.history.append({"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())})
+
+    def on_epoch_end(self) -> None:
+        self._done += self.samples_per_epoch
+        rate = self._done / (time.perf_counter() - self._start)
+        self.bar.set_postfix(reward=f"{self.history[-1]['reward_mean']:.4f}", samples_per_s=f"{rate:.1f}")
+        self.bar.update(1)
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class CheckpointEvery(EpochEndCallback):
+    """Saves a checkpoint every ``every`` epochs and always after the last one (``final_epoch``).
+
+    Args:
+        root: the checkpoints folder.
+        every: epochs between checkpoints (0: only the final one).
+        final_epoch: the job's last epoch.
+        keep_last: newest checkpoints kept (0: all).
+        config: called at each save; what it returns is recorded in meta.json (the job's config and history).
+    """
+
+    def __init__(self, root: str | Path, every: int, final_epoch: int, keep_last: int,
+                 config: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self.root, self.every, self.final_epoch = root, every, final_epoch
+        self.keep_last, self.config = keep_last, config
+        self.saved: list[Path] = []
+
+    def on_epoch_end(self) -> None:
+        epoch = self.model.num_epochs
+        if epoch >= self.final_epoch or (self.every and epoch % self.every == 0):
+            path = save_checkpoint(self.model, self.root, config=self.config(), keep_last=self.keep_last)
+            if path is not None:
+                self.saved.append(path)
+
+
+class ImageGrids(EpochEndCallback):
+    """Every ``every`` epochs, samples fixed prompts and seeds and logs a grid captioned with prompt and reward
+    to TensorBoard (``samples/grid``). Uses the evaluation env, never the training env's generators."""
+
+    def __init__(self, eval_env: Any, prompts: list[str], every: int, seed: int = 20_000, cols: int = 8) -> None:
+        super().__init__()
+        self.eval_env, self.prompts, self.every, self.seed, self.cols = eval_env, prompts, every, seed, cols
+
+    def log_grid(self) -> None:
+        result = evaluate_policy(self.model.policy, self.eval_env, self.prompts, seed=self.seed)
+        captions = [f"{p}\nr={r:.3f}" for p, r in zip(result.prompts, result.rewards, strict=True)]
+        grid = captioned_grid(result.images, captions, cols=self.cols)
+        self.logger.record("samples/grid", Image(grid, "HWC"), exclude=NOT_TEXT)
+
+    def _on_training_start(self) -> None:
+        if self.every and self.model.num_epochs == 0:
+            self.log_grid()  # the model before any update
+            self.logger.dump(self.model.num_timesteps)
+
+    def on_epoch_end(self) -> None:
+        if self.every and self.model.num_epochs % self.every == 0:
+            self.log_grid()

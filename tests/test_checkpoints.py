@@ -1,0 +1,246 @@
+"""Checkpoints (RELIABILITY.md 18-22): exact save/load in a fresh process, bit-exact resume after SIGKILL, atomic
+writes with safe rotation, recorded versions, the final epoch always saved."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agents.checkpoint import (
+    FORMAT_VERSION,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from agents.evaluation import evaluate_policy
+from agents.train import TrainConfig, build_agent, build_env, train
+
+JOB = {"model": "tiny", "num_steps": 4, "samples_per_epoch": 6, "num_envs": 3, "batch_size": 3, "device": "cpu",
+       "lora_rank": 4, "learning_rate": 1e-3, "evaluate": False, "tensorboard": False, "image_every": 0, "epochs": 2}
+
+
+def job(tmp_path, **overrides) -> TrainConfig:
+    return TrainConfig(**{**JOB, "output_dir": str(tmp_path / "run"), **overrides})
+
+
+def run_python(code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_trees_equal(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_trees_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_trees_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
+    """18: weights and optimizer state exactly equal; a seeded sample matches; other env shapes are refused."""
+    cfg = job(tmp_path, epochs=2)
+    result = train(cfg)
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    agent = result.agent
+    eval_env = build_env(cfg, num_envs=3, model=agent.diffusion_env.backend)
+    expected = evaluate_policy(agent.policy, eval_env, ["a cat", "a dog", "a bird"], seed=7).images
+    np.save(tmp_path / "expected.npy", expected)
+    torch.save({"weights": agent.policy.trainable_state_dict(), "optimizer": agent.policy.optimizer.state_dict()},
+               tmp_path / "expected.pt")
+    run_python("""
+        import sys, numpy as np, torch
+        from agents.checkpoint import load_checkpoint
+        from agents.evaluation import evaluate_policy
+        from agents.train import TrainConfig, build_agent, build_env
+        import json
+        cfg = TrainConfig(**json.loads(sys.argv[1]))
+        agent = build_agent(cfg, build_env(cfg))
+        load_checkpoint(agent, sys.argv[2])
+        expected = torch.load(sys.argv[3] + "/expected.pt", weights_only=True)
+        for name, value in agent.policy.trainable_state_dict().items():
+            assert torch.equal(value, expected["weights"][name]), name
+        saved, loaded = expected["optimizer"], agent.policy.optimizer.state_dict()
+        assert saved["param_groups"] == loaded["param_groups"]
+        for i, state in saved["state"].items():
+            for key, value in state.items():
+                assert torch.equal(loaded["state"][i][key], value), (i, key)
+        eval_env = build_env(cfg, num_envs=3, model=agent.diffusion_env.backend)
+        images = evaluate_policy(agent.policy, eval_env, ["a cat", "a dog", "a bird"], seed=7).images
+        assert np.abs(images.astype(int) - np.load(sys.argv[3] + "/expected.npy").astype(int)).max() == 0
+        print("ok", agent.num_epochs)
+    """, json.dumps(asdict(cfg)), str(path), str(tmp_path))
+
+    other = build_agent(job(tmp_path, num_envs=2, batch_size=2), build_env(job(tmp_path, num_envs=2, batch_size=2)))
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(other, path)
+    assert str(e.value) == (f"checkpoint {path} was saved with a different env: {{'num_envs': (3, 2)}} (saved, here): "
+                            "build the agent with the saved run's config")
+    sixteen = job(tmp_path, lora_rank=8)
+    with pytest.raises(ValueError, match=r"build the policy with the saved run's model and lora_rank$"):
+        load_checkpoint(build_agent(sixteen, build_env(sixteen)), path)
+
+
+KILL_AFTER_EPOCH_2 = """
+    import json, os, signal, sys
+    from agents.base import EpochEndCallback
+    from agents.train import TrainConfig, train
+
+    class Kill(EpochEndCallback):
+        def on_epoch_end(self):
+            if self.model.num_epochs == 2:  # after the job's own callbacks saved epoch 2
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    train(TrainConfig(**json.loads(sys.argv[1])), callbacks=[Kill()])
+"""
+
+
+def test_bit_exact_resume_after_sigkill(tmp_path):
+    """19: 4 uninterrupted epochs == 2 epochs + save + SIGKILL + resume + 2 epochs, bit for bit, on the full
+    fine-tune that make train runs; counters, per-prompt statistics and every RNG restored."""
+    whole, killed = job(tmp_path / "a", epochs=4, lora_rank=0, save_every=1, keep_last=0), job(
+        tmp_path / "b", epochs=4, lora_rank=0, save_every=1, keep_last=0)
+    cli = [sys.executable, "-m", "agents.cli", "train"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = subprocess.run([*cli, "--config", str(write_json(tmp_path / "whole.json", asdict(whole)))],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    dead = run_python(KILL_AFTER_EPOCH_2, json.dumps(asdict(killed)), check=False)
+    assert dead.returncode == -signal.SIGKILL
+    killed_dir = tmp_path / "b" / "run"
+    assert [p.name for p in list_checkpoints(killed_dir / "checkpoints")] == ["epoch-000001", "epoch-000002"]
+    resumed = subprocess.run([*cli, "--output-dir", str(killed_dir), "--resume", "auto"], capture_output=True,
+                             text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {killed_dir / 'checkpoints' / 'epoch-000002'} (epoch 2 of 4)" in resumed.stdout
+
+    a, b = tmp_path / "a" / "run" / "checkpoints" / "epoch-000004", killed_dir / "checkpoints" / "epoch-000004"
+    weights_a, weights_b = load_file(a / "trainable.safetensors"), load_file(b / "trainable.safetensors")
+    assert len(weights_a) > 100  # the whole UNet
+    assert_trees_equal(weights_a, weights_b, "weights")
+    state_a = torch.load(a / "state.pt", weights_only=True)
+    state_b = torch.load(b / "state.pt", weights_only=True)
+    assert_trees_equal(state_a, state_b)  # optimizer, counters, tracker, python/numpy/torch/env/policy RNGs
+    assert state_b["counters"] == {"num_timesteps": 4 * 6 * 4, "n_updates": 8, "num_epochs": 4,
+                                   "num_skipped_updates": 0}
+    assert read_meta(a)["config"]["history"] == read_meta(b)["config"]["history"]
+
+
+def write_json(path, values):
+    path.write_text(json.dumps(values))
+    return path
+
+
+def test_a_failed_write_leaves_the_last_checkpoint_and_prunes_nothing(tmp_path, monkeypatch):
+    """20: a writer failing midway: no partial checkpoint visible, the previous one loads, rotation untouched."""
+    cfg = job(tmp_path, epochs=3, save_every=1, keep_last=2)
+    agent = train(cfg).agent
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["epoch-000002", "epoch-000003"]  # keep_last 2
+    agent.num_epochs = 4
+
+    def broken_save(obj, path, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(agent, root, keep_last=1)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(root)] == ["epoch-000002", "epoch-000003"]  # nothing pruned
+    assert sorted(p.name for p in root.iterdir()) == ["epoch-000002", "epoch-000003"]  # no staging left
+    fresh = build_agent(cfg, build_env(cfg))
+    assert load_checkpoint(fresh, latest_checkpoint(root))["epoch"] == 3
+
+
+def test_sigkill_during_a_checkpoint_write(tmp_path):
+    """20: killed while writing epoch 2: epoch 1 stays the latest and loads; the next save clears the debris."""
+    cfg = job(tmp_path, epochs=3, save_every=1, keep_last=0)
+    run_python("""
+        import json, os, signal, sys, torch
+        from agents.train import TrainConfig, train
+        real_save = torch.save
+        def save(obj, path, *args, **kwargs):
+            if isinstance(obj, dict) and obj.get("counters", {}).get("num_epochs") == 2:
+                real_save(obj, path, *args, **kwargs)  # half the checkpoint is on disk
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_save(obj, path, *args, **kwargs)
+        torch.save = save
+        train(TrainConfig(**json.loads(sys.argv[1])))
+    """, json.dumps(asdict(cfg)), check=False)
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["epoch-000001"]
+    assert any(p.name.startswith(".staging-") for p in root.iterdir())  # the half-written one, hidden
+    agent = build_agent(cfg, build_env(cfg))
+    assert load_checkpoint(agent, latest_checkpoint(root))["epoch"] == 1
+    save_checkpoint(agent, root)
+    assert not any(p.name.startswith(".staging-") for p in root.iterdir())
+
+
+def test_only_rank_zero_writes(tmp_path):
+    """20: two processes over gloo both call save_checkpoint; one checkpoint appears, from rank 0."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, torch.distributed as dist
+        from agents.checkpoint import save_checkpoint
+        from agents.train import TrainConfig, build_agent, build_env
+        dist.init_process_group("gloo")
+        cfg = TrainConfig(**json.loads(sys.argv[1]))
+        agent = build_agent(cfg, build_env(cfg))
+        agent.num_epochs = dist.get_rank() + 1  # each rank would write its own folder
+        agent._last_obs = None
+        print("rank", dist.get_rank(), "wrote", save_checkpoint(agent, sys.argv[2]))
+        dist.destroy_process_group()
+    """))
+    cfg = job(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         str(script), json.dumps(asdict(cfg)), str(tmp_path / "ckpt")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["epoch-000001"]
+    assert "rank 1 wrote None" in result.stdout
+
+
+def test_checkpoint_records_versions_and_config_and_refuses_newer_formats(tmp_path):
+    """21."""
+    cfg = job(tmp_path, epochs=1)
+    train(cfg)
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    meta = read_meta(path)
+    assert meta["format_version"] == FORMAT_VERSION == 1
+    assert meta["packages"]["torch"] == torch.__version__ and meta["packages"]["diffusers"]
+    assert meta["config"]["model"] == "tiny" and meta["agent_config"]["lora_rank"] == 4
+    assert meta["env"] == {"model": "tiny(seed=0)", "num_envs": 3, "num_steps": 4, "latent_shape": [4, 8, 8]}
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))
+    with pytest.raises(ValueError) as e:
+        read_meta(path)
+    assert str(e.value) == (f"checkpoint {path} has format version 2; this ddpo-env reads versions up to 1: "
+                            "upgrade ddpo-env to load it")
+
+
+@pytest.mark.parametrize(("save_every", "expected"), [(2, [2, 3]), (0, [3]), (5, [3])])
+def test_the_final_epoch_is_always_saved(tmp_path, save_every, expected):
+    """22."""
+    train(job(tmp_path, epochs=3, save_every=save_every, keep_last=0))
+    assert [int(p.name[6:]) for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == expected
