@@ -252,7 +252,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                  None if after is None else float(after.rewards.mean()), out / "reward_curve.png",
                  f"{cfg.agent} on {cfg.model} model, reward {cfg.reward}")
     metrics: dict[str, Any] = {"config": job, "samples": agent.num_epochs * cfg.samples_per_epoch,
-                               "train_seconds_this_run": seconds, "epochs": progress.history}
+                               "train_seconds": seconds, "epochs": progress.history}
     lines = [f"\n{cfg.agent} on the {cfg.model} model, reward {cfg.reward}: {agent.num_epochs} epochs × "
              f"{cfg.samples_per_epoch} samples ({max(remaining, 0)} epochs in this run, {seconds / 60:.1f} min)"]
     if before is not None and after is not None:
