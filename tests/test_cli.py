@@ -1,0 +1,110 @@
+"""``ddpo train | sample | eval`` run as a user would (subprocesses) on a tiny budget; config files and flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from agents.cli import build_parser, job_config
+
+TINY_FLAGS = ["--model", "tiny", "--num-steps", "4", "--samples-per-epoch", "6", "--num-envs", "3",
+              "--batch-size", "3", "--device", "cpu", "--lora-rank", "4", "--learning-rate", "1e-3"]
+
+
+def ddpo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = ddpo("train", *TINY_FLAGS, "--epochs", "2", "--save-every", "1", "--image-every", "1",
+                  "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_train_writes_pictures_metrics_checkpoints_tensorboard_and_export(run):
+    out, result = run
+    assert "ddpo-is on the tiny model, reward jpeg_compressibility: 2 epochs × 6 samples" in result.stdout
+    for line in ("before_after.png", "reward_curve.png", "metrics.json", "checkpoints/epoch-000002", "lora",
+                 f"tensorboard --logdir {out / 'logs'}"):
+        assert line in result.stdout  # the one-screen summary says where everything is
+    assert "samples_per_s=" in result.stderr and "reward=" in result.stderr  # the progress bar
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["config"]["agent"] == "ddpo-is"
+    for name in ("before_after.png", "reward_curve.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs"))
+    events.Reload()
+    for tag in ("rollout/reward_mean", "train/approx_kl", "train/clip_fraction", "train/loss", "time/samples_per_s"):
+        assert len(events.Scalars(tag)) == 2, tag
+    grids = events.Images("samples/grid")
+    assert len(grids) == 3  # before training and after each epoch
+    assert grids[0].width > 400 and grids[0].height > 150  # 16 captioned samples, 8 per row
+
+
+def test_sample_and_eval_from_a_checkpoint(run, tmp_path):
+    out, _ = run
+    checkpoint = out / "checkpoints" / "epoch-000002"
+    sample = ddpo("sample", "--checkpoint", str(checkpoint), "--prompts", "a handwritten digit 3,a cat",
+                  "--per-prompt", "2", "--output", str(tmp_path / "grid.png"))
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert f"4 samples from {checkpoint}: reward " in sample.stdout
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] > 2 * 64 and grid.size[1] > 2 * 64
+    evaluation = ddpo("eval", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "eval.json"))
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert report["samples"] == 100 and report["reward"] == "jpeg_compressibility"
+    assert report["reward_mean"] == pytest.approx(metrics["eval_reward_after"]["mean"], abs=1e-9)  # same set
+
+
+def test_config_file_then_flags_win(tmp_path):
+    (tmp_path / "job.toml").write_text('agent = "rwr"\nepochs = 3\nreward = "jpeg_incompressibility=2"\n'
+                                       '[reward_options.jpeg_incompressibility]\nquality = 80\n')
+    (tmp_path / "job.json").write_text(json.dumps({"agent": "ddpo-sf", "lora_rank": 8}))
+    cfg = job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.toml"), "--epochs", "7"]))
+    assert (cfg.agent, cfg.epochs, cfg.reward) == ("rwr", 7, "jpeg_incompressibility=2")
+    assert cfg.reward_options == {"jpeg_incompressibility": {"quality": 80}} and cfg.lora_rank == 0
+    cfg = job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json"), "--no-tensorboard"]))
+    assert (cfg.agent, cfg.lora_rank, cfg.tensorboard) == ("ddpo-sf", 8, False)
+
+
+def test_help_shows_each_fields_docstring():
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "Checkpoint every N epochs (0: only at the end; the last epoch is always saved)." in text
+    assert "--reward-options JSON" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--reward", "beauty"], "ddpo train: error: bad reward 'beauty' in 'beauty': use a name from "
+                                      "['aesthetic', 'alignment', 'digit_alignment', 'jpeg_compressibility', "
+                                      "'jpeg_incompressibility'], optionally =weight (finite, non-zero), "
+                                      "comma-separated"),
+    (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['ddpo-is', 'ddpo-sf', "
+                                  "'rwr', 'rwr-sparse']"),
+    (["train", "--config", "nowhere.json"], "ddpo train: error: config file 'nowhere.json' does not exist"),
+    (["sample", "--checkpoint", "nowhere"], "ddpo sample: error: nowhere is not a checkpoint (no meta.json): pass a "
+                                            "folder like <run>/checkpoints/epoch-000010"),
+])
+def test_bad_input_is_one_clear_line_without_a_traceback(tmp_path, args, message):
+    result = ddpo(*args, *(["--output-dir", str(tmp_path)] if args[0] == "train" else []))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    (tmp_path / "job.json").write_text(json.dumps({"epochz": 3}))
+    with pytest.raises(ValueError, match=r"has unknown keys \['epochz'\]: known keys are \['agent', "):
+        job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json")]))
