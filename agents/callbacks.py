@@ -13,7 +13,6 @@ from tqdm import tqdm
 from agents.base import EpochEndCallback
 from agents.checkpoint import save_checkpoint
 from agents.evaluation import evaluate_policy
-from ddpo_env.images import captioned_grid
 
 NOT_TEXT = ("stdout", "log", "json", "csv")  # image records go to TensorBoard only
 
@@ -79,9 +78,7 @@ class ImageGrids(EpochEndCallback):
 
     def log_grid(self) -> None:
         result = evaluate_policy(self.model.policy, self.eval_env, self.prompts, seed=self.seed)
-        captions = [f"{p}\nr={r:.3f}" for p, r in zip(result.prompts, result.rewards, strict=True)]
-        grid = captioned_grid(result.images, captions, cols=self.cols)
-        self.logger.record("samples/grid", Image(grid, "HWC"), exclude=NOT_TEXT)
+        self.logger.record("samples/grid", Image(result.grid(self.cols), "HWC"), exclude=NOT_TEXT)
 
     def _on_training_start(self) -> None:
         if self.every and self.model.num_epochs == 0:

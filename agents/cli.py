@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.train import TrainConfig
+from agents.train import EVAL_SEED, TrainConfig
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -75,29 +75,31 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def job_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < saved config of the resumed checkpoint < config file < command-line flags."""
-    from agents.checkpoint import read_meta
+    from agents.train import resolve_resume
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     values = read_config_file(args.config) if args.config else {}
-    resume = given.get("resume", values.get("resume", ""))
-    if resume:
-        cfg = TrainConfig(**{**values, **given})
-        from agents.train import resolve_resume
-
-        path = resolve_resume(cfg)
-        if path is not None:
-            saved = {k: v for k, v in read_meta(path)["config"].items() if k in {f.name for f in fields(TrainConfig)}}
-            values = {**saved, **values}
+    merged = {**values, **given}
+    path = resolve_resume(merged.get("resume", ""), merged.get("output_dir", TrainConfig.output_dir))
+    if path is not None:
+        values = {**saved_job(path), **values}
     return TrainConfig(**{**values, **given})
+
+
+def saved_job(checkpoint: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields recorded in a checkpoint (its meta.json also holds the reward history)."""
+    from agents.checkpoint import read_meta
+
+    known = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in read_meta(checkpoint)["config"].items() if k in known}
 
 
 def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, TrainConfig, Any]:
     """(agent with the checkpoint's trained weights, its job config, its env) for sampling and evaluation."""
-    from agents.checkpoint import load_weights, read_meta
+    from agents.checkpoint import load_weights
     from agents.train import build_agent, build_env
 
-    saved = read_meta(checkpoint)["config"]
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+    cfg = TrainConfig(**saved_job(checkpoint))
     if device:
         cfg.device = device
     env = build_env(cfg)
@@ -107,20 +109,18 @@ def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, Tr
 
 
 def sample(args: argparse.Namespace) -> None:
+    from PIL import Image
+
     from agents.evaluation import evaluate_policy
     from agents.train import build_env, evaluation_prompts
-    from ddpo_env.images import captioned_grid
 
     agent, cfg, env = policy_from_checkpoint(args.checkpoint, args.device)
     prompts = [p.strip() for p in args.prompts.split(",")] if args.prompts else evaluation_prompts(env)[::10]
     prompts = [p for p in prompts for _ in range(args.per_prompt)]
     eval_env = build_env(cfg, num_envs=min(len(prompts), 25), model=env.unwrapped.backend)
     result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed)
-    grid = captioned_grid(result.images, [f"{p}\nr={r:.3f}" for p, r in zip(prompts, result.rewards, strict=True)],
-                          cols=args.per_prompt if args.per_prompt > 1 else min(len(prompts), 8))
-    from PIL import Image
-
-    Image.fromarray(grid).save(args.output)
+    cols = args.per_prompt if args.per_prompt > 1 else min(len(prompts), 8)
+    Image.fromarray(result.grid(cols)).save(args.output)
     print(f"{len(prompts)} samples from {args.checkpoint}: reward {result.rewards.mean():.4f} ± "
           f"{result.rewards.std():.4f}\n  {args.output}")
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("eval", "the reward of a checkpoint on the fixed evaluation prompts and seeds")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--checkpoint", required=True, help="a checkpoint folder (…/checkpoints/epoch-NNNNNN)")
-        sub.add_argument("--seed", type=int, default=10_000, help="seed of x_T and the sampling noise")
+        sub.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of x_T and the sampling noise")
         sub.add_argument("--device", default=None, help="override the saved run's device")
         if name == "sample":
             sub.add_argument("--prompts", default="", help="comma-separated prompts (default: ten of the model's)")

@@ -16,6 +16,13 @@ class EvaluationResult(NamedTuple):
     rewards: np.ndarray  # (N,) the env's terminal rewards (0 without a reward wrapper)
     prompts: list[str]
 
+    def grid(self, cols: int) -> np.ndarray:
+        """The images in ``cols`` columns, each captioned with its prompt and reward."""
+        from ddpo_env.images import captioned_grid
+
+        captions = [f"{p}\nr={r:.3f}" for p, r in zip(self.prompts, self.rewards, strict=True)]
+        return captioned_grid(self.images, captions, cols=cols)
+
 
 @torch.no_grad()
 def evaluate_policy(

@@ -38,6 +38,8 @@ from ddpo_env.images import save_grid
 from ddpo_env.models.digits import prompt_for
 from rewards import REWARDS, make_reward
 
+EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
+
 
 @dataclass
 class TrainConfig:
@@ -187,13 +189,13 @@ def plot_rewards(history: list[dict[str, float]], before: float | None, after: f
     plt.close(fig)
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint a job resumes from (None: a fresh start)."""
-    if not cfg.resume:
+def resolve_resume(resume: str, output_dir: str) -> Path | None:
+    """The checkpoint a job resumes from (None: a fresh start); ``resume`` as in :class:`TrainConfig`."""
+    if not resume:
         return None
-    if cfg.resume == "auto":
-        return latest_checkpoint(Path(cfg.output_dir) / "checkpoints")  # nothing saved yet: a fresh start
-    path = Path(cfg.resume)
+    if resume == "auto":
+        return latest_checkpoint(Path(output_dir) / "checkpoints")  # nothing saved yet: a fresh start
+    path = Path(resume)
     read_meta(path)  # a clear error when it is not a checkpoint
     return path
 
@@ -204,7 +206,7 @@ def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, r
     if resumed and path.is_file():
         saved = np.load(path)
         return EvaluationResult(saved["images"], saved["rewards"], prompts)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED)
     np.savez(path, images=result.images, rewards=result.rewards)
     return result
 
@@ -217,7 +219,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resume_from = resolve_resume(cfg)
+    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
 
     env = build_env(cfg)
     agent = build_agent(cfg, env)
@@ -227,7 +229,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
         print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
     agent.set_logger(configure(str(out / "logs"), ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]))
 
-    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if cfg.evaluate or cfg.image_every else None
+    grids = cfg.tensorboard and cfg.image_every > 0
+    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if cfg.evaluate or grids else None
     prompts = evaluation_prompts(env)
     before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if cfg.evaluate else None
 
@@ -236,7 +239,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     checkpoints = CheckpointEvery(out / "checkpoints", cfg.save_every, cfg.epochs, cfg.keep_last,
                                   lambda: {**job, "history": progress.history})
     own: list[BaseCallback] = [progress, checkpoints]
-    if cfg.tensorboard and cfg.image_every:
+    if grids:
         own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every))
     remaining = cfg.epochs - agent.num_epochs
     start = time.perf_counter()
@@ -245,7 +248,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                     reset_num_timesteps=resume_from is None)
     seconds = time.perf_counter() - start
     agent.logger.close()
-    after = evaluate_policy(agent.policy, eval_env, prompts, seed=10_000) if cfg.evaluate else None
+    after = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED) if cfg.evaluate else None
 
     exported = export_weights(agent.policy, out)
     plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
