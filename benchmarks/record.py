@@ -70,9 +70,9 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(f.name, path)
 
 
-def update_summary(figures: dict[str, tuple[Any, str]], env: dict[str, Any]) -> None:
+def update_summary(figures: dict[str, tuple[Any, str]], env: dict[str, Any], results_dir: Path = RESULTS_DIR) -> None:
     """Merge headline figures {key: (value, unit)} into results/summary.json, each with its provenance."""
-    path = RESULTS_DIR / "summary.json"
+    path = Path(results_dir) / "summary.json"
     summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     for key, (value, unit) in figures.items():
         summary[key] = {
