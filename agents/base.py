@@ -162,11 +162,13 @@ class DiffusionAgent(OnPolicyAlgorithm):
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
         return torch.arange(self.buffer.num_samples)
 
-    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(sample indices (B,), step indices (B,)) per micro-batch: samples shuffled, and each sample's steps
-        shuffled independently, keeping the first ⌈T·timestep_fraction⌉."""
+    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(sample indices, step indices, steps per sample) per forward/backward pass: samples shuffled, each
+        sample's steps shuffled independently keeping the first ⌈T·timestep_fraction⌉, and ``steps_per_pass`` of
+        them evaluated together (the indices are the chunk's samples repeated once per step)."""
         samples = self.train_samples()
         train_steps = self.config.train_timesteps(self.num_steps)
+        group = self.config.steps_per_pass or train_steps
         for _ in range(self.config.num_inner_epochs):
             order = samples[torch.randperm(len(samples), generator=self.train_generator)]
             step_order = torch.stack(
@@ -174,11 +176,13 @@ class DiffusionAgent(OnPolicyAlgorithm):
             )
             for first in range(0, len(order), self.config.batch_size):
                 chunk = slice(first, first + self.config.batch_size)
-                for j in range(train_steps):
-                    yield order[chunk], step_order[chunk, j]
+                for j in range(0, train_steps, group):
+                    k = min(group, train_steps - j)
+                    yield order[chunk].repeat(k), step_order[chunk, j : j + k].T.reshape(-1), k
 
     def backward_passes_per_update(self) -> int:
-        """Backward passes whose gradients add up to one optimizer step."""
+        """Single-step backward passes (a micro-batch at one denoising step) whose gradients add up to one
+        optimizer step; a pass over k steps at once counts k."""
         return self.config.gradient_accumulation_steps * self.config.train_timesteps(self.num_steps)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -194,10 +198,10 @@ class DiffusionAgent(OnPolicyAlgorithm):
         metrics: dict[str, list[float]] = defaultdict(list)
         start, passes = time.perf_counter(), 0
         self.policy.optimizer.zero_grad(set_to_none=True)
-        for samples, steps in self.micro_batches():
+        for samples, steps, k in self.micro_batches():
             loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
-            (loss / per_update).backward()
-            passes += 1
+            (loss * k / per_update).backward()  # k steps at once: the sum of k single-step passes
+            passes += k
             metrics["loss"].append(float(loss.detach()))
             for key, value in info.items():
                 metrics[key].append(value)

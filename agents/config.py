@@ -22,6 +22,9 @@ class AgentConfig:
     """AdamW learning rate (DDPO: 3e-4 with LoRA, ~1e-5 for a full fine-tune)."""
     adam_weight_decay: float = 1e-4
     """AdamW weight decay."""
+    steps_per_pass: int = 1
+    """Denoising steps of each sample evaluated in one forward/backward pass (0: all trained steps): the same
+    gradient, since one optimizer step sums all of them anyway; fewer, larger network calls and more memory."""
     timestep_fraction: float = 1.0
     """Fraction of each trajectory's T steps trained on (a random subset per sample and inner epoch), in (0, 1]."""
     adv_clip: float = 5.0
@@ -62,6 +65,8 @@ class AgentConfig:
                 f"{micro_batches} micro-batches per epoch (samples_per_epoch={self.samples_per_epoch} / "
                 f"batch_size={self.batch_size})"
             )
+        if not isinstance(self.steps_per_pass, int) or self.steps_per_pass < 0:
+            raise ValueError(f"steps_per_pass must be an int >= 0 (0: all trained steps), got {self.steps_per_pass!r}")
         if not (0 < self.timestep_fraction <= 1):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
         self._require_positive_finite("learning_rate", "adv_clip", "max_grad_norm")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from agents.train import TrainConfig
-from benchmarks.record import RESULTS_DIR, environment, update_summary, write_json
+from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
 AGENTS = ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse")
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "digit_alignment")
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings["num_envs"] = min(settings["num_envs"], settings["samples_per_epoch"])
     base = replace(TrainConfig(), **settings, tensorboard=False, image_every=0, save_every=0, keep_last=1)
     agents, rewards = args.agents.split(","), args.rewards.split(",")
-    command = "python -m benchmarks.algorithms " + " ".join(argv if argv is not None else _argv())
-    env_info = environment(command.strip())
+    env_info = environment(command_line("benchmarks.algorithms", argv))
     env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
 
     results_dir = Path(args.results_dir)
@@ -216,12 +215,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     update_summary({args.name: (figures, "final evaluation reward, mean over seeds")}, env_info, results_dir)
     print(text)
     return data
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

@@ -35,6 +35,14 @@ def git_revision() -> str:
     return rev + ("-dirty" if dirty else "")
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that reruns ``module`` with ``argv`` (the process's own arguments when None)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python -m", module, *args])
+
+
 def machine() -> str:
     """One line: CPU count, torch threads, GPU if any."""
     import torch

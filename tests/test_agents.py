@@ -67,6 +67,21 @@ def test_two_runs_with_the_same_seed_give_exactly_equal_parameters():
                                                          c.policy.trainable_state_dict().values(), strict=True))
 
 
+@pytest.mark.parametrize("name", ["ddpo-is", "ddpo-sf"])
+@pytest.mark.parametrize("steps_per_pass", [0, 3])
+def test_several_steps_per_pass_give_the_same_update_as_one(name, steps_per_pass):
+    """Batched log-probs (k steps of a sample in one network call) only regroup a sum: same parameters."""
+    one, _, initial = trained(name, timestep_fraction=0.75, num_inner_epochs=1 if name == "ddpo-sf" else 2)
+    many, _, _ = trained(name, timestep_fraction=0.75, num_inner_epochs=1 if name == "ddpo-sf" else 2,
+                         steps_per_pass=steps_per_pass)
+    assert many.config.train_timesteps(many.num_steps) == 3  # of 4: groups of 3 or 0 (all) are one pass
+    moved = max(float((v - initial[k]).abs().max()) for k, v in one.policy.trainable_state_dict().items())
+    assert moved > 1e-4  # Adam moves weights by ~lr; float regrouping differs by ~1e-6 at most
+    for key, value in one.policy.trainable_state_dict().items():
+        torch.testing.assert_close(many.policy.trainable_state_dict()[key], value, rtol=0, atol=1e-5)
+    assert many._n_updates == one._n_updates
+
+
 def test_ratio_is_one_before_the_first_update():
     """With one optimizer step per epoch every log-prob is recomputed under the sampling weights: ratio = 1."""
     _, records, _ = trained("ddpo-is", gradient_accumulation_steps=2)
@@ -120,6 +135,7 @@ def test_stock_sb3_ppo_trains_the_diffusion_policy():
         ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
         ({"learning_rate": float("nan")}, "learning_rate must be finite and > 0, got nan"),
         ({"stat_min_count": 64}, "stat_min_count=64 must be <= stat_buffer_size=32"),
+        ({"steps_per_pass": -1}, "steps_per_pass must be an int >= 0 (0: all trained steps), got -1"),
     ],
 )
 def test_config_validation_names_the_offending_values(overrides, message):

@@ -1,0 +1,131 @@
+"""The benchmark scripts run end to end on tiny settings and write what the README quotes (numbers come from the
+committed runs, not from here)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import algorithms, gpu, overhead, peers_trl
+from benchmarks.bare_ddpo import BareConfig, BareDDPO, Timers
+from ddpo_env.backends import load_backend
+from ddpo_env.ddim import DDIMSchedule, ddim_step
+
+
+def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_path):
+    argv = ["--model", "tiny", "--agents", "ddpo-is,rwr-sparse", "--rewards", "jpeg_compressibility", "--seeds", "1",
+            "--epochs", "2", "--samples-per-epoch", "8", "--num-steps", "2", "--workers", "1",
+            "--results-dir", str(tmp_path)]
+    data = algorithms.main(argv)
+    table = data["table"]["jpeg_compressibility"]
+    assert set(table) == {"ddpo-is", "rwr-sparse"}
+    for row in table.values():
+        assert len(row["curve_mean"]) == 2 and np.isfinite(row["eval_after_mean"]) and row["seeds"] == 1
+    assert {r["agent"] for r in data["runs"]} == {"ddpo-is", "rwr-sparse"}
+    md = (tmp_path / "algorithms.md").read_text()
+    assert "| jpeg_compressibility |" in md and "DDPO-IS" in md and "RWR sparse" in md
+    assert (tmp_path / "algorithms.png").stat().st_size > 10_000
+    summary = json.loads((tmp_path / "summary.json").read_text())["algorithms"]
+    assert summary["value"]["jpeg_compressibility"]["ddpo-is"] == table["ddpo-is"]["eval_after_mean"]
+    assert summary["command"].startswith("python -m benchmarks.algorithms --model tiny")
+    again = algorithms.main([*argv, "--resume"])  # nothing left to run: the same runs come back
+    assert again["runs"] == data["runs"]
+
+
+def test_bare_loop_scores_its_own_samples_with_ratio_one_and_trains():
+    backend = load_backend("tiny", "cpu")
+    backend.unet.requires_grad_(True)
+    schedule = DDIMSchedule.from_scheduler_config(backend.scheduler_config, 3, 1.0)
+    bare = BareDDPO(backend, schedule, ["a cat", "a dog"], 1.0, lambda images, prompts: images.mean((1, 2, 3)),
+                    BareConfig(samples_per_epoch=4, sample_batch=2, batch_size=2))
+    batch = bare.sample(backend.latent_shape(None))
+    assert batch["latents"].shape == (4, 4, 4, 8, 8) and batch["log_probs"].shape == (4, 3)
+    k = 1
+    t = schedule.timesteps[k].repeat(4)
+    with torch.no_grad():
+        out = ddim_step(bare.model_output(batch["latents"][:, k], t, batch["prompt_idx"]), t, batch["latents"][:, k],
+                        schedule, prev_sample=batch["latents"][:, k + 1])
+    torch.testing.assert_close(out.log_prob, batch["log_probs"][:, k], rtol=0, atol=1e-5)
+    before = [p.clone() for p in bare.params]
+    bare.train(batch)
+    assert any(not torch.equal(a, b) for a, b in zip(before, bare.params, strict=True))
+
+
+def test_overhead_benchmark_times_both_loops_with_a_breakdown(tmp_path):
+    rows = overhead.main(["--model", "tiny", "--epochs", "1", "--steps-per-pass", "1", "--threads", "1",
+                          "--results-dir", str(tmp_path)])
+    row = rows[0]
+    assert 0.2 < row["ratio"] < 5
+    for side in ("ours", "bare"):
+        parts = row["breakdown_per_epoch"][side]
+        for key in ("sampling/unet", "sampling/decode", "sampling/reward", "training/unet", "training/optimizer"):
+            assert parts[key] > 0, (side, key)
+        assert parts["sampling/total"] >= parts["sampling/unet"]
+    assert row["breakdown_per_epoch"]["ours"]["training/buffer"] > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["overhead_ratio"]["value"] == row["ratio"]
+    assert "| 1 |" in (tmp_path / "overhead.md").read_text()
+
+
+def test_gpu_benchmark_runs_its_code_on_a_tiny_architecture_on_cpu(tmp_path):
+    out = gpu.main(["--tiny", "--device", "cpu", "--epochs", "1", "--num-steps", "2", "--dtype", "float32",
+                    "--results-dir", str(tmp_path)])
+    rows = out["rows"]
+    assert [(r["trainer"], r["gradient_checkpointing"]) for r in rows] == [
+        ("ddpo-env", False), ("bare loop", False), ("ddpo-env", True), ("bare loop", True)]
+    assert all(r["samples_per_s"] > 0 and r["peak_gb"] is None for r in rows)
+    assert (tmp_path / "gpu_tiny.md").exists() and not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_gpu_benchmark_without_cuda_says_it_skipped(capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu.main(["--results-dir", "/nonexistent"])
+    assert e.value.code == 0
+    assert "no CUDA device here; skipped" in capsys.readouterr().err
+
+
+def test_timers_split_phases_and_count_the_rest_as_other():
+    timers = Timers(torch.device("cpu"))
+
+    class Work:
+        def run(self):
+            return sum(range(10_000))
+
+    work = Work()
+    timers.wrap(work, "run", "part")
+    with timers.phase("sampling"):
+        work.run()
+        sum(range(10_000))
+    parts = timers.breakdown()
+    assert parts["sampling/part"] > 0 and parts["sampling/other"] > 0
+    assert parts["sampling/part"] + parts["sampling/other"] == pytest.approx(parts["sampling/total"])
+
+
+def test_the_pipeline_folder_shared_with_trl_loads_the_same_weights_here(tmp_path):
+    from ddpo_env.models.tiny import build_tiny_pipeline
+
+    prompts = peers_trl.save_portable_tiny_pipeline(tmp_path, sample_size=8)
+    assert (tmp_path / "tokenizer" / "vocab.json").exists() and (tmp_path / "tokenizer" / "merges.txt").exists()
+    loaded, original = load_backend(str(tmp_path), "cpu"), build_tiny_pipeline(0, sample_size=8)
+    reference = original.text_encoder(original.tokenizer(prompts, return_tensors="pt", padding="max_length",
+                                                         max_length=16).input_ids)[0]
+    torch.testing.assert_close(loaded.encode_prompts(prompts), reference, rtol=0, atol=0)
+    for a, b in zip(loaded.unet.state_dict().values(), original.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+TRL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-trl" / "bin" / "python"
+
+
+@pytest.mark.skipif(not TRL_PYTHON.exists(), reason="TRL's venv is created by python -m benchmarks.peers_trl")
+def test_trl_worker_trains_one_epoch_on_the_shared_folder(tmp_path):
+    prompts = peers_trl.save_portable_tiny_pipeline(tmp_path / "model", sample_size=8)
+    out = peers_trl.run_process([str(TRL_PYTHON), "benchmarks/trl_ddpo_worker.py", "--model", str(tmp_path / "model"),
+                                 "--prompts", ",".join(prompts), "--epochs", "1", "--threads", "1",
+                                 "--num-steps", "2", "--samples-per-epoch", "8"])
+    assert len(out["epoch_seconds"]) == 1 and out["optimizer_steps"] == 2 and out["trl"] == "0.23.1"
+    assert os.path.isdir(tmp_path / "model")
