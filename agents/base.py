@@ -8,6 +8,8 @@ says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.buffer import TrajectoryBuffer
 from agents.config import AgentConfig
+from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import EPS, PerPromptStatTracker
 from ddpo_env.sb3 import SB3VecEnv
@@ -96,6 +99,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         )
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
+        self._pass_generators: dict[int, torch.Generator] = {}  # grad_workers threads: one per pass
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
 
@@ -198,16 +202,16 @@ class DiffusionAgent(OnPolicyAlgorithm):
         metrics: dict[str, list[float]] = defaultdict(list)
         start, passes = time.perf_counter(), 0
         self.policy.optimizer.zero_grad(set_to_none=True)
+        update: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         for samples, steps, k in self.micro_batches():
-            loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
-            (loss * k / per_update).backward()  # k steps at once: the sum of k single-step passes
+            update.append((samples, steps, k))
             passes += k
-            metrics["loss"].append(float(loss.detach()))
-            for key, value in info.items():
-                metrics[key].append(value)
             if passes % per_update == 0:
+                self._accumulate(update, passes // per_update, per_update, params, metrics)
                 self._optimizer_step(params, metrics)
-        if passes % per_update:
+                update = []
+        if update:
+            self._accumulate(update, passes // per_update + 1, per_update, params, metrics)
             self._optimizer_step(params, metrics)
         self.num_epochs += 1
         for key, values in metrics.items():
@@ -216,6 +220,46 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.logger.record("train/skipped_updates", self.num_skipped_updates)
         seconds = self._sampling_seconds + time.perf_counter() - start
         self.logger.record("time/samples_per_s", self.buffer.num_samples / seconds)
+
+    def _accumulate(self, update: list[tuple[torch.Tensor, torch.Tensor, int]], update_index: int,
+                    per_update: int, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
+        """The gradients of one update's passes into ``.grad``: in order on this thread, or on ``grad_workers``
+        threads (:mod:`agents.parallel`), each pass then drawing any randomness from its own generator seeded here."""
+        infos: list[tuple[float, dict[str, float]]] = [(0.0, {})] * len(update)
+
+        def loss_of(i: int, seed: int | None = None) -> torch.Tensor:
+            samples, steps, k = update[i]
+            if seed is not None:
+                self._pass_generators[threading.get_ident()] = torch.Generator().manual_seed(seed)
+            loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
+            infos[i] = (float(loss.detach()), info)
+            return loss * k / per_update  # k steps at once: the sum of k single-step passes
+
+        workers = min(self.config.grad_workers, len(update))
+        if workers <= 1:
+            for i in range(len(update)):
+                loss_of(i).backward()
+        else:
+            # each pass's seed from (seed, epoch, update, pass): the shuffles' generator is left untouched
+            seeds = [int(np.random.SeedSequence([self.config.seed, self.num_epochs, update_index, i]).generate_state(
+                1, np.uint64)[0] >> 1) for i in range(len(update))]
+            try:
+                grads = parallel_gradients([functools.partial(loss_of, i, s) for i, s in enumerate(seeds)], params,
+                                           workers)
+            finally:
+                self._pass_generators.clear()
+            for param, grad in zip(params, grads, strict=True):
+                if grad is not None:
+                    param.grad = grad if param.grad is None else param.grad + grad
+        for loss, info in infos:
+            metrics["loss"].append(loss)
+            for key, value in info.items():
+                metrics[key].append(value)
+
+    def loss_generator(self) -> torch.Generator:
+        """Where :meth:`compute_loss` draws random numbers: the training generator, or on a ``grad_workers``
+        thread that pass's own generator (so the draws do not depend on thread timing)."""
+        return self._pass_generators.get(threading.get_ident(), self.train_generator)
 
     def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)

@@ -64,7 +64,7 @@ class RWR(DiffusionAgent):
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = self.buffer.final_samples()[samples]
-        g = self.train_generator
+        g = self.loss_generator()
         t = torch.randint(len(self.alphas_cumprod), (len(samples),), generator=g).to(self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
         alpha_prod = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))

@@ -37,6 +37,7 @@ CONFIG = {"num_steps": 20, "guidance_scale": 5.0, "samples_per_epoch": 32, "samp
 VARIANTS = {
     "ddpo-env (one step per pass)": {"steps_per_pass": 1},
     "ddpo-env (all steps in one pass)": {"steps_per_pass": 0},
+    "ddpo-env (2 gradient threads)": {"grad_workers": 2},
 }
 
 

@@ -82,6 +82,20 @@ def test_several_steps_per_pass_give_the_same_update_as_one(name, steps_per_pass
     assert many._n_updates == one._n_updates
 
 
+def test_gradient_workers_give_the_update_of_one_thread_and_repeat_exactly():
+    """Backward passes of an update on 2 threads: the sequential update up to float rounding, bit-identical run to
+    run; an algorithm drawing noise in its loss (RWR) draws it per pass, so it repeats exactly too."""
+    one, _, _ = trained("ddpo-is")
+    two, _, _ = trained("ddpo-is", grad_workers=2)
+    again, _, _ = trained("ddpo-is", grad_workers=2)
+    for key, value in one.policy.trainable_state_dict().items():
+        torch.testing.assert_close(two.policy.trainable_state_dict()[key], value, rtol=0, atol=1e-5)
+        assert torch.equal(two.policy.trainable_state_dict()[key], again.policy.trainable_state_dict()[key])
+    assert two._n_updates == one._n_updates
+    rwr = [trained("rwr", grad_workers=2)[0].policy.trainable_state_dict() for _ in range(2)]
+    assert all(torch.equal(rwr[0][k], rwr[1][k]) for k in rwr[0])
+
+
 def test_ratio_is_one_before_the_first_update():
     """With one optimizer step per epoch every log-prob is recomputed under the sampling weights: ratio = 1."""
     _, records, _ = trained("ddpo-is", gradient_accumulation_steps=2)
@@ -135,6 +149,7 @@ def test_stock_sb3_ppo_trains_the_diffusion_policy():
         ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
         ({"learning_rate": float("nan")}, "learning_rate must be finite and > 0, got nan"),
         ({"stat_min_count": 64}, "stat_min_count=64 must be <= stat_buffer_size=32"),
+        ({"grad_workers": 0}, "grad_workers must be a positive int, got 0"),
         ({"steps_per_pass": -1}, "steps_per_pass must be an int >= 0 (0: all trained steps), got -1"),
     ],
 )
