@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import DDPO_IS
@@ -93,7 +93,7 @@ def run_ours(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: di
     env = JpegCompressibility(env)
     agent = DDPO_IS(env, samples_per_epoch=s["samples_per_epoch"], batch_size=s["batch_size"],
                     lora_rank=s["lora_rank"], per_prompt_stat_tracking=False)
-    agent.set_logger(configure(None, []))
+    agent.set_logger(Logger(folder=None, output_formats=[]))
     unet = env.unwrapped.backend.unet
     if checkpointing:
         unet.enable_gradient_checkpointing()

@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import DDPO_IS
@@ -58,7 +58,7 @@ def build_ours(model: str, device: str, steps_per_pass: int, timers: Timers) -> 
     agent = DDPO_IS(env, samples_per_epoch=SETTINGS["samples_per_epoch"], batch_size=SETTINGS["batch_size"],
                     learning_rate=SETTINGS["learning_rate"], clip_range=SETTINGS["clip_range"], lora_rank=0,
                     per_prompt_stat_tracking=False, steps_per_pass=steps_per_pass)
-    agent.set_logger(configure(None, []))
+    agent.set_logger(Logger(folder=None, output_formats=[]))
     backend = env.unwrapped.backend
     timers.wrap(backend, "predict", "unet")
     timers.wrap(backend, "decode", "decode")

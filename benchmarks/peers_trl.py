@@ -78,7 +78,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     """One timed run of this project (in a fresh process: ``--worker``)."""
     import gymnasium as gym
     import torch
-    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.logger import Logger
 
     import ddpo_env  # noqa: F401
     from agents import DDPO_IS
@@ -92,7 +92,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     agent = DDPO_IS(env, samples_per_epoch=c["samples_per_epoch"], batch_size=c["train_batch_size"],
                     lora_rank=c["lora_rank"], learning_rate=c["learning_rate"], clip_range=c["clip_range"],
                     per_prompt_stat_tracking=False, **overrides)
-    agent.set_logger(configure(None, []))
+    agent.set_logger(Logger(folder=None, output_formats=[]))
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
