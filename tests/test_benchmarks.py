@@ -129,3 +129,10 @@ def test_trl_worker_trains_one_epoch_on_the_shared_folder(tmp_path):
                                  "--num-steps", "2", "--samples-per-epoch", "8"])
     assert len(out["epoch_seconds"]) == 1 and out["optimizer_steps"] == 2 and out["trl"] == "0.23.1"
     assert os.path.isdir(tmp_path / "model")
+
+
+def test_algorithms_gpu_preset_needs_a_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        algorithms.main(["--preset", "gpu"])
+    assert e.value.code == 2
+    assert "--preset gpu needs --model: a local Stable Diffusion folder" in capsys.readouterr().err
