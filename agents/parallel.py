@@ -17,9 +17,7 @@ import torch
 Grads = list[torch.Tensor | None]
 
 
-def _add(total: Grads | None, grads: Sequence[torch.Tensor | None]) -> Grads:
-    if total is None:
-        return list(grads)
+def _add(total: Grads, grads: Sequence[torch.Tensor | None]) -> Grads:
     return [a if b is None else b if a is None else a + b for a, b in zip(total, grads, strict=True)]
 
 
@@ -31,9 +29,9 @@ def parallel_gradients(
     n = len(passes)
     shares = [list(passes[n * w // workers : n * (w + 1) // workers]) for w in range(workers)]
 
-    def run(share: list[Callable[[], torch.Tensor]]) -> Grads | None:
+    def run(share: list[Callable[[], torch.Tensor]]) -> Grads:
         torch.set_num_threads(1)
-        total = None
+        total = [None] * len(params)
         for loss_fn in share:
             total = _add(total, torch.autograd.grad(loss_fn(), params, allow_unused=True))
         return total
@@ -41,10 +39,10 @@ def parallel_gradients(
     threads = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(run, [s for s in shares if s]))
+            results = list(pool.map(run, shares))
     finally:
         torch.set_num_threads(threads)
-    total: Grads | None = None
-    for grads in results:
-        total = _add(total, grads) if grads is not None else total
-    return total if total is not None else [None] * len(params)
+    total: Grads = [None] * len(params)
+    for grads in results:  # in worker order: the same sum every run
+        total = _add(total, grads)
+    return total

@@ -29,6 +29,26 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "ddpo"
 
 
+def add_lora(
+    unet: torch.nn.Module, rank: int, alpha: float | None = None, targets: tuple[str, ...] = LORA_TARGETS,
+    seed: int = 0,
+) -> None:
+    """Freeze ``unet`` and add the trainable peft LoRA adapter ``ADAPTER_NAME`` (Gaussian init seeded by ``seed``,
+    scale alpha/rank, alpha defaulting to the rank) on ``targets``; its weights stay float32 under mixed precision."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+                        target_modules=list(targets))
+    unet.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(config, adapter_name=ADAPTER_NAME)
+    for name, param in unet.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+            param.data = param.data.float()
+
+
 class DiffusionPolicy(BasePolicy):
     """stable-baselines3 policy over a DenoisingDiffusion-v0 env's model.
 
@@ -97,27 +117,12 @@ class DiffusionPolicy(BasePolicy):
         if self.lora_rank <= 0:
             self.unet.requires_grad_(True)
             return
-        from peft import LoraConfig
-
         if ADAPTER_NAME in getattr(self.unet, "peft_config", {}):
             raise ValueError(
                 "this env's UNet already carries a 'ddpo' LoRA adapter from another policy: make a fresh env "
                 "for each agent"
             )
-        config = LoraConfig(
-            r=self.lora_rank,
-            lora_alpha=lora_alpha if lora_alpha is not None else self.lora_rank,
-            init_lora_weights="gaussian",
-            target_modules=list(lora_targets),
-        )
-        self.unet.requires_grad_(False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.unet.add_adapter(config, adapter_name=ADAPTER_NAME)
-        for name, param in self.unet.named_parameters():
-            if "lora_" in name:
-                param.requires_grad_(True)
-                param.data = param.data.float()  # LoRA weights stay fp32 under mixed precision
+        add_lora(self.unet, self.lora_rank, lora_alpha, lora_targets, seed)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.unet.parameters() if p.requires_grad]

@@ -53,6 +53,16 @@ class Timers:
             self.seconds[f"{name}/total"] += time.perf_counter() - start
             self._phase = outer
 
+    def wrap_phase(self, obj: object, method: str, phase: str) -> None:
+        """Run every call of ``obj.method`` in ``phase`` (e.g. an agent's rollout and update)."""
+        inner = getattr(obj, method)
+
+        def phased(*args, **kwargs):
+            with self.phase(phase):
+                return inner(*args, **kwargs)
+
+        setattr(obj, method, phased)
+
     def wrap(self, obj: object, method: str, part: str) -> None:
         inner = getattr(obj, method)
 
@@ -100,6 +110,7 @@ class BareDDPO:
         self.backend, self.schedule, self.config = backend, schedule, config
         self.prompts, self.guidance_scale, self.reward_fn = prompts, guidance_scale, reward_fn
         self.device = backend.device
+        self.shape = backend.latent_shape(None)  # (C, h, w) of x_t
         self.embeds = backend.encode_prompts(prompts)  # (P, L, D), encoded once
         self.negative = backend.encode_prompts([""])
         self.params = [p for p in backend.unet.parameters() if p.requires_grad]
@@ -116,13 +127,13 @@ class BareDDPO:
         return out.float()
 
     @torch.no_grad()
-    def sample(self, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    def sample(self) -> dict[str, torch.Tensor]:
         """Trajectories: latents (N, T+1, ...), log_probs (N, T), prompt indices (N,), rewards (N,)."""
         cfg, T = self.config, self.schedule.num_steps
         latents, log_probs, prompt_idx, rewards = [], [], [], []
         for _ in range(cfg.samples_per_epoch // cfg.sample_batch):
             idx = torch.randint(len(self.prompts), (cfg.sample_batch,), generator=self.cpu_generator).to(self.device)
-            x = torch.randn((cfg.sample_batch, *shape), generator=self.generator, device=self.device)
+            x = torch.randn((cfg.sample_batch, *self.shape), generator=self.generator, device=self.device)
             trajectory, logp = [x], []
             for k in range(T):
                 t = self.schedule.timesteps[k].repeat(cfg.sample_batch).to(self.device)
@@ -166,11 +177,11 @@ class BareDDPO:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def epoch(self, shape: tuple[int, ...], timers: Timers | None = None) -> float:
+    def epoch(self, timers: Timers | None = None) -> float:
         """One sampling + training epoch; returns the batch's mean reward."""
         timers = timers or Timers(self.device)
         with timers.phase("sampling"):
-            batch = self.sample(shape)
+            batch = self.sample()
         with timers.phase("training"):
             self.train(batch)
         return float(batch["rewards"].mean())

@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import Logger
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import DDPO_IS
-from agents.policy import ADAPTER_NAME, LORA_TARGETS
+from agents.policy import add_lora
 from benchmarks.bare_ddpo import BareConfig, BareDDPO, synchronize
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 from ddpo_env.backends import load_backend
@@ -102,16 +102,8 @@ def run_ours(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: di
 
 
 def run_bare(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: dict[str, Any]) -> dict[str, Any]:
-    from peft import LoraConfig
-
     backend = load_backend(pipeline, device, s["dtype"])
-    backend.unet.requires_grad_(False)
-    backend.unet.add_adapter(LoraConfig(r=s["lora_rank"], lora_alpha=s["lora_rank"], init_lora_weights="gaussian",
-                                        target_modules=list(LORA_TARGETS)), adapter_name=ADAPTER_NAME)
-    for name, param in backend.unet.named_parameters():
-        if "lora_" in name:
-            param.data = param.data.float()  # LoRA weights in fp32, as the agent keeps them
-            param.requires_grad_(True)
+    add_lora(backend.unet, s["lora_rank"])  # as the agent's policy adds it
     if checkpointing:
         backend.unet.enable_gradient_checkpointing()
     schedule = DDIMSchedule.from_scheduler_config(backend.scheduler_config, s["num_steps"], 1.0)
@@ -119,9 +111,8 @@ def run_bare(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: di
                     lambda images, prompts: np.array([-jpeg_size_kb(im) for im in images]),
                     BareConfig(samples_per_epoch=s["samples_per_epoch"], sample_batch=s["sample_batch"],
                                batch_size=s["batch_size"], learning_rate=3e-4, clip_range=1e-4))
-    shape = backend.latent_shape(None)
     bare.backend.unet.train()
-    return _timed(lambda first: bare.epoch(shape), backend.device, epochs, s)
+    return _timed(lambda first: bare.epoch(), backend.device, epochs, s)
 
 
 def _timed(epoch_fn: Any, device: torch.device, epochs: int, s: dict[str, Any]) -> dict[str, Any]:

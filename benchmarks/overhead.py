@@ -42,16 +42,6 @@ class JpegScore:
         return np.array([-jpeg_size_kb(image, 95, 4) for image in images])
 
 
-def in_phase(timers: Timers, obj: Any, method: str, phase: str) -> None:
-    inner = getattr(obj, method)
-
-    def phased(*args, **kwargs):
-        with timers.phase(phase):
-            return inner(*args, **kwargs)
-
-    setattr(obj, method, phased)
-
-
 def build_ours(model: str, device: str, steps_per_pass: int, timers: Timers) -> DDPO_IS:
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=SETTINGS["num_envs"], model=model, device=device)
     env = JpegCompressibility(env, upscale=4)
@@ -66,8 +56,8 @@ def build_ours(model: str, device: str, steps_per_pass: int, timers: Timers) -> 
     timers.wrap(agent.buffer, "add_step", "buffer")
     timers.wrap(agent.buffer, "transitions", "buffer")
     timers.wrap(agent.policy.optimizer, "step", "optimizer")
-    in_phase(timers, agent, "collect_rollouts", "sampling")
-    in_phase(timers, agent, "train", "training")
+    timers.wrap_phase(agent, "collect_rollouts", "sampling")
+    timers.wrap_phase(agent, "train", "training")
     agent.learn(SETTINGS["samples_per_epoch"])  # warm-up epoch (also resets the env)
     return agent
 
@@ -86,8 +76,7 @@ def build_bare(model: str, device: str, steps_per_pass: int, timers: Timers) -> 
     timers.wrap(backend, "predict", "unet")
     timers.wrap(backend, "decode", "decode")
     timers.wrap(bare.optimizer, "step", "optimizer")
-    bare.shape = backend.latent_shape(None)
-    bare.epoch(bare.shape)  # warm-up epoch
+    bare.epoch()  # warm-up epoch
     return bare
 
 
@@ -103,7 +92,7 @@ def measure(model: str, device: str, steps_per_pass: int, epochs: int) -> dict[s
         ours.learn(SETTINGS["samples_per_epoch"], reset_num_timesteps=False)
         seconds["ours"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        bare.epoch(bare.shape, bare_timers)
+        bare.epoch(bare_timers)
         seconds["bare"].append(time.perf_counter() - start)
     median = {k: float(np.median(v)) for k, v in seconds.items()}
     return {

@@ -41,7 +41,7 @@ def test_bare_loop_scores_its_own_samples_with_ratio_one_and_trains():
     schedule = DDIMSchedule.from_scheduler_config(backend.scheduler_config, 3, 1.0)
     bare = BareDDPO(backend, schedule, ["a cat", "a dog"], 1.0, lambda images, prompts: images.mean((1, 2, 3)),
                     BareConfig(samples_per_epoch=4, sample_batch=2, batch_size=2))
-    batch = bare.sample(backend.latent_shape(None))
+    batch = bare.sample()
     assert batch["latents"].shape == (4, 4, 4, 8, 8) and batch["log_probs"].shape == (4, 3)
     k = 1
     t = schedule.timesteps[k].repeat(4)
