@@ -37,10 +37,12 @@ REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "digit_alignment")
 LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
 
 # The settings every run shares. cpu: full fine-tune of the default model, 8 optimizer steps per epoch; lr 5e-4
-# (2e-4, make train's, had not climbed back from the first updates' dip by 1024 samples).
+# (2e-4, make train's, had not climbed back from the first updates' dip by 1024 samples); all denoising steps of a
+# sample in one network pass (steps_per_pass 0: the same update, fewer and larger passes, 1.27× faster on this
+# model in benchmarks/results/overhead.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"model": "default", "device": "cpu", "epochs": 16, "samples_per_epoch": 64, "num_envs": 16,
-            "batch_size": 8, "learning_rate": 5e-4, "lora_rank": 0, "clip_range": 1e-3},
+            "batch_size": 8, "learning_rate": 5e-4, "lora_rank": 0, "clip_range": 1e-3, "steps_per_pass": 0},
     "gpu": {"device": "cuda", "dtype": "bfloat16", "epochs": 100, "samples_per_epoch": 256, "num_envs": 32,
             "batch_size": 8, "learning_rate": 3e-4, "lora_rank": 4, "clip_range": 1e-4},
 }
@@ -140,6 +142,9 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
         cells = [f"{per_agent[a]['eval_after_mean']:.3f} ± {per_agent[a]['eval_after_std']:.3f} "
                  f"({per_agent[a]['gain_in_initial_std']:+.2f})" if a in per_agent else "–" for a in agents]
         lines.append(f"| {reward} | {before:.3f} | " + " | ".join(cells) + " |")
+    if "wall_minutes" in env_info:
+        lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
+                     "invocation.")
     lines.append(f"\n![reward vs samples]({png})\n")
     return "\n".join(lines)
 
@@ -202,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"seed {run['seed']}: eval {np.mean(run['eval_before']):.3f} → {np.mean(run['eval_after']):.3f}",
                   flush=True)
             data = save()
+    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # this invocation's runs
+    env_info["runs_timed"] = len(jobs)
     data = save()
     table = data["table"]
     png = results_dir / f"{args.name}.png"
