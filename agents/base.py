@@ -24,7 +24,8 @@ from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.buffer import TrajectoryBuffer
-from agents.config import AgentConfig
+from agents.config import AgentConfig, optimizer_class
+from agents.distributed import Ranks
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import EPS, PerPromptStatTracker
@@ -60,6 +61,11 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.diffusion_env = venv.venv.unwrapped
         self.num_steps = self.diffusion_env.num_steps
         self.config.validate(venv.num_envs, self.num_steps)
+        self.ranks = Ranks.current()  # None: one process; else data parallel (agents/distributed.py)
+        world = self.ranks.world_size if self.ranks else 1
+        self.config.validate_ranks(world, venv.num_envs)
+        self.rank_samples = self.config.samples_per_epoch // world  # episodes this rank samples per rollout
+        self.rank_batch_size = self.config.batch_size // world
         super().__init__(
             policy=DiffusionPolicy,
             env=venv,
@@ -76,7 +82,9 @@ class DiffusionAgent(OnPolicyAlgorithm):
                 "diffusion_env": self.diffusion_env,
                 "lora_rank": self.config.lora_rank,
                 "seed": self.config.seed,
+                "optimizer_class": optimizer_class(self.config.optimizer),
                 "optimizer_kwargs": {"weight_decay": self.config.adam_weight_decay},
+                "gradient_checkpointing": self.config.gradient_checkpointing,
             },
             verbose=verbose,
             seed=self.config.seed,
@@ -94,14 +102,29 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.policy = self.policy_class(
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
         )
-        self.buffer = TrajectoryBuffer(
-            self.config.samples_per_epoch, self.num_steps, self.diffusion_env.latent_shape, self.device
-        )
+        self.buffer = TrajectoryBuffer(self.rank_samples, self.num_steps, self.diffusion_env.latent_shape, self.device)
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
         self._pass_generators: dict[int, torch.Generator] = {}  # grad_workers threads: one per pass
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
+        self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
+        self._sampling_seconds = 0.0
+        self.global_advantages = torch.zeros(self.config.samples_per_epoch)  # every rank's, in rank order
+        if self.ranks:
+            self.reseed_rank(0)
+            self.ranks.broadcast_parameters(self.policy.trainable_parameters())
+
+    def reseed_rank(self, epoch: int) -> None:
+        """Data parallel: this rank's own env seeds (env i of rank r gets seed + r·num_envs + i, as env r·num_envs + i
+        of one process would) and sampling noise; at ``epoch`` > 0 (a resume, with any number of ranks) both are
+        derived from (seed, epoch, rank) and the envs are reset with them."""
+        if epoch == 0:
+            self.env.seed(self.seed + self.ranks.rank * self.env.num_envs)  # used by learn()'s first reset
+        else:
+            self.env.seed(self.ranks.seed(self.seed, epoch))
+            self._last_obs = self.env.reset()
+        self.policy.noise_generator.manual_seed(self.ranks.seed(self.seed, epoch, 1))
 
     # ------------------------------------------------------------------------------------- sampling
 
@@ -111,7 +134,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.buffer.reset()
         callback.on_rollout_start()
         num_envs, start = env.num_envs, time.perf_counter()
-        for first in range(0, self.config.samples_per_epoch, num_envs):
+        for first in range(0, self.rank_samples, num_envs):
             rows = slice(first, first + num_envs)
             obs = self._last_obs
             returns = np.zeros(num_envs)
@@ -136,31 +159,45 @@ class DiffusionAgent(OnPolicyAlgorithm):
                 )
             self.buffer.add_episodes(rows, prompt_ids, self.diffusion_env.prompt_strings(prompt_ids), returns)
             self._last_obs = obs
-        self.buffer.check_finite()
-        self._compute_advantages()
+        self._compute_advantages(self.buffer.non_finite())
         self._sampling_seconds = time.perf_counter() - start
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
 
-    def _compute_advantages(self) -> None:
-        rewards = self.buffer.rewards
+    def _compute_advantages(self, problem: str | None = None) -> None:
+        """Advantages from the rewards of the whole rollout (every rank's, gathered in rank order); raises
+        FloatingPointError, on every rank alike, for a non-finite latent, log-prob (``problem``) or reward."""
+        rewards, prompts = self.buffer.rewards, self.buffer.prompts
+        if self.ranks:
+            parts = self.ranks.gather((rewards, prompts, problem))
+            problem = "; ".join(f"rank {r}: {p[2]}" for r, p in enumerate(parts) if p[2]) or None
+            rewards = np.concatenate([p[0] for p in parts])
+            prompts = [prompt for p in parts for prompt in p[1]]
+        if problem:
+            raise FloatingPointError(problem)
         if not np.isfinite(rewards).all():
             bad = np.flatnonzero(~np.isfinite(rewards)).tolist()
             raise FloatingPointError(
                 f"non-finite reward in rollout samples {bad[:10]}: the update is refused (check the reward wrapper)"
             )
         if self.config.per_prompt_stat_tracking:
-            advantages = self.stat_tracker.update(self.buffer.prompts, rewards)
+            advantages = self.stat_tracker.update(prompts, rewards)
         else:
             advantages = (rewards - rewards.mean()) / (rewards.std() + EPS)
-        clip = self.config.adv_clip
-        self.buffer.set_advantages(np.clip(advantages, -clip, clip))
+        self.rollout_rewards = rewards
+        advantages = np.clip(advantages, -self.config.adv_clip, self.config.adv_clip)
+        self.global_advantages = torch.as_tensor(advantages, dtype=torch.float32, device=self.device)
+        self.buffer.set_advantages(advantages[self.rank_rows()])
         self.logger.record("rollout/reward_mean", float(rewards.mean()))
         self.logger.record("rollout/reward_std", float(rewards.std()))
         self.logger.record("rollout/epoch", self.num_epochs)
 
     # -------------------------------------------------------------------------------------- training
+
+    def rank_rows(self) -> slice:
+        """This rank's samples in the gathered (global) arrays: all of them in a single process."""
+        return self.ranks.rows(self.rank_samples) if self.ranks else slice(None)
 
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
@@ -171,6 +208,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
         sample's steps shuffled independently keeping the first ⌈T·timestep_fraction⌉, and ``steps_per_pass`` of
         them evaluated together (the indices are the chunk's samples repeated once per step)."""
         samples = self.train_samples()
+        if len(samples) == 0:  # e.g. sparse RWR on a rank that holds none of the top samples
+            return
         train_steps = self.config.train_timesteps(self.num_steps)
         group = self.config.steps_per_pass or train_steps
         for _ in range(self.config.num_inner_epochs):
@@ -178,8 +217,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
             step_order = torch.stack(
                 [torch.randperm(self.num_steps, generator=self.train_generator) for _ in range(len(samples))]
             )
-            for first in range(0, len(order), self.config.batch_size):
-                chunk = slice(first, first + self.config.batch_size)
+            for first in range(0, len(order), self.rank_batch_size):
+                chunk = slice(first, first + self.rank_batch_size)
                 for j in range(0, train_steps, group):
                     k = min(group, train_steps - j)
                     yield order[chunk].repeat(k), step_order[chunk, j : j + k].T.reshape(-1), k
@@ -202,16 +241,18 @@ class DiffusionAgent(OnPolicyAlgorithm):
         metrics: dict[str, list[float]] = defaultdict(list)
         start, passes = time.perf_counter(), 0
         self.policy.optimizer.zero_grad(set_to_none=True)
-        update: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        updates: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = [[]]
         for samples, steps, k in self.micro_batches():
-            update.append((samples, steps, k))
+            updates[-1].append((samples, steps, k))
             passes += k
             if passes % per_update == 0:
-                self._accumulate(update, passes // per_update, per_update, params, metrics)
-                self._optimizer_step(params, metrics)
-                update = []
-        if update:
-            self._accumulate(update, passes // per_update + 1, per_update, params, metrics)
+                updates.append([])
+        updates = [u for u in updates if u]
+        # ranks take the same number of optimizer steps; a rank out of passes contributes zero gradients
+        num_updates = self.ranks.max(len(updates)) if self.ranks else len(updates)
+        for index in range(num_updates):
+            if index < len(updates):
+                self._accumulate(updates[index], index + 1, per_update, params, metrics)
             self._optimizer_step(params, metrics)
         self.num_epochs += 1
         for key, values in metrics.items():
@@ -219,7 +260,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/skipped_updates", self.num_skipped_updates)
         seconds = self._sampling_seconds + time.perf_counter() - start
-        self.logger.record("time/samples_per_s", self.buffer.num_samples / seconds)
+        self.logger.record("time/samples_per_s", self.config.samples_per_epoch / seconds)  # all ranks together
 
     def _accumulate(self, update: list[tuple[torch.Tensor, torch.Tensor, int]], update_index: int,
                     per_update: int, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
@@ -262,6 +303,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
         return self._pass_generators.get(threading.get_ident(), self.train_generator)
 
     def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
+        if self.ranks:
+            self.ranks.average_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.num_skipped_updates += 1  # a non-finite gradient never reaches the weights
@@ -287,7 +330,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         if total_samples < 1:
             raise ValueError(f"total_samples must be >= 1, got {total_samples}")
         epochs = -(-total_samples // self.config.samples_per_epoch)
-        total_timesteps = epochs * self.config.samples_per_epoch * self.num_steps
+        total_timesteps = epochs * self.rank_samples * self.num_steps  # SB3 counts this process's env steps
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar
         )

@@ -83,9 +83,17 @@ class TrajectoryBuffer:
         """x_0 of every episode (N, C, h, w)."""
         return self.latents[:, -1]
 
-    def check_finite(self) -> None:
-        """Raise if a latent or log-prob of the rollout is NaN/Inf (an update on it would poison the weights)."""
+    def non_finite(self) -> str | None:
+        """What is NaN/Inf in the rollout's latents or log-probs (an update on it would poison the weights), or
+        None when everything is finite."""
         for name, value in (("latent", self.latents), ("log-prob", self.log_probs)):
             if not bool(torch.isfinite(value).all()):
                 bad = (~torch.isfinite(value.reshape(self.num_samples, -1))).any(dim=1).nonzero().flatten().tolist()
-                raise FloatingPointError(f"non-finite {name} in rollout samples {bad[:10]}: the update is refused")
+                return f"non-finite {name} in rollout samples {bad[:10]}: the update is refused"
+        return None
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError if a latent or log-prob of the rollout is NaN/Inf."""
+        problem = self.non_finite()
+        if problem:
+            raise FloatingPointError(problem)

@@ -21,15 +21,16 @@ class EpochProgress(EpochEndCallback):
     """A tqdm bar over epochs showing the reward mean and samples/s; keeps per-epoch reward statistics in
     ``history`` (continued from ``history`` when a run resumes)."""
 
-    def __init__(self, epochs: int, samples_per_epoch: int, history: list[dict[str, float]] | None = None) -> None:
+    def __init__(self, epochs: int, samples_per_epoch: int, history: list[dict[str, float]] | None = None,
+                 show: bool = True) -> None:
         super().__init__()
         self.history = list(history or [])
-        self.bar = tqdm(total=epochs, initial=len(self.history), desc="train", unit="epoch")
+        self.bar = tqdm(total=epochs, initial=len(self.history), desc="train", unit="epoch", disable=not show)
         self.samples_per_epoch = samples_per_epoch
         self._start, self._done = time.perf_counter(), 0
 
     def _on_rollout_end(self) -> None:
-        rewards = self.model.buffer.rewards
+        rewards = self.model.rollout_rewards  # every rank's
         self.history.append({"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())})
 
     def on_epoch_end(self) -> None:

@@ -243,4 +243,6 @@ def load_checkpoint(agent: Any, path: str | os.PathLike) -> dict[str, Any]:
     policy.noise_generator.set_state(rng["policy_noise"])
     agent.diffusion_env.load_state_dict(state["env"])
     agent._last_obs = state["last_obs"]
+    if getattr(agent, "ranks", None):  # data parallel: rank 0's RNG states were saved; each rank derives its own
+        agent.reseed_rank(agent.num_epochs)
     return meta

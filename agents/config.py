@@ -5,6 +5,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def optimizer_class(name: str) -> type:
+    """The optimizer class of an ``AgentConfig.optimizer`` name (bitsandbytes imported only when asked for)."""
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as error:
+            raise ImportError(
+                "optimizer='adamw8bit' needs bitsandbytes: pip install bitsandbytes (CUDA), or use optimizer='adamw'"
+            ) from error
+        return bitsandbytes.optim.AdamW8bit
+    import torch
+
+    return torch.optim.AdamW
+
 
 @dataclass
 class AgentConfig:
@@ -28,6 +45,11 @@ class AgentConfig:
     grad_workers: int = 1
     """Threads computing the backward passes of one update concurrently, one torch thread each (CPU: 2 on 2 cores
     trained ~1.3× faster than 1 pass on 2 threads; keep 1 on a GPU). Reproducible run to run for a given value."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations during the backward pass instead of storing them (diffusers' gradient
+    checkpointing): the same gradients with much less activation memory, for ~30 % more compute."""
+    optimizer: str = "adamw"
+    """'adamw' (torch) or 'adamw8bit' (bitsandbytes' 8-bit AdamW, optimizer state in 8 bits; needs bitsandbytes)."""
     timestep_fraction: float = 1.0
     """Fraction of each trajectory's T steps trained on (a random subset per sample and inner epoch), in (0, 1]."""
     adv_clip: float = 5.0
@@ -72,6 +94,8 @@ class AgentConfig:
             raise ValueError(f"grad_workers must be a positive int, got {self.grad_workers!r}")
         if not isinstance(self.steps_per_pass, int) or self.steps_per_pass < 0:
             raise ValueError(f"steps_per_pass must be an int >= 0 (0: all trained steps), got {self.steps_per_pass!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
         if not (0 < self.timestep_fraction <= 1):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
         self._require_positive_finite("learning_rate", "adv_clip", "max_grad_norm")
@@ -81,6 +105,23 @@ class AgentConfig:
             )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+
+    def validate_ranks(self, world_size: int, num_envs: int) -> None:
+        """Data parallel over ``world_size`` ranks (:mod:`agents.distributed`): samples_per_epoch and batch_size
+        are global and split evenly; raise ValueError naming the values when they do not split."""
+        if world_size == 1:
+            return
+        if self.samples_per_epoch % (world_size * num_envs):
+            raise ValueError(
+                f"samples_per_epoch={self.samples_per_epoch} must be a multiple of world size × num_envs = "
+                f"{world_size} × {num_envs}: each rank samples samples_per_epoch / {world_size} episodes, "
+                f"{num_envs} at a time"
+            )
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of the world size {world_size}: each rank trains "
+                f"on batch_size / {world_size} of its own samples per micro-batch"
+            )
 
     def _require_positive_finite(self, *names: str) -> None:
         for name in names:

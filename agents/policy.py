@@ -60,6 +60,7 @@ class DiffusionPolicy(BasePolicy):
         lora_targets: attention projections that get the adapter.
         seed: seeds the LoRA initialisation, the value head and the policy's noise generator.
         value_head: add a small critic V(x_t, t, c) (:class:`ValueHead`) for algorithms that use one.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory).
         optimizer_class, optimizer_kwargs: the optimizer over the trainable parameters only.
     """
 
@@ -78,6 +79,7 @@ class DiffusionPolicy(BasePolicy):
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         value_head: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if use_sde:
             raise ValueError("use_sde=True is not supported: the DDIM policy's noise is fixed by the scheduler")
@@ -99,6 +101,10 @@ class DiffusionPolicy(BasePolicy):
         self.unet = env.backend.unet
         self.lora_rank = int(lora_rank or 0)
         self._setup_trainable(lora_alpha, lora_targets, seed)
+        if gradient_checkpointing:
+            if not hasattr(self.unet, "enable_gradient_checkpointing"):
+                raise ValueError(f"gradient_checkpointing needs a diffusers UNet; {type(self.unet).__name__} has none")
+            self.unet.enable_gradient_checkpointing()
         self.noise_generator = torch.Generator(device=env.backend.device).manual_seed(seed)
         self.value_net: ValueHead | None = None
         if value_head:

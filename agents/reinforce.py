@@ -27,7 +27,7 @@ class DDPO_SF(DiffusionAgent):
     config: DDPOSFConfig
 
     def backward_passes_per_update(self) -> int:
-        micro_batches = -(-len(self.train_samples()) // self.config.batch_size)
+        micro_batches = -(-len(self.train_samples()) // self.rank_batch_size)
         return micro_batches * self.config.train_timesteps(self.num_steps)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

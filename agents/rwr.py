@@ -56,11 +56,29 @@ class RWR(DiffusionAgent):
         self.prediction_type = scheduler.config.prediction_type
 
     def sample_weights(self) -> torch.Tensor:
-        return rwr_weights(self.buffer.advantages, self.config.temperature)
+        """The weights of the whole rollout (every rank's samples)."""
+        return rwr_weights(self.global_advantages, self.config.temperature)
 
     def train_samples(self) -> torch.Tensor:
-        self.weights = self.sample_weights()
+        self.weights = self.sample_weights()[self.rank_rows()]
         return torch.nonzero(self.weights > 0).flatten().cpu()
+
+    def train(self) -> None:
+        super().train()
+        self.logger.record("train/approx_kl", self.approx_kl_after_update())
+
+    @torch.no_grad()
+    def approx_kl_after_update(self) -> float:
+        """½·mean (log π_θ − log π_old)² over one micro-batch of the rollout's transitions (its first samples, one
+        step each, chosen by a generator of their own) under the updated weights: how far the epoch's updates moved
+        the sampling policy. RWR's loss has no ratio to read it from, as the DDPO losses do."""
+        n = min(self.rank_batch_size, self.buffer.num_samples)
+        choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs)
+        samples, steps = torch.arange(n), torch.randint(self.num_steps, (n,), generator=choose)
+        batch = self.buffer.transitions(samples.to(self.device), steps.to(self.device))
+        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
+        log_prob = self.policy.step(obs, actions=batch.next_latents).log_prob
+        return float(0.5 * ((log_prob - batch.old_log_probs) ** 2).mean())
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = self.buffer.final_samples()[samples]
@@ -85,4 +103,4 @@ class SparseRWR(RWR):
     config: SparseRWRConfig
 
     def sample_weights(self) -> torch.Tensor:
-        return sparse_rwr_weights(self.buffer.advantages, self.config.top_fraction)
+        return sparse_rwr_weights(self.global_advantages, self.config.top_fraction)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,14 +27,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger, configure
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import AGENTS, make_agent
 from agents.callbacks import CheckpointEvery, EpochProgress, ImageGrids
 from agents.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from agents.distributed import Ranks, init_from_environment
 from agents.evaluation import EvaluationResult, evaluate_policy
 from agents.export import export_weights
+from ddpo_env.backends import resolve_device
 from ddpo_env.images import save_grid
 from ddpo_env.models.digits import prompt_for
 from rewards import REWARDS, make_reward
@@ -82,7 +85,13 @@ class TrainConfig:
     device: str = "auto"
     """auto | cpu | cuda."""
     dtype: str = "float32"
-    """Model precision: float32 | float16 | bfloat16."""
+    """Model precision: float32 | float16 | bfloat16 (autocast; trainable LoRA weights stay float32)."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's activations in the backward pass: less memory, about a third more compute."""
+    optimizer: str = "adamw"
+    """adamw | adamw8bit (bitsandbytes' 8-bit AdamW: optimizer state in 8 bits; needs bitsandbytes)."""
+    decode_batch_size: int = 0
+    """Latents decoded per VAE call (0: all envs at once; 1 bounds the decoder's memory)."""
     output_dir: str = "runs/train"
     """Where the PNGs, metrics, logs, checkpoints and exported weights go."""
     save_every: int = 10
@@ -143,7 +152,7 @@ def validate(cfg: TrainConfig) -> None:
 def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None) -> Any:
     """The reward-wrapped vector env of the job (``model``: reuse a built backend, e.g. the training env's)."""
     env_kwargs: dict[str, Any] = {"model": model if model is not None else cfg.model, "device": cfg.device,
-                                  "dtype": cfg.dtype}
+                                  "dtype": cfg.dtype, "decode_batch_size": cfg.decode_batch_size}
     if cfg.num_steps:
         env_kwargs["num_steps"] = cfg.num_steps
     if cfg.prompts:
@@ -221,6 +230,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one rank of many
+        cfg = replace(cfg, device=init_from_environment(str(resolve_device(cfg.device))))
+    ranks = Ranks.current()
+    main = ranks is None or ranks.rank == 0  # the process that evaluates, logs and writes
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = resolve_resume(cfg.resume, cfg.output_dir)
@@ -230,15 +243,20 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     history: list[dict[str, float]] = []
     if resume_from is not None:
         history = load_checkpoint(agent, resume_from)["config"].get("history", [])
-        print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
-    agent.set_logger(configure(str(out / "logs"), ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]))
+        if main:
+            print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
+    formats = ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]
+    agent.set_logger(configure(str(out / "logs"), formats) if main else Logger(folder=None, output_formats=[]))
 
-    grids = cfg.tensorboard and cfg.image_every > 0
-    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if cfg.evaluate or grids else None
+    grids = main and cfg.tensorboard and cfg.image_every > 0
+    evaluate = main and cfg.evaluate
+    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if evaluate or grids else None
     prompts = evaluation_prompts(env)
-    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if cfg.evaluate else None
+    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if evaluate else None
+    if ranks:
+        ranks.barrier()  # the other ranks wait for rank 0's evaluation
 
-    progress = EpochProgress(cfg.epochs, cfg.samples_per_epoch, history)
+    progress = EpochProgress(cfg.epochs, cfg.samples_per_epoch, history, show=main)
     job = asdict(cfg)
     checkpoints = CheckpointEvery(out / "checkpoints", cfg.save_every, cfg.epochs, cfg.keep_last,
                                   lambda: {**job, "history": progress.history})
@@ -252,14 +270,16 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                     reset_num_timesteps=resume_from is None)
     seconds = time.perf_counter() - start
     agent.logger.close()
-    after = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED) if cfg.evaluate else None
+    metrics: dict[str, Any] = {"config": asdict(cfg), "samples": agent.num_epochs * cfg.samples_per_epoch,
+                               "train_seconds": seconds, "epochs": progress.history}
+    if not main:
+        return TrainResult(metrics, None, None, agent)
+    after = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED) if evaluate else None
 
     exported = export_weights(agent.policy, out)
     plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
                  None if after is None else float(after.rewards.mean()), out / "reward_curve.png",
                  f"{cfg.agent} on {cfg.model} model, reward {cfg.reward}")
-    metrics: dict[str, Any] = {"config": job, "samples": agent.num_epochs * cfg.samples_per_epoch,
-                               "train_seconds": seconds, "epochs": progress.history}
     lines = [f"\n{cfg.agent} on the {cfg.model} model, reward {cfg.reward}: {agent.num_epochs} epochs × "
              f"{cfg.samples_per_epoch} samples ({max(remaining, 0)} epochs in this run, {seconds / 60:.1f} min)"]
     if before is not None and after is not None:

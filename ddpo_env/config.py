@@ -39,6 +39,10 @@ class EnvConfig:
     dtype: str = "float32"
     """Model compute precision: 'float32', 'float16' or 'bfloat16'. Latents are always stored in float32."""
 
+    decode_batch_size: int = 0
+    """Latents decoded to images per VAE call at the last step (0: all envs at once); a small value (e.g. 1, like
+    diffusers' VAE slicing) bounds the decoder's peak memory for large num_envs at the same images."""
+
     scheduler_overrides: dict = field(default_factory=dict)
     """Entries replacing the model's scheduler config, e.g. {"timestep_spacing": "trailing"}."""
 
@@ -70,6 +74,8 @@ class EnvConfig:
             len(self.image_size) == 2 and all(isinstance(s, int) for s in self.image_size)
         ):
             raise ValueError(f"image_size must be an int or (height, width) ints, got {self.image_size!r}")
+        if not (isinstance(self.decode_batch_size, int) and self.decode_batch_size >= 0):
+            raise ValueError(f"decode_batch_size must be an int >= 0 (0: all at once), got {self.decode_batch_size!r}")
         if not (math.isfinite(self.latent_bound) and self.latent_bound > 0):
             raise ValueError(f"latent_bound must be finite and > 0, got {self.latent_bound!r}")
         self.autoreset_mode = _parse_autoreset_mode(self.autoreset_mode)

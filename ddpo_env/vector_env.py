@@ -174,8 +174,10 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         return self.conditioning.strings(prompt_ids)
 
     def decode_images(self, latents: torch.Tensor) -> np.ndarray:
-        """Decode latents (B, C, h, w) to uint8 images (B, H, W, 3) with the model's frozen decoder."""
-        images = self.backend.decode(latents)
+        """Decode latents (B, C, h, w) to uint8 images (B, H, W, 3) with the model's frozen decoder, in chunks of
+        ``decode_batch_size`` latents when set."""
+        chunk = self.config.decode_batch_size or len(latents)
+        images = torch.cat([self.backend.decode(part) for part in latents.split(chunk)])
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def state_dict(self) -> dict[str, Any]:

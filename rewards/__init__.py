@@ -4,7 +4,7 @@ the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Impor
 
 from rewards.aesthetic import AestheticScore
 from rewards.alignment import AlignmentScorer, PromptAlignment
-from rewards.base import SingleEnvReward, TerminalReward
+from rewards.base import RewardError, SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
 from rewards.combine import weighted_sum
 from rewards.digits import DigitAlignment, prompted_digit
@@ -35,6 +35,7 @@ __all__ = [
     "JpegCompressibility",
     "JpegIncompressibility",
     "PromptAlignment",
+    "RewardError",
     "SingleEnvReward",
     "TerminalReward",
     "from_callable",

@@ -18,6 +18,10 @@ import gymnasium as gym
 import numpy as np
 
 
+class RewardError(RuntimeError):
+    """A reward function raised while scoring a rollout's images; the message names the reward."""
+
+
 class TerminalReward(gym.vector.VectorWrapper, gym.utils.RecordConstructorArgs):
     """Base of every reward wrapper.
 
@@ -46,8 +50,12 @@ class TerminalReward(gym.vector.VectorWrapper, gym.utils.RecordConstructorArgs):
         raise NotImplementedError
 
     def checked_score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
-        """``score`` with its output checked: (B,) finite floats, else an error that names this reward."""
-        values = self.score(images, prompts)
+        """``score`` with its output checked: (B,) finite floats, else an error that names this reward (a score
+        that raises is re-raised as :class:`RewardError` naming the reward, the original chained)."""
+        try:
+            values = self.score(images, prompts)
+        except Exception as error:
+            raise RewardError(f"reward {self.name!r} raised {type(error).__name__}: {error}") from error
         if not isinstance(values, (np.ndarray, list, tuple)) and not hasattr(values, "__array__"):
             raise TypeError(f"reward {self.name!r} returned {type(values).__name__}, expected an array of floats")
         values = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rewards.alignment import AlignmentScorer, PromptAlignment
+from rewards.base import RewardError
 from tests.conftest import TINY
 from tests.test_rewards import run
 
@@ -134,5 +135,7 @@ def test_alignment_errors_name_the_fix(models, tmp_path):
     with pytest.raises(ValueError, match=r"alignment: template must contain '\{prompt\}'"):
         AlignmentScorer(captioner, bert, layers, template="The image contains")
     env = PromptAlignment(venv, server="http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(ConnectionError, match=r"the scoring server at http://127.0.0.1:9 did not answer"):
+    with pytest.raises(RewardError, match=r"reward '\w+' raised ConnectionError: .*the scoring server at "
+                                          r"http://127.0.0.1:9 did not answer") as e:
         run(env)
+    assert isinstance(e.value.__cause__, ConnectionError)

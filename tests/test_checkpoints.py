@@ -211,7 +211,7 @@ def test_only_rank_zero_writes(tmp_path):
         print("rank", dist.get_rank(), "wrote", save_checkpoint(agent, sys.argv[2]))
         dist.destroy_process_group()
     """))
-    cfg = job(tmp_path)
+    cfg = job(tmp_path, batch_size=2)  # a global batch that splits over 2 ranks
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          str(script), json.dumps(asdict(cfg)), str(tmp_path / "ckpt")],

@@ -1,0 +1,140 @@
+"""Faults during training (RELIABILITY.md 17 and issue #8): a NaN/Inf from a reward, a latent, a log-prob or a
+gradient never reaches the weights, and the error names its source; a reward that raises mid-rollout leaves the
+last checkpoint intact and names the reward. (SIGKILL during training and during a checkpoint write, then resume:
+tests/test_checkpoints.py.)"""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.logger import KVWriter, Logger
+
+from agents import make_agent
+from agents.callbacks import CheckpointEvery
+from agents.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from rewards import JpegCompressibility, RewardError, from_callable
+from tests.conftest import TINY
+
+SMALL = {"samples_per_epoch": 6, "batch_size": 3, "seed": 0, "learning_rate": 1e-3}
+
+
+class Recorder(KVWriter):
+    """An SB3 output format keeping the last dumped values."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        self.records.append(dict(key_values))
+
+    def close(self) -> None:
+        pass
+
+
+def agent_on(env, name="ddpo-is", **overrides):
+    agent = make_agent(name, env, **{**SMALL, **overrides})
+    recorder = Recorder()
+    agent.set_logger(Logger(folder=None, output_formats=[recorder]))
+    return agent, recorder
+
+
+def tiny_env():
+    return JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), upscale=4)
+
+
+def snapshot(agent) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in agent.policy.trainable_state_dict().items()}
+
+
+def assert_unchanged(agent, before) -> None:
+    assert all(torch.equal(before[k], v) for k, v in agent.policy.trainable_state_dict().items())
+
+
+def corrupt_sampling(agent, field: str, sample: int, on_call: int) -> None:
+    """At the ``on_call``-th sampling step, the policy's ``field`` ("log_prob" or "prev_sample") of one sample
+    is NaN (scoring stored actions at train time is left alone)."""
+    real, calls = agent.policy.step, {"n": 0}
+
+    def step(obs, actions=None, deterministic=False):
+        out = real(obs, actions, deterministic)
+        if actions is None:
+            calls["n"] += 1
+            if calls["n"] == on_call:
+                value = getattr(out, field).clone()
+                value[sample] = math.nan
+                out = out._replace(**{field: value})
+        return out
+
+    agent.policy.step = step
+
+
+def test_non_finite_log_prob_refuses_the_update_and_names_it():
+    agent, _ = agent_on(tiny_env())
+    corrupt_sampling(agent, "log_prob", sample=1, on_call=2)
+    before = snapshot(agent)
+    with pytest.raises(FloatingPointError) as e:
+        agent.learn(6)
+    assert str(e.value) == "non-finite log-prob in rollout samples [1]: the update is refused"
+    assert_unchanged(agent, before)
+
+
+def test_non_finite_latent_is_refused_by_the_env_before_it_is_stored():
+    agent, _ = agent_on(tiny_env())
+    corrupt_sampling(agent, "prev_sample", sample=2, on_call=3)
+    before = snapshot(agent)
+    with pytest.raises(ValueError, match=r"actions contain NaN or Inf in env\(s\) \[2\]: the policy produced a "
+                                         r"non-finite latent"):
+        agent.learn(6)
+    assert_unchanged(agent, before)
+
+
+def test_non_finite_gradient_skips_the_update_counts_it_and_keeps_the_weights():
+    agent, recorder = agent_on(tiny_env())
+    real = agent.compute_loss
+
+    def poisoned(samples, steps):
+        loss, info = real(samples, steps)
+        return loss * math.nan, info
+
+    agent.compute_loss = poisoned
+    before = snapshot(agent)
+    optimizer_state = {k: v for k, v in agent.policy.optimizer.state_dict()["state"].items()}
+    agent.learn(6)
+    assert agent.num_skipped_updates == 2 and agent._n_updates == 0  # both updates of the epoch skipped
+    assert_unchanged(agent, before)
+    assert agent.policy.optimizer.state_dict()["state"] == optimizer_state == {}  # Adam never stepped
+    record = recorder.records[-1]
+    assert record["train/skipped_updates"] == 2 and record["train/last_skip_reason"] == "non-finite gradient"
+    agent.compute_loss = real  # and training goes on once the gradients are finite again
+    agent.learn(6, reset_num_timesteps=False)
+    assert agent._n_updates == 2 and any(not torch.equal(before[k], v)
+                                         for k, v in agent.policy.trainable_state_dict().items())
+
+
+def test_a_reward_that_raises_mid_rollout_keeps_the_last_checkpoint_and_names_the_reward(tmp_path):
+    calls = {"n": 0}
+
+    def flaky(images, prompts):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second batch of the second epoch
+            raise ConnectionError("scoring server went away")
+        return np.ones(len(images))
+
+    env = from_callable(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), flaky, name="remote_score")
+    agent, _ = agent_on(env)
+    root = tmp_path / "checkpoints"
+    saver = CheckpointEvery(root, every=1, final_epoch=2, keep_last=2, config=lambda: {})
+    with pytest.raises(RewardError) as e:
+        agent.learn(12, callback=saver)
+    assert str(e.value) == "reward 'remote_score' raised ConnectionError: scoring server went away"
+    assert isinstance(e.value.__cause__, ConnectionError)
+    assert [p.name for p in list_checkpoints(root)] == ["epoch-000001"]
+    assert not any(p.name.startswith(".") for p in root.iterdir())  # no half-written checkpoint
+    at_failure = snapshot(agent)
+    fresh, _ = agent_on(from_callable(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), flaky,
+                                      name="remote_score"))
+    load_checkpoint(fresh, latest_checkpoint(root))
+    assert fresh.num_epochs == 1
+    assert all(torch.equal(at_failure[k], v) for k, v in fresh.policy.trainable_state_dict().items())
