@@ -10,7 +10,7 @@ per reward × agent, mean over seeds). Runs are independent processes (``--worke
 one-thread workers give ~1.35× the samples/s of one two-thread process on 2 cores); finished runs are kept in the
 JSON as they complete, so an interrupted benchmark continues where it stopped (``--resume``).
 
-Presets: ``cpu`` (default; the embedded model, 13 epochs × 64 samples, under an hour on 2 cores) and ``gpu``
+Presets: ``cpu`` (default; the embedded model, 12 epochs × 64 samples, under an hour on 2 cores) and ``gpu``
 (``--model`` a Stable Diffusion folder, 50 DDIM steps, CFG 5, LoRA r4, 100 epochs × 256 samples; needs CUDA).
 """
 
@@ -37,10 +37,10 @@ REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "digit_alignment")
 LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
 
 # The settings every run shares. cpu: full fine-tune of the default model, 8 optimizer steps per epoch; lr 5e-4
-# (2e-4, make train's, had not climbed back from the first updates' dip by 1024 samples); 13 epochs so the 36
+# (2e-4, make train's, had not climbed back from the first updates' dip by 1024 samples); 12 epochs so the 36
 # default runs fit an hour on 2 cores (16 took 67 min: benchmarks/results/algorithms_quiet_rerun_progress.txt).
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"model": "default", "device": "cpu", "epochs": 13, "samples_per_epoch": 64, "num_envs": 16,
+    "cpu": {"model": "default", "device": "cpu", "epochs": 12, "samples_per_epoch": 64, "num_envs": 16,
             "batch_size": 8, "learning_rate": 5e-4, "lora_rank": 0, "clip_range": 1e-3},
     "gpu": {"device": "cuda", "dtype": "bfloat16", "epochs": 100, "samples_per_epoch": 256, "num_envs": 32,
             "batch_size": 8, "learning_rate": 3e-4, "lora_rank": 4, "clip_range": 1e-4},
