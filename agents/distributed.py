@@ -27,13 +27,14 @@ import torch.distributed as dist
 
 def init_from_environment(device: str) -> str:
     """Join the process group a launcher describes (WORLD_SIZE > 1 in the environment) unless already joined:
-    NCCL on CUDA, gloo on CPU. Returns the device this rank uses ("cuda" becomes "cuda:<LOCAL_RANK>")."""
+    NCCL on CUDA, gloo on CPU. Returns the device this rank uses: any CUDA device becomes "cuda:<LOCAL_RANK>",
+    one GPU per process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
-    if device == "cuda" and dist.is_initialized():
+    if device.startswith("cuda") and dist.is_initialized():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
 
