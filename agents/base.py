@@ -23,13 +23,18 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
-from agents.buffer import TrajectoryBuffer
+from agents.buffer import TrajectoryBatch, TrajectoryBuffer
 from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import EPS, PerPromptStatTracker
 from ddpo_env.sb3 import SB3VecEnv
+
+
+def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> float:
+    """½·mean (log π_θ − log π_old)², the usual estimate of KL(π_old ‖ π_θ) from the same transitions."""
+    return float(0.5 * ((log_prob.detach() - old_log_prob) ** 2).mean())
 
 
 class DiffusionAgent(OnPolicyAlgorithm):
@@ -198,6 +203,11 @@ class DiffusionAgent(OnPolicyAlgorithm):
     def rank_rows(self) -> slice:
         """This rank's samples in the gathered (global) arrays: all of them in a single process."""
         return self.ranks.rows(self.rank_samples) if self.ranks else slice(None)
+
+    def transition_log_probs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """log π_θ(x_{t-1} | x_t, c) of stored transitions under the current weights (B,)."""
+        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
+        return self.policy.step(obs, actions=batch.next_latents).log_prob
 
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""

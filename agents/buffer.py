@@ -91,9 +91,3 @@ class TrajectoryBuffer:
                 bad = (~torch.isfinite(value.reshape(self.num_samples, -1))).any(dim=1).nonzero().flatten().tolist()
                 return f"non-finite {name} in rollout samples {bad[:10]}: the update is refused"
         return None
-
-    def check_finite(self) -> None:
-        """Raise FloatingPointError if a latent or log-prob of the rollout is NaN/Inf."""
-        problem = self.non_finite()
-        if problem:
-            raise FloatingPointError(problem)

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from agents.base import DiffusionAgent
+from agents.base import DiffusionAgent, approx_kl
 from agents.config import DDPOISConfig
 
 
@@ -32,13 +32,11 @@ class DDPO_IS(DiffusionAgent):
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.buffer.transitions(samples, steps)
-        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
-        log_prob = self.policy.step(obs, actions=batch.next_latents).log_prob
+        log_prob = self.transition_log_probs(batch)
         loss, ratio = ppo_clip_loss(log_prob, batch.old_log_probs, batch.advantages, self.config.clip_range)
         with torch.no_grad():
-            log_ratio = log_prob - batch.old_log_probs
             info = {
-                "approx_kl": float(0.5 * (log_ratio**2).mean()),
+                "approx_kl": approx_kl(log_prob, batch.old_log_probs),
                 "clip_fraction": float(((ratio - 1.0).abs() > self.config.clip_range).float().mean()),
                 "ratio_mean": float(ratio.mean()),
             }

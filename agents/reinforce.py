@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from agents.base import DiffusionAgent
+from agents.base import DiffusionAgent, approx_kl
 from agents.config import DDPOSFConfig
 
 
@@ -32,8 +32,5 @@ class DDPO_SF(DiffusionAgent):
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.buffer.transitions(samples, steps)
-        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
-        log_prob = self.policy.step(obs, actions=batch.next_latents).log_prob
-        with torch.no_grad():
-            info = {"approx_kl": float(0.5 * ((log_prob - batch.old_log_probs) ** 2).mean())}
-        return reinforce_loss(log_prob, batch.advantages), info
+        log_prob = self.transition_log_probs(batch)
+        return reinforce_loss(log_prob, batch.advantages), {"approx_kl": approx_kl(log_prob, batch.old_log_probs)}

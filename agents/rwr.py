@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from agents.base import DiffusionAgent
+from agents.base import DiffusionAgent, approx_kl
 from agents.config import RWRConfig, SparseRWRConfig
 
 
@@ -76,9 +76,7 @@ class RWR(DiffusionAgent):
         choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs)
         samples, steps = torch.arange(n), torch.randint(self.num_steps, (n,), generator=choose)
         batch = self.buffer.transitions(samples.to(self.device), steps.to(self.device))
-        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
-        log_prob = self.policy.step(obs, actions=batch.next_latents).log_prob
-        return float(0.5 * ((log_prob - batch.old_log_probs) ** 2).mean())
+        return approx_kl(self.transition_log_probs(batch), batch.old_log_probs)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = self.buffer.final_samples()[samples]

@@ -32,7 +32,7 @@ from stable_baselines3.common.logger import Logger, configure
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import AGENTS, make_agent
 from agents.callbacks import CheckpointEvery, EpochProgress, ImageGrids
-from agents.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from agents.checkpoint import is_writer, latest_checkpoint, load_checkpoint, read_meta
 from agents.distributed import Ranks, init_from_environment
 from agents.evaluation import EvaluationResult, evaluate_policy
 from agents.export import export_weights
@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one rank of many
         cfg = replace(cfg, device=init_from_environment(str(resolve_device(cfg.device))))
     ranks = Ranks.current()
-    main = ranks is None or ranks.rank == 0  # the process that evaluates, logs and writes
+    main = is_writer()  # rank 0 (or the only process): it evaluates, logs and writes
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = resolve_resume(cfg.resume, cfg.output_dir)

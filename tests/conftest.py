@@ -7,11 +7,34 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import socket
 
+import gymnasium as gym
 import pytest
 import torch
+from stable_baselines3.common.logger import KVWriter
 
 #: latents 4×8×8, T = 4 steps, CPU: the tiny config of RELIABILITY.md.
 TINY = {"model": "tiny", "num_steps": 4, "device": "cpu"}
+
+
+def tiny_env(num_envs=3, **kwargs):
+    """The tiny vector env with the JPEG-compressibility reward."""
+    from rewards import JpegCompressibility
+
+    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **{**TINY, **kwargs})
+    return JpegCompressibility(venv, upscale=4)
+
+
+class Recorder(KVWriter):
+    """An SB3 logger output that keeps every dumped record."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0):
+        self.records.append(dict(key_values))
+
+    def close(self):
+        pass
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,27 +6,14 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import Logger
 
 from agents import AGENTS, DDPO_IS, DiffusionPolicy, make_agent
 from ddpo_env.sb3 import SB3VecEnv
 from rewards import JpegCompressibility, from_callable
-from tests.conftest import TINY
+from tests.conftest import TINY, Recorder, tiny_env
 
 SMALL = {"samples_per_epoch": 6, "batch_size": 3, "seed": 0}
-
-
-class Recorder(KVWriter):
-    def __init__(self):
-        self.records: list[dict] = []
-
-    def write(self, key_values, key_excluded, step=0):
-        self.records.append(dict(key_values))
-
-
-def tiny_env(num_envs=3, **kwargs):
-    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **{**TINY, **kwargs})
-    return JpegCompressibility(venv, upscale=4)
 
 
 def trained(name, **overrides):

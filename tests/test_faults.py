@@ -9,28 +9,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import Logger
 
 from agents import make_agent
 from agents.callbacks import CheckpointEvery
 from agents.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from rewards import JpegCompressibility, RewardError, from_callable
-from tests.conftest import TINY
+from rewards import RewardError, from_callable
+from tests.conftest import TINY, Recorder, tiny_env
 
 SMALL = {"samples_per_epoch": 6, "batch_size": 3, "seed": 0, "learning_rate": 1e-3}
-
-
-class Recorder(KVWriter):
-    """An SB3 output format keeping the last dumped values."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, key_values, key_excluded, step=0) -> None:
-        self.records.append(dict(key_values))
-
-    def close(self) -> None:
-        pass
 
 
 def agent_on(env, name="ddpo-is", **overrides):
@@ -38,10 +25,6 @@ def agent_on(env, name="ddpo-is", **overrides):
     recorder = Recorder()
     agent.set_logger(Logger(folder=None, output_formats=[recorder]))
     return agent, recorder
-
-
-def tiny_env():
-    return JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), upscale=4)
 
 
 def snapshot(agent) -> dict[str, torch.Tensor]:

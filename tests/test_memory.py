@@ -11,15 +11,13 @@ import torch
 from stable_baselines3.common.logger import Logger
 
 from agents import make_agent
-from rewards import JpegCompressibility
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_env
 
 SMALL = {"samples_per_epoch": 6, "batch_size": 3, "seed": 0, "learning_rate": 1e-3}
 
 
 def trained_params(**overrides) -> tuple[list[torch.Tensor], list[torch.Tensor], object]:
-    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), upscale=4)
-    agent = make_agent("ddpo-is", env, **{**SMALL, **overrides})
+    agent = make_agent("ddpo-is", tiny_env(), **{**SMALL, **overrides})
     agent.set_logger(Logger(folder=None, output_formats=[]))
     start = [p.detach().clone() for p in agent.policy.trainable_parameters()]
     agent.learn(6)
@@ -43,8 +41,7 @@ def test_optimizer_switch_names_its_fix():
         with pytest.raises(ImportError, match=r"optimizer='adamw8bit' needs bitsandbytes: pip install bitsandbytes"):
             trained_params(optimizer="adamw8bit")
     else:  # where bitsandbytes is installed
-        env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), upscale=4)
-        agent = make_agent("ddpo-is", env, **SMALL, optimizer="adamw8bit")
+        agent = make_agent("ddpo-is", tiny_env(), **SMALL, optimizer="adamw8bit")
         assert type(agent.policy.optimizer).__name__ == "AdamW8bit"
 
 
