@@ -8,6 +8,7 @@ says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -23,12 +24,16 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
+from agents.advantages import group_advantages
 from agents.buffer import TrajectoryBatch, TrajectoryBuffer
 from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
+from agents.ema import EMA
+from agents.kl import gaussian_kl
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import EPS, PerPromptStatTracker
+from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sb3 import SB3VecEnv
 
 
@@ -66,6 +71,9 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.diffusion_env = venv.venv.unwrapped
         self.num_steps = self.diffusion_env.num_steps
         self.config.validate(venv.num_envs, self.num_steps)
+        if self.config.group_advantages and self.diffusion_env.config.group_size == 1:
+            raise ValueError("group_advantages needs several samples per prompt in each rollout: build the env with "
+                             "group_size=k (k > 1, e.g. 4), so each group of k envs shares a prompt")
         self.ranks = Ranks.current()  # None: one process; else data parallel (agents/distributed.py)
         world = self.ranks.world_size if self.ranks else 1
         self.config.validate_ranks(world, venv.num_envs)
@@ -111,6 +119,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
         self._pass_generators: dict[int, torch.Generator] = {}  # grad_workers threads: one per pass
+        self._pass_references: dict[int, torch.Tensor] = {}  # μ_ref of the pass a thread computes (kl_coef)
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
@@ -119,6 +128,10 @@ class DiffusionAgent(OnPolicyAlgorithm):
         if self.ranks:
             self.reseed_rank(0)
             self.ranks.broadcast_parameters(self.policy.trainable_parameters())
+        if self.config.kl_coef > 0:
+            self.policy.keep_reference()
+        self.ema = (EMA(self.policy.trainable_parameters(), self.config.ema_decay, self.config.ema_update_interval)
+                    if self.config.ema_decay > 0 else None)
 
     def reseed_rank(self, epoch: int) -> None:
         """Data parallel: this rank's own env seeds (env i of rank r gets seed + r·num_envs + i, as env r·num_envs + i
@@ -186,7 +199,12 @@ class DiffusionAgent(OnPolicyAlgorithm):
             raise FloatingPointError(
                 f"non-finite reward in rollout samples {bad[:10]}: the update is refused (check the reward wrapper)"
             )
-        if self.config.per_prompt_stat_tracking:
+        if self.config.group_advantages:
+            groups = group_advantages(prompts, rewards, self.config.group_std)
+            advantages = groups.advantages
+            self.logger.record("rollout/groups", groups.num_groups)
+            self.logger.record("rollout/zero_std_groups", groups.zero_std_groups)
+        elif self.config.per_prompt_stat_tracking:
             advantages = self.stat_tracker.update(prompts, rewards)
         else:
             advantages = (rewards - rewards.mean()) / (rewards.std() + EPS)
@@ -204,10 +222,30 @@ class DiffusionAgent(OnPolicyAlgorithm):
         """This rank's samples in the gathered (global) arrays: all of them in a single process."""
         return self.ranks.rows(self.rank_samples) if self.ranks else slice(None)
 
+    def transition_step(self, batch: TrajectoryBatch, reference: bool = False) -> DDIMStepOutput:
+        """The policy's step (log π_θ(x_{t-1} | x_t, c), μ_θ, σ) on stored transitions under the current weights;
+        the base model's (no gradient) with ``reference``."""
+        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
+        if reference:
+            return self.policy.reference_step(obs, actions=batch.next_latents)
+        return self.policy.step(obs, actions=batch.next_latents)
+
     def transition_log_probs(self, batch: TrajectoryBatch) -> torch.Tensor:
         """log π_θ(x_{t-1} | x_t, c) of stored transitions under the current weights (B,)."""
-        obs = {"latent": batch.latents, "timestep": batch.timesteps, "prompt_id": batch.prompt_ids}
-        return self.policy.step(obs, actions=batch.next_latents).log_prob
+        return self.transition_step(batch).log_prob
+
+    def kl_penalty(self, batch: TrajectoryBatch, out: DDIMStepOutput | None = None) -> tuple[torch.Tensor, dict]:
+        """β · mean KL(π_θ ‖ π_ref) over ``batch`` (:mod:`agents.kl`; ``out``: the policy's step on it, if already
+        computed) and its log entry; (0, {}) when kl_coef is 0. μ_ref comes from the pass's precomputed reference
+        (:meth:`_accumulate`), or is computed here."""
+        if self.config.kl_coef == 0:
+            return torch.zeros((), device=self.device), {}
+        out = out if out is not None else self.transition_step(batch)
+        ref_mean = self._pass_references.get(threading.get_ident())
+        if ref_mean is None:
+            ref_mean = self.transition_step(batch, reference=True).mean
+        kl = gaussian_kl(out.mean, ref_mean, out.std_dev_t)
+        return self.config.kl_coef * kl.mean(), {"kl": float(kl.detach().mean())}
 
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
@@ -277,19 +315,28 @@ class DiffusionAgent(OnPolicyAlgorithm):
         """The gradients of one update's passes into ``.grad``: in order on this thread, or on ``grad_workers``
         threads (:mod:`agents.parallel`), each pass then drawing any randomness from its own generator seeded here."""
         infos: list[tuple[float, dict[str, float]]] = [(0.0, {})] * len(update)
+        references = [None] * len(update)
+        if self.config.kl_coef > 0:  # μ_ref on this thread: switching the adapter off is not thread-safe
+            references = [self.transition_step(self.buffer.transitions(samples.to(self.device), steps.to(
+                self.device)), reference=True).mean for samples, steps, _ in update]
 
         def loss_of(i: int, seed: int | None = None) -> torch.Tensor:
             samples, steps, k = update[i]
             if seed is not None:
                 self._pass_generators[threading.get_ident()] = torch.Generator().manual_seed(seed)
+            if references[i] is not None:
+                self._pass_references[threading.get_ident()] = references[i]
             loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
             infos[i] = (float(loss.detach()), info)
             return loss * k / per_update  # k steps at once: the sum of k single-step passes
 
         workers = min(self.config.grad_workers, len(update))
         if workers <= 1:
-            for i in range(len(update)):
-                loss_of(i).backward()
+            try:
+                for i in range(len(update)):
+                    loss_of(i).backward()
+            finally:
+                self._pass_references.clear()
         else:
             # each pass's seed from (seed, epoch, update, pass): the shuffles' generator is left untouched
             seeds = [int(np.random.SeedSequence([self.config.seed, self.num_epochs, update_index, i]).generate_state(
@@ -299,6 +346,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
                                            workers)
             finally:
                 self._pass_generators.clear()
+                self._pass_references.clear()
             for param, grad in zip(params, grads, strict=True):
                 if grad is not None:
                     param.grad = grad if param.grad is None else param.grad + grad
@@ -322,8 +370,15 @@ class DiffusionAgent(OnPolicyAlgorithm):
         else:
             self.policy.optimizer.step()
             self._n_updates += 1
+            if self.ema is not None:
+                self.ema.update(self._n_updates)
         metrics["grad_norm"].append(float(grad_norm))
         self.policy.optimizer.zero_grad(set_to_none=True)
+
+    def ema_weights(self) -> contextlib.AbstractContextManager:
+        """A block in which the policy holds its EMA weights (``ema_decay`` > 0), for evaluation and export; the
+        trained weights otherwise."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     # -------------------------------------------------------------------------------------- learning
 

@@ -78,7 +78,8 @@ class ImageGrids(EpochEndCallback):
         self.eval_env, self.prompts, self.every, self.seed, self.cols = eval_env, prompts, every, seed, cols
 
     def log_grid(self) -> None:
-        result = evaluate_policy(self.model.policy, self.eval_env, self.prompts, seed=self.seed)
+        with self.model.ema_weights():
+            result = evaluate_policy(self.model.policy, self.eval_env, self.prompts, seed=self.seed)
         self.logger.record("samples/grid", Image(result.grid(self.cols), "HWC"), exclude=NOT_TEXT)
 
     def _on_training_start(self) -> None:

@@ -4,7 +4,8 @@ A checkpoint is a folder ``<root>/epoch-000012/`` holding
 
     meta.json             format version, epoch, package versions, the agent's and the job's config, env shape
     trainable.safetensors the trained weights (LoRA adapter, or the whole UNet with lora_rank 0)
-    state.pt              optimizer, counters, per-prompt statistics, value head, every RNG (python, numpy, torch,
+    ema.safetensors       their exponential moving average, under the same names (only with ema_decay > 0)
+    state.pt              optimizer, counters, per-prompt statistics, value head, EMA, every RNG (python, numpy, torch,
                           policy noise, minibatch shuffling), the env's state (latents, prompts, per-env generators,
                           prompt-id table) and the agent's last observation
 
@@ -33,6 +34,7 @@ import torch
 FORMAT_VERSION = 1
 PACKAGES = ("ddpo-env", "torch", "diffusers", "transformers", "gymnasium", "stable-baselines3", "peft", "numpy")
 PREFIX = "epoch-"
+EMA_FILE = "ema.safetensors"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -89,6 +91,7 @@ def agent_state(agent: Any) -> dict[str, Any]:
         "counters": {"num_timesteps": agent.num_timesteps, "n_updates": agent._n_updates,
                      "num_epochs": agent.num_epochs, "num_skipped_updates": agent.num_skipped_updates},
         "stat_tracker": agent.stat_tracker.state_dict(),
+        "ema": None if getattr(agent, "ema", None) is None else agent.ema.state_dict(),
         "rng": {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
@@ -117,6 +120,9 @@ def save_checkpoint(agent: Any, root: str | os.PathLike, *, config: dict[str, An
     def write(staging: Path) -> None:
         weights = {k: v.detach().contiguous().cpu() for k, v in agent.policy.trainable_state_dict().items()}
         save_file(weights, staging / "trainable.safetensors")
+        if getattr(agent, "ema", None) is not None:  # the averaged weights under the same names
+            save_file({k: v.contiguous().cpu() for k, v in zip(weights, agent.ema.shadow, strict=False)},
+                      staging / EMA_FILE)
         torch.save(agent_state(agent), staging / "state.pt")
         meta = {
             "format_version": FORMAT_VERSION,
@@ -203,12 +209,15 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_weights(policy: Any, path: str | os.PathLike) -> None:
-    """Only the trained weights of a checkpoint into ``policy`` (for sampling and evaluation)."""
+def load_weights(policy: Any, path: str | os.PathLike, ema: bool = False) -> None:
+    """Only the trained weights of a checkpoint into ``policy`` (for sampling and evaluation); with ``ema``, its
+    EMA weights when the run kept an average (``ema_decay`` > 0)."""
     from safetensors.torch import load_file
 
     read_meta(path)
-    policy.load_trainable_state_dict(load_file(str(Path(path) / "trainable.safetensors")))
+    file = Path(path) / EMA_FILE
+    policy.load_trainable_state_dict(load_file(str(file if ema and file.is_file() else
+                                                   Path(path) / "trainable.safetensors")))
 
 
 def load_checkpoint(agent: Any, path: str | os.PathLike) -> dict[str, Any]:
@@ -233,6 +242,11 @@ def load_checkpoint(agent: Any, path: str | os.PathLike) -> dict[str, Any]:
     agent.num_timesteps, agent._n_updates = counters["num_timesteps"], counters["n_updates"]
     agent.num_epochs, agent.num_skipped_updates = counters["num_epochs"], counters["num_skipped_updates"]
     agent.stat_tracker.load_state_dict(state["stat_tracker"])
+    if getattr(agent, "ema", None) is not None:
+        if state.get("ema") is None:
+            raise ValueError(f"checkpoint {path} has no EMA weights but this agent keeps them (ema_decay > 0): build "
+                             "the agent with the saved run's config")
+        agent.ema.load_state_dict(state["ema"])
     rng = state["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])

@@ -104,7 +104,7 @@ def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, Tr
         cfg.device = device
     env = build_env(cfg)
     agent = build_agent(cfg, env)
-    load_weights(agent.policy, checkpoint)
+    load_weights(agent.policy, checkpoint, ema=True)  # the EMA weights when the run kept them
     return agent, cfg, env
 
 

@@ -62,6 +62,19 @@ class AgentConfig:
     """Rewards remembered per prompt by the stat tracker."""
     stat_min_count: int = 16
     """Rewards a prompt needs before its own statistics are used (before that: the batch's)."""
+    group_advantages: bool = False
+    """GRPO-style advantages: normalise each reward within its prompt's group in this rollout (sample k per prompt
+    with the env's group_size); groups whose rewards are all equal get 0. Replaces per-prompt stat tracking."""
+    group_std: str = "group"
+    """With group_advantages: divide by the group's std ('group') or the whole rollout's ('global')."""
+    kl_coef: float = 0.0
+    """β of the KL penalty to the base model, β·‖μ_θ − μ_ref‖²/(2σ²) per trained step, added to every agent's loss
+    (the reference is the LoRA adapter disabled, or a frozen UNet copy for a full fine-tune). 0: off."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the trained weights with this decay, in [0, 1), for evaluation and
+    export (0: off; e.g. 0.9)."""
+    ema_update_interval: int = 1
+    """Optimizer steps between EMA updates."""
     lora_rank: int = 4
     """LoRA rank on the UNet's attention projections; 0 fine-tunes the whole UNet."""
     seed: int = 0
@@ -105,6 +118,14 @@ class AgentConfig:
             )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+        if self.group_std not in ("group", "global"):
+            raise ValueError(f"group_std must be 'group' or 'global', got {self.group_std!r}")
+        if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
+            raise ValueError(f"kl_coef must be finite and >= 0 (0: no KL penalty), got {self.kl_coef!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay!r}")
+        if not isinstance(self.ema_update_interval, int) or self.ema_update_interval < 1:
+            raise ValueError(f"ema_update_interval must be a positive int, got {self.ema_update_interval!r}")
 
     def validate_ranks(self, world_size: int, num_envs: int) -> None:
         """Data parallel over ``world_size`` ranks (:mod:`agents.distributed`): samples_per_epoch and batch_size

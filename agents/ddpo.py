@@ -2,6 +2,7 @@
 
     r_t(θ) = π_θ(x_{t-1} | x_t, c) / π_old(x_{t-1} | x_t, c)          (ratio; log-probs mean-reduced)
     L(θ)   = E[ max(−Â · r_t, −Â · clip(r_t, 1−ε, 1+ε)) ]              (Â: the episode's normalised reward)
+             + β · E[ KL(π_θ ‖ π_ref) ]                                   (kl_coef β, agents/kl.py; 0 by default)
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class DDPO_IS(DiffusionAgent):
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.buffer.transitions(samples, steps)
-        log_prob = self.transition_log_probs(batch)
+        out = self.transition_step(batch)
+        log_prob = out.log_prob
         loss, ratio = ppo_clip_loss(log_prob, batch.old_log_probs, batch.advantages, self.config.clip_range)
+        penalty, info = self.kl_penalty(batch, out)
         with torch.no_grad():
-            info = {
+            info |= {
                 "approx_kl": approx_kl(log_prob, batch.old_log_probs),
                 "clip_fraction": float(((ratio - 1.0).abs() > self.config.clip_range).float().mean()),
                 "ratio_mean": float(ratio.mean()),
             }
-        return loss, info
+        return loss + penalty, info

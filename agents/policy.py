@@ -14,7 +14,9 @@ SB3's preprocessing; ids and timesteps are exact integers in float32 up to 2**24
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -106,6 +108,7 @@ class DiffusionPolicy(BasePolicy):
                 raise ValueError(f"gradient_checkpointing needs a diffusers UNet; {type(self.unet).__name__} has none")
             self.unet.enable_gradient_checkpointing()
         self.noise_generator = torch.Generator(device=env.backend.device).manual_seed(seed)
+        self._reference_unet: torch.nn.Module | None = None  # a full fine-tune's frozen π_ref (keep_reference)
         self.value_net: ValueHead | None = None
         if value_head:
             with torch.random.fork_rng(devices=[]):
@@ -156,6 +159,42 @@ class DiffusionPolicy(BasePolicy):
                         f"{tuple(params[name].shape)}: build the policy with the saved run's model and lora_rank"
                     )
                 params[name].copy_(value)
+
+    # ------------------------------------------------------------------------------------ reference π_ref
+
+    def keep_reference(self) -> None:
+        """Make the base model π_ref available to :meth:`reference`: nothing to keep with LoRA (the adapter is
+        switched off instead); a full fine-tune keeps a frozen copy of the UNet as it is now."""
+        if self.lora_rank <= 0 and self._reference_unet is None:
+            self._reference_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Inside the block the network is the base model: the LoRA adapter disabled, or the frozen copy of
+        :meth:`keep_reference` in the backend's place. Not thread-safe: call it from one thread, outside the
+        ``grad_workers`` passes."""
+        if self.lora_rank > 0:
+            self.unet.disable_adapters()
+            try:
+                yield
+            finally:
+                self.unet.enable_adapters()
+            return
+        if self._reference_unet is None:
+            raise RuntimeError("a full fine-tune has no reference model: call policy.keep_reference() first")
+        backend = self._env.backend
+        backend.unet = self._reference_unet
+        try:
+            yield
+        finally:
+            backend.unet = self.unet
+
+    @torch.no_grad()
+    def reference_step(self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None) -> DDIMStepOutput:
+        """The base model's step at ``obs`` (its mean μ_ref and the shared std), scoring ``actions`` if given, or
+        its deterministic mean."""
+        with self.reference():
+            return self.step(obs, actions=actions, deterministic=actions is None)
 
     # ------------------------------------------------------------------------------------------- math
 

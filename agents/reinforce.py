@@ -1,6 +1,6 @@
 """DDPO-SF (Black et al. 2024, eq. 3): REINFORCE over the denoising steps — the score-function gradient
 
-    ∇J = E[ Â · Σ_t ∇ log π_θ(x_{t-1} | x_t, c) ],   loss L(θ) = E[ −Â · log π_θ ]
+    ∇J = E[ Â · Σ_t ∇ log π_θ(x_{t-1} | x_t, c) ],   loss L(θ) = E[ −Â · log π_θ ] + β · E[ KL(π_θ ‖ π_ref) ]
 
 with one on-policy gradient step per rollout (all its micro-batches accumulate into that step).
 """
@@ -32,5 +32,7 @@ class DDPO_SF(DiffusionAgent):
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.buffer.transitions(samples, steps)
-        log_prob = self.transition_log_probs(batch)
-        return reinforce_loss(log_prob, batch.advantages), {"approx_kl": approx_kl(log_prob, batch.old_log_probs)}
+        out = self.transition_step(batch)
+        penalty, info = self.kl_penalty(batch, out)
+        info["approx_kl"] = approx_kl(out.log_prob, batch.old_log_probs)
+        return reinforce_loss(out.log_prob, batch.advantages) + penalty, info

@@ -4,6 +4,7 @@ rollout's final samples x_0, weighted by their reward.
     w_i = N · softmax(Â / τ)_i                       (RWR; Σ w = N, τ = 1/β; Â: normalised rewards)
     w_i = N / k for the top k = ⌈f·N⌉ samples, else 0 (sparse RWR: the unweighted loss on the best samples)
     L(θ) = mean_i w_i · ‖f_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c_i) − target‖²   (target ε, v or x_0 by prediction type)
+           + β · E[ KL(π_θ ‖ π_ref) ]  on the samples' stored transitions (kl_coef β, agents/kl.py; 0 by default)
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ class RWR(DiffusionAgent):
         target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
         mse = ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
         weights = self.weights[samples]
-        return (weights * mse).mean(), {"mse": float(mse.detach().mean()), "weight_max": float(weights.max())}
+        # β·KL(π_θ ‖ π_ref) on the rollout's own transitions of these samples at the micro-batch's steps
+        penalty, info = self.kl_penalty(self.buffer.transitions(samples, steps))
+        info |= {"mse": float(mse.detach().mean()), "weight_max": float(weights.max())}
+        return (weights * mse).mean() + penalty, info
 
 
 class SparseRWR(RWR):

@@ -80,6 +80,18 @@ class TrainConfig:
     """Threads computing an update's backward passes (CPU: 2 on 2 cores trains ~1.3x faster; 1 on a GPU)."""
     num_steps: int = 0
     """DDIM steps per episode; 0: the model's default."""
+    kl_coef: float = 0.0
+    """β of the KL penalty to the base model (0: off)."""
+    group_size: int = 1
+    """Samples per prompt in each rollout (envs sharing a prompt; num_envs must be a multiple)."""
+    group_advantages: bool = False
+    """GRPO-style advantages normalised within each prompt's group (needs group_size > 1)."""
+    group_std: str = "group"
+    """With group advantages: divide by the group's std (group) or the rollout's (global)."""
+    ema_decay: float = 0.0
+    """EMA of the trained weights for evaluation and export (0: off; e.g. 0.9)."""
+    ema_update_interval: int = 1
+    """Optimizer steps between EMA updates."""
     seed: int = 0
     """Seeds everything."""
     device: str = "auto"
@@ -152,7 +164,8 @@ def validate(cfg: TrainConfig) -> None:
 def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None) -> Any:
     """The reward-wrapped vector env of the job (``model``: reuse a built backend, e.g. the training env's)."""
     env_kwargs: dict[str, Any] = {"model": model if model is not None else cfg.model, "device": cfg.device,
-                                  "dtype": cfg.dtype, "decode_batch_size": cfg.decode_batch_size}
+                                  "dtype": cfg.dtype, "decode_batch_size": cfg.decode_batch_size,
+                                  "group_size": cfg.group_size if num_envs is None else 1}
     if cfg.num_steps:
         env_kwargs["num_steps"] = cfg.num_steps
     if cfg.prompts:
@@ -274,9 +287,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                                "train_seconds": seconds, "epochs": progress.history}
     if not main:
         return TrainResult(metrics, None, None, agent)
-    after = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED) if evaluate else None
-
-    exported = export_weights(agent.policy, out)
+    with agent.ema_weights():  # the EMA weights when ema_decay > 0
+        after = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED) if evaluate else None
+        exported = export_weights(agent.policy, out)
     plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
                  None if after is None else float(after.rewards.mean()), out / "reward_curve.png",
                  f"{cfg.agent} on {cfg.model} model, reward {cfg.reward}")

@@ -21,6 +21,10 @@ class EnvConfig:
     prompts: PromptsLike | None = None
     """Prompt distribution: a list of strings, a text file (one per line) or fn(rng) -> str. None: the model's."""
 
+    group_size: int = 1
+    """Envs share prompts in consecutive groups of this size: each episode draws one prompt per group, giving k
+    samples per prompt for group-relative (GRPO) advantages. num_envs must be a multiple of it."""
+
     num_steps: int | None = None
     """T, DDIM steps per episode (= episode length). None: the model's default (20 embedded, 50 on SD)."""
 
@@ -74,6 +78,9 @@ class EnvConfig:
             len(self.image_size) == 2 and all(isinstance(s, int) for s in self.image_size)
         ):
             raise ValueError(f"image_size must be an int or (height, width) ints, got {self.image_size!r}")
+        if not (isinstance(self.group_size, int) and self.group_size >= 1):
+            raise ValueError(f"group_size must be a positive int (1: every env draws its own prompt), got "
+                             f"{self.group_size!r}")
         if not (isinstance(self.decode_batch_size, int) and self.decode_batch_size >= 0):
             raise ValueError(f"decode_batch_size must be an int >= 0 (0: all at once), got {self.decode_batch_size!r}")
         if not (math.isfinite(self.latent_bound) and self.latent_bound > 0):

@@ -11,7 +11,8 @@ The MDP of DDPO (Black et al. 2024, §4), all envs advancing in one call:
 
 Every env of the batch is at the same step (episodes are all T long), so resets are whole-batch.
 Randomness: env i owns a numpy generator (prompt draws) and a torch generator (x_T), both seeded seed+i, so
-env i's trajectory does not depend on num_envs.
+env i's trajectory does not depend on num_envs. With ``group_size`` k, envs g·k … g·k+k−1 share the prompt drawn
+by env g·k's generator (k samples per prompt, for group-relative advantages).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         cfg = self.config
         self.num_envs = int(num_envs)
+        if self.num_envs % cfg.group_size:
+            raise ValueError(
+                f"num_envs={self.num_envs} must be a multiple of group_size={cfg.group_size}: each group of "
+                f"{cfg.group_size} envs shares a prompt"
+            )
         self.render_mode = cfg.render_mode
         self.metadata = {**self.metadata, "autoreset_mode": cfg.autoreset_mode}
 
@@ -237,8 +243,10 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         ]
 
     def _start_episode(self, prompts: list[str] | None) -> None:
-        if prompts is None:
-            prompts = [self.prompt_source.sample(rng) for rng in self._prompt_rngs]
+        if prompts is None:  # a group's prompt is drawn by its first env's generator
+            k = self.config.group_size
+            drawn = [self.prompt_source.sample(rng) for rng in self._prompt_rngs[::k]]
+            prompts = [prompt for prompt in drawn for _ in range(k)]
         self._prompt_ids = np.array([self.conditioning.id_of(p) for p in prompts], dtype=np.int64)
         self._latents = torch.stack(
             [torch.randn(self.latent_shape, generator=g, device=self.device) for g in self._noise_generators]

@@ -1,0 +1,20 @@
+"""KL regularisation to the base model (Flow-GRPO / DanceGRPO; Fan et al. 2023 for DDPO).
+
+Policy and reference share the step's std σ (it is fixed by the schedule), so the per-step KL between the two
+Gaussians is closed-form:
+
+    KL(π_θ(·|x_t, c) ‖ π_ref(·|x_t, c)) = ‖μ_θ − μ_ref‖² / (2σ²)
+
+reduced by the mean over the latent's dimensions, like the log-probabilities (DESIGN.md step 4). π_ref is the
+model the run started from: the UNet with its LoRA adapter disabled (no second copy), or a frozen copy of the
+UNet for a full fine-tune.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """‖μ_θ − μ_ref‖² / (2σ²), mean over all non-batch dims → (B,). ``std`` broadcasts to the means."""
+    return ((mean - ref_mean) ** 2 / (2 * std**2)).mean(dim=tuple(range(1, mean.ndim)))
