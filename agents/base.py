@@ -26,6 +26,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.advantages import group_advantages
 from agents.buffer import TrajectoryBatch, TrajectoryBuffer
+from agents.callbacks import notify_epoch_end
 from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
 from agents.ema import EMA
@@ -407,26 +408,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
             iteration += 1
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.train()
-            _notify_epoch_end(callback)
+            notify_epoch_end(callback)
             if log_interval and iteration % log_interval == 0:
                 self.dump_logs(iteration)
         callback.on_training_end()
         return self
-
-
-class EpochEndCallback(BaseCallback):
-    """An SB3 callback that is also told when an epoch's update is done (``on_epoch_end``), the moment to save
-    checkpoints or log images: the rollout and the update of ``model.num_epochs`` are both finished."""
-
-    def _on_step(self) -> bool:
-        return True
-
-    def on_epoch_end(self) -> None:
-        pass
-
-
-def _notify_epoch_end(callback: BaseCallback) -> None:
-    if isinstance(callback, EpochEndCallback):
-        callback.on_epoch_end()
-    for child in getattr(callback, "callbacks", []):  # a CallbackList
-        _notify_epoch_end(child)

@@ -24,7 +24,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
 
-from ddpo_env.ddim import DDIMStepOutput, ddim_step
+from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sampler import guided_model_output
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -208,10 +208,10 @@ class DiffusionPolicy(BasePolicy):
         """Guided network output for x_t (B, C, h, w), τ (B,), prompt ids (B,)."""
         backend = self._env.backend
         embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy())
+        network_timesteps = self.schedule.model_timesteps(timesteps).to(latents.device)
         with self._autocast():
             out = guided_model_output(
-                backend, latents, timesteps.to(latents.device), embeds, self._env.negative_prompt_embeds(),
-                self.guidance_scale,
+                backend, latents, network_timesteps, embeds, self._env.negative_prompt_embeds(), self.guidance_scale,
             )
         return out.float()
 
@@ -228,17 +228,15 @@ class DiffusionPolicy(BasePolicy):
         latents, timesteps, prompt_ids = self._unpack(obs)
         model_output = self.model_output(latents, timesteps, prompt_ids)
         if actions is not None:
-            return ddim_step(
-                model_output, timesteps, latents, self.schedule, prev_sample=actions.reshape(latents.shape).float()
-            )
+            taken = actions.reshape(latents.shape).float()
+            return self.schedule.step(model_output, timesteps, latents, prev_sample=taken)
         if deterministic:
-            noise = torch.zeros_like(latents)
-            return ddim_step(model_output, timesteps, latents, self.schedule, noise=noise)
-        return ddim_step(model_output, timesteps, latents, self.schedule, generator=self.noise_generator)
+            return self.schedule.step(model_output, timesteps, latents, noise=torch.zeros_like(latents))
+        return self.schedule.step(model_output, timesteps, latents, generator=self.noise_generator)
 
     def entropy(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Per-dimension Gaussian entropy ½·log(2πe) + log(ησ_t), (B,): fixed by the schedule, no gradient."""
-        _, _, std = self.schedule.coefficients(timesteps, 1, timesteps.device, torch.float32)
+        std = self.schedule.std(timesteps, 1, timesteps.device, torch.float32)
         return std.reshape(-1).log() + 0.5 * math.log(2 * math.pi * math.e)
 
     # ----------------------------------------------------------------------------------- SB3 interface

@@ -4,6 +4,7 @@ rollout's final samples x_0, weighted by their reward.
     w_i = N · softmax(Â / τ)_i                       (RWR; Σ w = N, τ = 1/β; Â: normalised rewards)
     w_i = N / k for the top k = ⌈f·N⌉ samples, else 0 (sparse RWR: the unweighted loss on the best samples)
     L(θ) = mean_i w_i · ‖f_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c_i) − target‖²   (target ε, v or x_0 by prediction type)
+           (flow matching: f_θ((1−σ)x_0 + σε, σ, c_i) against v = ε − x_0, σ ~ U(0, 1))
            + β · E[ KL(π_θ ‖ π_ref) ]  on the samples' stored transitions (kl_coef β, agents/kl.py; 0 by default)
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from agents.base import DiffusionAgent, approx_kl
 from agents.config import RWRConfig, SparseRWRConfig
+from ddpo_env.flow import FlowMatchSchedule
 
 
 def rwr_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -52,6 +54,9 @@ class RWR(DiffusionAgent):
         super()._setup_model()
         from diffusers import DDIMScheduler
 
+        self.flow = isinstance(self.diffusion_env.schedule, FlowMatchSchedule)
+        if self.flow:  # flow matching: x_σ = (1 − σ)x₀ + σε, target v = ε − x₀ (FlowMatchSchedule.training_pair)
+            return
         scheduler = DDIMScheduler.from_config(self.diffusion_env.scheduler_config)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.prediction_type = scheduler.config.prediction_type
@@ -82,14 +87,18 @@ class RWR(DiffusionAgent):
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = self.buffer.final_samples()[samples]
         g = self.loss_generator()
-        t = torch.randint(len(self.alphas_cumprod), (len(samples),), generator=g).to(self.device)
-        noise = torch.randn(x0.shape, generator=g).to(self.device)
-        alpha_prod = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
-        x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
+        if self.flow:
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            x_t, t, target = self.diffusion_env.schedule.training_pair(x0, noise, g)
+        else:
+            t = torch.randint(len(self.alphas_cumprod), (len(samples),), generator=g).to(self.device)
+            noise = torch.randn(x0.shape, generator=g).to(self.device)
+            alpha_prod = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
+            x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
+            target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
         with self.policy._autocast():
             prediction = self.diffusion_env.backend.predict(x_t, t, embeds).float()
-        target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
         mse = ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
         weights = self.weights[samples]
         # β·KL(π_θ ‖ π_ref) on the rollout's own transitions of these samples at the micro-batch's steps

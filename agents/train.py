@@ -5,6 +5,7 @@ Defaults: DDPO-IS on the embedded default model with the JPEG-compressibility re
 (under 10 minutes on 2 CPU cores). The output folder gets
 
     reward_curve.png   training reward per epoch, and the evaluation before / after
+    monitor.png        with --monitor-every: train vs held-out prompts (reward, KL to the base model, diversity)
     before_after.png   100 fixed prompts and seeds: left before training, right after
     metrics.json       the numbers
     checkpoints/       epoch-NNNNNN/ folders (atomic; resume with --resume auto)
@@ -36,9 +37,11 @@ from agents.checkpoint import is_writer, latest_checkpoint, load_checkpoint, rea
 from agents.distributed import Ranks, init_from_environment
 from agents.evaluation import EvaluationResult, evaluate_policy
 from agents.export import export_weights
+from agents.monitor import HeldOutMonitor, check_held_out, plot_monitor
 from ddpo_env.backends import resolve_device
 from ddpo_env.images import save_grid
-from ddpo_env.models.digits import prompt_for
+from ddpo_env.models.digits import HELDOUT_TEMPLATES, prompt_for
+from ddpo_env.prompts import PromptSource
 from rewards import REWARDS, make_reward
 
 EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
@@ -92,6 +95,12 @@ class TrainConfig:
     """EMA of the trained weights for evaluation and export (0: off; e.g. 0.9)."""
     ema_update_interval: int = 1
     """Optimizer steps between EMA updates."""
+    monitor_every: int = 0
+    """Optimizer updates between held-out monitor evaluations (train vs held-out prompts: reward, KL to the base
+    model, diversity; monitor.png); 0: off."""
+    held_out_prompts: str = ""
+    """The monitor's held-out prompt file (one per line, never trained on); empty: the default model's held-out
+    phrasings."""
     seed: int = 0
     """Seeds everything."""
     device: str = "auto"
@@ -156,7 +165,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("epochs", "samples_per_epoch", "num_envs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("save_every", "keep_last", "image_every", "threads", "num_steps", "lora_rank"):
+    for name in ("save_every", "keep_last", "image_every", "threads", "num_steps", "lora_rank", "monitor_every"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
@@ -188,6 +197,22 @@ def evaluation_prompts(env: Any) -> list[str]:
         return [prompt_for(d, "a handwritten digit {n}") for d in range(10) for _ in range(10)]
     base = list(env.unwrapped.backend.default_prompts)[:10]
     return [p for p in base for _ in range(10)]
+
+
+def monitor_prompts(cfg: TrainConfig, env: Any) -> tuple[list[str], list[str]]:
+    """The held-out monitor's (train, held-out) prompt sets: ten training prompts, and the held-out file or, for the
+    default model, the digits in a phrasing it never saw ("an image of the digit seven")."""
+    train_prompts = evaluation_prompts(env)[::10]
+    if cfg.held_out_prompts:
+        held_out = list(PromptSource(cfg.held_out_prompts).prompts)
+    elif env.unwrapped.backend.name == "default":
+        held_out = [prompt_for(d, HELDOUT_TEMPLATES[0]) for d in range(10)]
+    else:
+        raise ValueError("monitor_every needs held-out prompts for this model: pass --held-out-prompts FILE (one "
+                         "prompt per line, none of them a training prompt)")
+    source = env.unwrapped.prompt_source.prompts  # a list source: none of it may be held out
+    check_held_out(list(source or train_prompts), held_out)
+    return train_prompts, held_out
 
 
 def plot_rewards(history: list[dict[str, float]], before: float | None, after: float | None, path: Path,
@@ -253,9 +278,15 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
 
     env = build_env(cfg)
     agent = build_agent(cfg, env)
+    monitoring = main and cfg.monitor_every > 0
+    if monitoring:
+        monitor_sets = monitor_prompts(cfg, env)
+        agent.policy.keep_reference()  # the base model, before any trained weights are loaded
     history: list[dict[str, float]] = []
+    saved_monitor: list[dict[str, Any]] = []
     if resume_from is not None:
-        history = load_checkpoint(agent, resume_from)["config"].get("history", [])
+        saved = load_checkpoint(agent, resume_from)["config"]
+        history, saved_monitor = saved.get("history", []), saved.get("monitor", [])
         if main:
             print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
     formats = ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]
@@ -263,7 +294,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
 
     grids = main and cfg.tensorboard and cfg.image_every > 0
     evaluate = main and cfg.evaluate
-    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if evaluate or grids else None
+    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if evaluate or grids or monitoring else None
     prompts = evaluation_prompts(env)
     before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if evaluate else None
     if ranks:
@@ -271,9 +302,12 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
 
     progress = EpochProgress(cfg.epochs, cfg.samples_per_epoch, history, show=main)
     job = asdict(cfg)
+    monitor = HeldOutMonitor(eval_env, *monitor_sets, cfg.monitor_every,
+                             records=saved_monitor) if monitoring else None
     checkpoints = CheckpointEvery(out / "checkpoints", cfg.save_every, cfg.epochs, cfg.keep_last,
-                                  lambda: {**job, "history": progress.history})
-    own: list[BaseCallback] = [progress, checkpoints]
+                                  lambda: {**job, "history": progress.history,
+                                           "monitor": monitor.records if monitor else []})
+    own: list[BaseCallback] = [progress, *([monitor] if monitor else []), checkpoints]
     if grids:
         own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every))
     remaining = cfg.epochs - agent.num_epochs
@@ -306,6 +340,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                   f"{before.rewards.std():.4f} → {after.rewards.mean():.4f} ± {after.rewards.std():.4f}  "
                   f"({gain:+.2f} initial std)",
                   f"  {out / 'before_after.png'}  left: before, right: after (same prompts and seeds)"]
+    if monitor is not None:
+        metrics["monitor"] = monitor.records
+        plot_monitor(monitor.records, out / "monitor.png", f"{cfg.agent} on {cfg.model}, reward {cfg.reward}: "
+                     "train vs held-out prompts (deterministic ODE sampler)")
+        lines.append(f"  {out / 'monitor.png'}  train vs held-out prompts: reward, KL to the base model, diversity")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     lines += [f"  {out / 'reward_curve.png'}  reward per epoch",
               f"  {out / 'metrics.json'}  numbers",

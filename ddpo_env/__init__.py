@@ -10,8 +10,10 @@ from ddpo_env.backends import DiffusionBackend, StableDiffusionBackend, TinyBack
 from ddpo_env.config import EnvConfig
 from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, ddim_step, gaussian_log_prob
 from ddpo_env.env import DenoisingDiffusionEnv
+from ddpo_env.flow import FlowMatchSchedule, flow_sde_step
 from ddpo_env.prompts import PromptSource, PromptTable
 from ddpo_env.sampler import DDIMSampler, guided_model_output
+from ddpo_env.sd3 import StableDiffusion3Backend
 from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
 __version__ = "0.1.0"
@@ -33,11 +35,14 @@ __all__ = [
     "DenoisingDiffusionVectorEnv",
     "DiffusionBackend",
     "EnvConfig",
+    "FlowMatchSchedule",
     "PromptSource",
     "PromptTable",
+    "StableDiffusion3Backend",
     "StableDiffusionBackend",
     "TinyBackend",
     "ddim_step",
+    "flow_sde_step",
     "gaussian_log_prob",
     "guided_model_output",
     "load_backend",

@@ -28,8 +28,9 @@ class EnvConfig:
     num_steps: int | None = None
     """T, DDIM steps per episode (= episode length). None: the model's default (20 embedded, 50 on SD)."""
 
-    eta: float = 1.0
-    """DDIM noise scale η in (0, 1]; the policy's std is η·σ_t. η = 0 has no log-probability and is refused."""
+    eta: float | None = None
+    """Noise scale of the policy: DDIM's η in (0, 1] (std η·σ_t), or a flow-matching model's SDE noise level a
+    (Flow-GRPO). None: 1.0 for DDIM, 0.7 for flow matching. 0 has no log-probability and is refused."""
 
     guidance_scale: float | None = None
     """Classifier-free guidance weight w used by policies on this env (1 = no guidance). None: the model's."""
@@ -60,7 +61,8 @@ class EnvConfig:
     """None or 'rgb_array' (render() decodes the current latents to images)."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta > 0):
+        if self.eta is not None and not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta)
+                                         and self.eta > 0):
             raise ValueError(
                 f"eta must be > 0, got {self.eta!r}: with eta=0 the denoising step is deterministic and has "
                 "no log-probability (DDPO uses eta=1.0)"

@@ -171,6 +171,32 @@ class DDIMSchedule:
             )
         return match.to(torch.int64).argmax(dim=1).reshape(t.shape)
 
+    @property
+    def max_timestep(self) -> int:
+        """The largest timestep an observation can carry."""
+        return self.num_train_timesteps - 1
+
+    def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network is given for observation timesteps: the timesteps themselves."""
+        return timesteps
+
+    def std(self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        """η·σ_t for a batch of timesteps, shaped (B, 1, …, 1)."""
+        return self.coefficients(timesteps, ndim, device, dtype)[2]
+
+    def step(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, **kwargs: Any
+             ) -> DDIMStepOutput:
+        """:func:`ddim_step` on this schedule (``noise``/``prev_sample``/``generator`` as there)."""
+        return ddim_step(model_output, timesteps, sample, self, **kwargs)
+
+    def ode_step(self, out: DDIMStepOutput, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The deterministic DDIM step (η = 0) from the same network output, via its x̂₀ in ``out``:
+        x_{t'} = √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'})·ε̂ with ε̂ = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t)."""
+        alpha_prod_t, alpha_prod_t_prev, _ = self.coefficients(timesteps, sample.ndim, sample.device, sample.dtype)
+        x0 = out.pred_original_sample.to(sample.dtype)
+        pred_epsilon = (sample - alpha_prod_t**0.5 * x0) / (1 - alpha_prod_t) ** 0.5
+        return alpha_prod_t_prev**0.5 * x0 + (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon
+
     def coefficients(
         self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ddpo_env.backends import DiffusionBackend
-from ddpo_env.ddim import DDIMStepOutput, classifier_free_guidance, ddim_step
+from ddpo_env.ddim import DDIMStepOutput, classifier_free_guidance
 
 
 def guided_model_output(
@@ -60,12 +60,12 @@ class DDIMSampler:
         model_output = guided_model_output(
             backend,
             latents,
-            timesteps,
+            self.env.schedule.model_timesteps(timesteps),
             self.env.prompt_embeds(prompt_ids),
             self.env.prompt_embeds([0]),
             self.env.guidance_scale,
         )
-        return ddim_step(model_output, timesteps, latents, self.env.schedule, generator=self.generator)
+        return self.env.schedule.step(model_output, timesteps, latents, generator=self.generator)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(action, log_prob) as numpy, batched like ``obs``."""

@@ -29,7 +29,7 @@ from gymnasium.vector.utils import batch_space
 
 from ddpo_env.backends import DiffusionBackend, load_backend
 from ddpo_env.config import EnvConfig
-from ddpo_env.ddim import DDIMSchedule
+from ddpo_env.flow import make_schedule
 from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource
 
 
@@ -70,7 +70,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         )
         num_steps = cfg.num_steps if cfg.num_steps is not None else self.backend.default_num_steps
         self.scheduler_config = {**self.backend.scheduler_config, **cfg.scheduler_overrides}
-        self.schedule = DDIMSchedule.from_scheduler_config(self.scheduler_config, num_steps, cfg.eta)
+        self.schedule = make_schedule(self.scheduler_config, num_steps, cfg.eta)
         self.num_steps = self.schedule.num_steps
         self.latent_shape = self.backend.latent_shape(cfg.image_size)
 
@@ -80,7 +80,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         self.single_observation_space = spaces.Dict(
             {
                 "latent": latent_space,
-                "timestep": spaces.Box(0, self.schedule.num_train_timesteps - 1, (1,), np.int64),
+                "timestep": spaces.Box(0, self.schedule.max_timestep, (1,), np.int64),
                 "prompt_id": spaces.Box(0, MAX_PROMPT_IDS - 1, (1,), np.int64),
             }
         )

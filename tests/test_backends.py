@@ -42,7 +42,8 @@ def test_pipeline_instance_and_backend_instance_are_accepted():
 
 
 def test_hub_id_that_cannot_be_downloaded_names_the_fix():
-    with pytest.raises(ValueError, match=r"^could not load a StableDiffusionPipeline from 'nobody/no-such-model': .*"
+    with pytest.raises(ValueError, match=r"^could not load a Stable Diffusion \(1/2/3\) pipeline from "
+                                         r"'nobody/no-such-model': .*"
                                          r"Pass a local folder written by pipeline.save_pretrained\(folder\), or "
                                          r"download the hub id first \(this machine may be offline\)$"):
         load_backend("nobody/no-such-model")

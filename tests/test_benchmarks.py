@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import algorithms, gpu, overhead, peers_trl
+from benchmarks import algorithms, gpu, kl_frontier, overhead, peers_trl
 from benchmarks.bare_ddpo import BareConfig, BareDDPO, Timers
 from ddpo_env.backends import load_backend
 from ddpo_env.ddim import DDIMSchedule, ddim_step
@@ -33,6 +33,27 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     assert summary["command"].startswith("python -m benchmarks.algorithms --model tiny")
     again = algorithms.main([*argv, "--resume"])  # nothing left to run: the same runs come back
     assert again["runs"] == data["runs"]
+
+
+def test_kl_frontier_benchmark_writes_frontier_held_out_curves_and_summary(tmp_path):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("a zebra\na scribbled three\n", encoding="utf-8")
+    argv = ["--model", "tiny", "--held-out-prompts", str(held_out), "--variants", "DDPO-IS,DDPO-IS β=10",
+            "--seeds", "1", "--epochs", "2", "--samples-per-epoch", "8", "--num-steps", "2", "--monitor-every", "1",
+            "--workers", "1", "--results-dir", str(tmp_path)]
+    data = kl_frontier.main(argv)
+    table = data["table"]
+    assert list(table) == ["DDPO-IS", "DDPO-IS β=10"]
+    for row in table.values():  # 1 update per epoch (8 samples / batch 8): before, and after each epoch
+        assert row["samples"] == [0, 8, 16] and row["kl_held_out"]["initial"] == 0.0
+        assert all(np.isfinite(row[m]["final_mean"]) for m in kl_frontier.METRICS)
+    assert table["DDPO-IS"]["kl_held_out"]["final_mean"] > 0
+    md = (tmp_path / "kl_frontier.md").read_text()
+    assert "| DDPO-IS β=10 |" in md and "held-out reward" in md
+    assert (tmp_path / "kl_frontier.png").stat().st_size > 10_000
+    summary = json.loads((tmp_path / "summary.json").read_text())["kl_frontier"]
+    assert summary["value"]["DDPO-IS"]["kl_held_out"] == table["DDPO-IS"]["kl_held_out"]["final_mean"]
+    assert kl_frontier.main([*argv, "--resume"])["runs"] == data["runs"]
 
 
 def test_bare_loop_scores_its_own_samples_with_ratio_one_and_trains():

@@ -102,7 +102,7 @@ def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
 
 KILL_AFTER_EPOCH_2 = """
     import json, os, signal, sys
-    from agents.base import EpochEndCallback
+    from agents.callbacks import EpochEndCallback
     from agents.train import TrainConfig, train
 
     class Kill(EpochEndCallback):

@@ -102,3 +102,51 @@ def build_tiny_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+#: Stable Diffusion 3's flow-matching scheduler config (its scheduler_config.json), minus the class name.
+SD3_SCHEDULER_CONFIG: dict = {"num_train_timesteps": 1000, "shift": 3.0}
+
+
+def build_tiny_sd3_pipeline(seed: int = 0, *, sample_size: int = 8):
+    """A random-weight ``StableDiffusion3Pipeline`` (MMDiT transformer, two CLIP text encoders with projections,
+    no T5 — the pipeline then uses zeros for its embeddings, as diffusers allows — a 4-channel VAE with SD3's
+    scaling and shift factors, and SD3's flow-matching scheduler), built offline from configs. Latents are
+    4×sample_size², images twice that."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=sample_size, patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+            attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
+            pooled_projection_dim=64, pos_embed_max_size=2 * sample_size,
+        )  # fmt: skip
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4, norm_num_groups=32,
+            sample_size=sample_size * 2, scaling_factor=1.5305, shift_factor=0.0609,
+        )  # fmt: skip
+        tokenizers = [tiny_tokenizer(), tiny_tokenizer()]
+        encoders = [
+            CLIPTextModelWithProjection(CLIPTextConfig(
+                vocab_size=len(tokenizers[0]), hidden_size=32, intermediate_size=37, projection_dim=32,
+                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=tokenizers[0].model_max_length,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu",
+            ))
+            for _ in range(2)
+        ]  # fmt: skip
+    for module in (transformer, vae, *encoders):
+        module.eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER_CONFIG), vae=vae,
+        text_encoder=encoders[0], tokenizer=tokenizers[0], text_encoder_2=encoders[1], tokenizer_2=tokenizers[1],
+        text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip

@@ -1,0 +1,203 @@
+"""Beyond DDPO on the embedded model: ``python -m benchmarks.kl_frontier``.
+
+The algorithms benchmark's extension for issue 9: DDPO-IS with and without the KL penalty to the base model
+(β = kl_coef), and with GRPO-style group-relative advantages (k samples per prompt), each run with the held-out
+monitor (:mod:`agents.monitor`: train vs held-out prompts with the deterministic ODE sampler, every
+``--monitor-every`` updates: reward, KL to the base model, diversity). Same settings and sample budget as the
+algorithms benchmark's cpu preset; reward JPEG incompressibility (the task DDPO-IS climbs there).
+
+Writes ``benchmarks/results/kl_frontier.{json,md,png}`` — the reward-vs-KL frontier (final held-out reward against
+final KL, per seed and mean) and the held-out curves — and summary.json's ``kl_frontier``. Runs are independent
+processes (``--workers`` × ``--threads``); finished runs are kept as they complete (``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing as mp
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.train import TrainConfig
+from benchmarks.algorithms import PRESETS
+from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
+
+#: name → TrainConfig overrides of DDPO-IS (the order of the table and the plots).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "DDPO-IS": {},
+    "DDPO-IS β=1": {"kl_coef": 1.0},
+    "DDPO-IS β=10": {"kl_coef": 10.0},
+    "DDPO-IS β=100": {"kl_coef": 100.0},
+    "DDPO-IS groups k=4": {"group_size": 4, "group_advantages": True},
+}
+METRICS = ("reward_train", "reward_held_out", "kl_held_out", "diversity_held_out")
+
+
+def run_variant(name: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """One training run with the held-out monitor (in a worker process)."""
+    import torch
+
+    from agents.train import train
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        result = train(TrainConfig(**{**job, "output_dir": out}))
+    m = result.metrics
+    return {"variant": name, "seed": job["seed"], "monitor": m["monitor"],
+            "train_reward_mean": [h["reward_mean"] for h in m["epochs"]], "train_seconds": m["train_seconds"]}
+
+
+def _run_star(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
+    return run_variant(*args)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per variant: the last monitor record's metrics (mean, std over seeds), the initial ones, and curves."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in VARIANTS:
+        mine = [r for r in runs if r["variant"] == name]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"seeds": len(mine), "samples": [rec["samples"] for rec in mine[0]["monitor"]]}
+        for metric in (*METRICS, "kl_train", "diversity_train"):
+            curves = np.array([[rec[metric] for rec in r["monitor"]] for r in mine])
+            row[metric] = {"initial": float(curves[:, 0].mean()), "final_mean": float(curves[:, -1].mean()),
+                           "final_std": float(curves[:, -1].std()), "final_per_seed": curves[:, -1].tolist(),
+                           "curve_mean": curves.mean(axis=0).tolist()}
+        table[name] = row
+    return table
+
+
+def plot(table: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=120)
+    for (name, row), color in zip(table.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+        kl, reward = row["kl_held_out"], row["reward_held_out"]
+        axes[0].scatter(kl["final_per_seed"], reward["final_per_seed"], color=color, alpha=0.4, s=14)
+        axes[0].scatter([kl["final_mean"]], [reward["final_mean"]], color=color, s=50, label=name, edgecolor="k")
+        axes[1].plot(row["samples"], row["reward_train"]["curve_mean"], "-o", color=color, markersize=3, label=name)
+        axes[1].plot(row["samples"], reward["curve_mean"], "--s", color=color, markersize=3)
+        axes[2].plot(row["samples"], row["diversity_held_out"]["curve_mean"], "--s", color=color, markersize=3)
+    first = next(iter(table.values()))
+    axes[0].axhline(first["reward_held_out"]["initial"], color="gray", linestyle=":", label="base model")
+    axes[0].set(xlabel="KL to the base model (per step, held-out prompts)", ylabel="held-out reward")
+    axes[0].set_title("reward vs KL frontier (final; small: seeds)", fontsize=9)
+    axes[1].set(xlabel="training samples", ylabel="reward")
+    axes[1].set_title("reward: train prompts (solid) vs held-out (dashed)", fontsize=9)
+    axes[2].set(xlabel="training samples", ylabel="pairwise RMS")
+    axes[2].set_title("diversity, held-out prompts", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(table: dict[str, dict[str, Any]], env_info: dict[str, Any], settings: dict[str, Any], png: str) -> str:
+    def cell(metric: dict[str, float]) -> str:
+        return f"{metric['final_mean']:.4f} ± {metric['final_std']:.4f}"
+
+    first = next(iter(table.values()))
+    lines = [
+        "# Beyond DDPO: KL penalty, group advantages, held-out monitor", "",
+        f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}",
+        f"({env_info.get('wall_minutes', '?')} min wall)", "",
+        f"Settings: {json.dumps(settings)}", "",
+        "Final monitor evaluation (deterministic ODE sampler; 10 train and 10 held-out prompts × 2 seeds), mean ± std "
+        f"over seeds. Base model: train reward {first['reward_train']['initial']:.4f}, held-out "
+        f"{first['reward_held_out']['initial']:.4f}, held-out diversity {first['diversity_held_out']['initial']:.4f}.",
+        "", "| variant | train reward | held-out reward | KL to base (held-out) | held-out diversity |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        lines.append(f"| {name} | {cell(row['reward_train'])} | {cell(row['reward_held_out'])} | "
+                     f"{cell(row['kl_held_out'])} | {cell(row['diversity_held_out'])} |")
+    lines += ["", f"![frontier and held-out curves]({png})", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
+    parser.add_argument("--reward", default="jpeg_incompressibility")
+    parser.add_argument("--model", default=None, help="override the cpu preset's model (the embedded default)")
+    parser.add_argument("--held-out-prompts", default="", help="held-out prompt file (needed for other models)")
+    parser.add_argument("--num-steps", type=int, default=0, help="denoising steps (0: the model's default)")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="override the cpu preset's epochs")
+    parser.add_argument("--samples-per-epoch", type=int, default=None)
+    parser.add_argument("--monitor-every", type=int, default=24, help="optimizer updates between evaluations")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--name", default="kl_frontier")
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: use names from {list(VARIANTS)}")
+
+    settings = {**PRESETS["cpu"], "reward": args.reward, "monitor_every": args.monitor_every}
+    for key, value in (("epochs", args.epochs), ("samples_per_epoch", args.samples_per_epoch), ("model", args.model),
+                       ("num_steps", args.num_steps), ("held_out_prompts", args.held_out_prompts)):
+        if value:
+            settings[key] = value
+    settings["num_envs"] = min(settings["num_envs"], settings["samples_per_epoch"])
+    base = replace(TrainConfig(), **settings, agent="ddpo-is", evaluate=False, tensorboard=False, image_every=0,
+                   save_every=0, keep_last=1)
+    env_info = environment(command_line("benchmarks.kl_frontier", argv))
+    env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
+    results_dir = Path(args.results_dir)
+    json_path = results_dir / f"{args.name}.json"
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.resume and json_path.exists():
+        done = {(r["variant"], r["seed"]): r for r in json.loads(json_path.read_text())["runs"]}
+    jobs = [(name, asdict(replace(base, seed=seed, **VARIANTS[name])), args.threads) for seed in range(args.seeds)
+            for name in names if (name, seed) not in done]
+    print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
+
+    def save() -> dict[str, Any]:
+        runs = sorted(done.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+        data = {"settings": settings, "table": aggregate(runs), "runs": runs, "environment": env_info}
+        write_json(json_path, data)
+        return data
+
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        for run in pool.imap_unordered(_run_star, jobs):
+            done[(run["variant"], run["seed"])] = run
+            last = run["monitor"][-1]
+            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['variant']:<20} seed {run['seed']}: "
+                  f"held-out reward {last['reward_held_out']:.3f}, KL {last['kl_held_out']:.4f}", flush=True)
+            save()
+    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    data = save()
+    png = results_dir / f"{args.name}.png"
+    plot(data["table"], png, f"DDPO-IS variants on the {settings['model']} model, reward {args.reward}, "
+         f"{args.seeds} seeds × {settings['epochs']} × {settings['samples_per_epoch']} samples")
+    text = markdown(data["table"], env_info, settings, png.name)
+    (results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
+    figures = {name: {"held_out_reward": row["reward_held_out"]["final_mean"],
+                      "kl_held_out": row["kl_held_out"]["final_mean"]} for name, row in data["table"].items()}
+    update_summary({args.name: (figures, "final held-out reward and KL to the base model, mean over seeds")},
+                   env_info, results_dir)
+    print(text)
+    return data
+
+
+if __name__ == "__main__":
+    main()

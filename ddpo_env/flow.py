@@ -1,0 +1,192 @@
+"""The flow-matching denoising step as a Gaussian policy (Flow-GRPO, Liu et al. 2025), with its exact log-prob.
+
+A rectified-flow model (SD3, FLUX) predicts the velocity v_θ(x_σ, σ, c) ≈ ε − x₀ of x_σ = (1 − σ)·x₀ + σ·ε, and
+diffusers' ``FlowMatchEulerDiscreteScheduler`` integrates the ODE dx = v dσ deterministically. Flow-GRPO turns the
+step into a Gaussian with the same marginals by the reverse-time SDE whose score is −(x + (1 − σ)v)/σ:
+
+    dσ      = σ' − σ                    (< 0: from σ to the next, smaller σ')
+    s_σ     = a · √(σ / (1 − σ))        (noise level a; at σ = 1 the denominator is 1 − σ_1, the next sigma)
+    μ_θ     = x·(1 + s_σ² dσ / (2σ)) + v_θ·(1 + s_σ² (1 − σ) / (2σ))·dσ
+    std     = s_σ · √(−dσ)
+    x_{σ'}  = μ_θ + std · z,   z ~ N(0, I)
+    log π_θ = mean over dims of log N(x_{σ'}; μ_θ, std²)
+
+With a = 0 the step is diffusers' Euler step x + v·dσ exactly (and has no log-prob, so the env refuses a = 0).
+Observations carry an integer key per step, round(σ·num_train_timesteps), as they do DDIM's timesteps; the
+network gets the float σ·num_train_timesteps that diffusers' pipelines pass it.
+
+Code name → symbol:  sigma σ,  sigma_prev σ',  noise_level a,  std_dev_t s_σ,  mean μ_θ,  pred_original_sample
+x̂₀ = x − σ·v.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, _randn_like, gaussian_log_prob
+
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def flow_sde_step(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_prev: torch.Tensor,
+    sigma_max: float,
+    noise_level: float,
+    *,
+    noise: torch.Tensor | None = None,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> DDIMStepOutput:
+    """One SDE step x_σ → x_σ' (see the module docstring). ``sigma``, ``sigma_prev`` broadcast to the sample
+    (e.g. (B, 1, 1, 1)); ``sigma_max`` is σ_1, the second sigma of the schedule (used at σ = 1). Sample with
+    ``noise``/``generator``, or score an already taken ``prev_sample``. Math in float32 (float64 if the sample
+    is), as diffusers' Euler step upcasts."""
+    if noise is not None and prev_sample is not None:
+        raise ValueError("pass either noise (to sample) or prev_sample (to score), not both")
+    dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    x, v = sample.to(dtype), model_output.to(dtype)
+    sigma, sigma_prev = sigma.to(x.device, dtype), sigma_prev.to(x.device, dtype)
+    d_sigma = sigma_prev - sigma
+    std_dev_t = noise_level * torch.sqrt(sigma / (1 - torch.where(sigma == 1, torch.full_like(sigma, sigma_max),
+                                                                   sigma)))
+    mean = (x * (1 + std_dev_t**2 / (2 * sigma) * d_sigma)
+            + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * d_sigma)
+    std = std_dev_t * torch.sqrt(-d_sigma)
+    if prev_sample is None:
+        if noise is None:
+            noise = _randn_like(mean, generator)
+        prev_sample = mean + std * noise.to(dtype)
+    prev_sample = prev_sample.to(dtype)
+    return DDIMStepOutput(
+        prev_sample=prev_sample,
+        log_prob=gaussian_log_prob(prev_sample, mean, std),
+        mean=mean,
+        std_dev_t=std,
+        pred_original_sample=x - sigma * v,
+    )
+
+
+@dataclass(frozen=True)
+class FlowMatchSchedule:
+    """The T steps of a flow-matching episode (σ_0 = 1-ish … σ_T = 0), built with diffusers' own
+    ``FlowMatchEulerDiscreteScheduler.set_timesteps`` so shift and spacing follow the model's config.
+
+    Attributes (index k = 0 .. T−1, CPU tensors (T,)):
+        timesteps: integer keys round(σ_k · N) of the observations, strictly decreasing, ≥ 1.
+        sigmas: σ_k (float32); prev_sigmas: σ_{k+1} (the last is 0).
+        std_dev_t: the step's std s_σ·√(σ − σ') (strictly positive).
+        eta: the noise level a.  num_train_timesteps: N.  sigma_max: σ_1, used at σ = 1.
+    """
+
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    prev_sigmas: torch.Tensor
+    std_dev_t: torch.Tensor
+    eta: float
+    num_train_timesteps: int
+    sigma_max: float
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    @property
+    def max_timestep(self) -> int:
+        """The largest observation key (σ = 1 ↦ N)."""
+        return self.num_train_timesteps
+
+    @classmethod
+    def from_scheduler_config(cls, config: Any, num_steps: int, eta: float = 0.7) -> FlowMatchSchedule:
+        """``config``: a FlowMatchEulerDiscreteScheduler config; ``eta``: the SDE noise level a > 0."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
+            raise ValueError(f"eta (the flow SDE's noise level a) must be > 0, got {eta!r}: with 0 the step is the "
+                             "deterministic Euler step and has no log-probability (Flow-GRPO uses 0.7)")
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+        c = scheduler.config
+        if c.use_dynamic_shifting:
+            raise ValueError("the scheduler uses dynamic (resolution-dependent) shifting, which needs the image "
+                             "sequence length: pass scheduler_overrides={'use_dynamic_shifting': False, 'shift': s}")
+        if not isinstance(num_steps, int) or not 1 <= num_steps <= c.num_train_timesteps:
+            raise ValueError(f"num_steps must be an int in [1, {c.num_train_timesteps}], got {num_steps!r}")
+        scheduler.set_timesteps(num_steps)
+        sigmas = scheduler.sigmas.to(torch.float32)
+        if len(sigmas) != num_steps + 1 or float(sigmas[-1]) != 0:
+            raise ValueError("the flow scheduler must end at sigma 0 (invert_sigmas=False, shift_terminal=None)")
+        keys = torch.round(sigmas[:-1].double() * c.num_train_timesteps).to(torch.int64)
+        if not bool((keys[1:] < keys[:-1]).all()) or int(keys[-1]) < 1:
+            raise ValueError(f"{num_steps} steps put two sigmas on the same integer timestep key: use fewer steps")
+        sigma_max = float(sigmas[1]) if num_steps > 1 else 0.0
+        std = flow_sde_step(torch.zeros(num_steps), torch.zeros(num_steps), sigmas[:-1], sigmas[1:], sigma_max,
+                            float(eta)).std_dev_t
+        if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()):
+            raise ValueError(f"a step of this flow schedule has std {std.tolist()}: its log-probability is undefined")
+        return cls(timesteps=keys, sigmas=sigmas[:-1], prev_sigmas=sigmas[1:], std_dev_t=std, eta=float(eta),
+                   num_train_timesteps=int(c.num_train_timesteps), sigma_max=sigma_max)
+
+    def step_index(self, timesteps: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(timesteps, dtype=torch.int64).cpu().reshape(-1)
+        match = t[:, None] == self.timesteps[None]
+        if not bool(match.any(dim=1).all()):
+            bad = t[~match.any(dim=1)].unique().tolist()
+            raise ValueError(f"timesteps {bad} are not in this flow schedule {self.timesteps.tolist()}: was the "
+                             "observation produced by an env with the same num_steps and scheduler?")
+        return match.to(torch.int64).argmax(dim=1)
+
+    def _per_sample(self, values: torch.Tensor, timesteps: torch.Tensor, ndim: int, device: Any) -> torch.Tensor:
+        return values[self.step_index(timesteps)].reshape((-1,) + (1,) * (ndim - 1)).to(device)
+
+    def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network is given for observation keys: σ·N as float32 (B,)."""
+        sigma = self.sigmas[self.step_index(timesteps)]
+        return (sigma * self.num_train_timesteps).to(torch.as_tensor(timesteps).device)
+
+    def std(self, timesteps: torch.Tensor, ndim: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
+        """The step's std for a batch of keys, shaped (B, 1, …, 1)."""
+        return self._per_sample(self.std_dev_t, timesteps, ndim, device).to(dtype)
+
+    def step(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor, **kwargs: Any
+             ) -> DDIMStepOutput:
+        """:func:`flow_sde_step` at the keys ``timesteps`` (B,); ``noise``/``prev_sample``/``generator`` as there."""
+        sigma = self._per_sample(self.sigmas, timesteps, sample.ndim, sample.device)
+        sigma_prev = self._per_sample(self.prev_sigmas, timesteps, sample.ndim, sample.device)
+        out = flow_sde_step(model_output, sample, sigma, sigma_prev, self.sigma_max, self.eta, **kwargs)
+        return out if sample.dtype == out.prev_sample.dtype else DDIMStepOutput(
+            out.prev_sample.to(sample.dtype), out.log_prob, out.mean.to(sample.dtype), out.std_dev_t,
+            out.pred_original_sample.to(sample.dtype))
+
+    def ode_step(self, out: DDIMStepOutput, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """diffusers' deterministic Euler step x + v·dσ from the same network output, via x̂₀ = x − σ·v in ``out``."""
+        sigma = self._per_sample(self.sigmas, timesteps, sample.ndim, sample.device)
+        sigma_prev = self._per_sample(self.prev_sigmas, timesteps, sample.ndim, sample.device)
+        velocity = (sample - out.pred_original_sample.to(sample.dtype)) / sigma
+        return sample + (sigma_prev - sigma) * velocity
+
+    def training_pair(self, x0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_σ, network timestep σ·N, target v = ε − x₀) at σ ~ U(0, 1) per sample: the flow-matching loss's
+        inputs (reward-weighted regression trains on it)."""
+        sigma = torch.rand(x0.shape[0], generator=generator).to(x0.device)
+        s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
+        return (1 - s) * x0 + s * noise, sigma * self.num_train_timesteps, noise - x0
+
+
+def is_flow_scheduler(config: Any) -> bool:
+    """Whether a diffusers scheduler config is a flow-matching one (by its ``_class_name``)."""
+    return dict(config).get("_class_name") in FLOW_SCHEDULERS
+
+
+def make_schedule(config: Any, num_steps: int, eta: float | None) -> DDIMSchedule | FlowMatchSchedule:
+    """The episode's schedule for a diffusers scheduler config: the flow SDE for a flow-matching scheduler
+    (``eta`` = its noise level a, default 0.7), DDIM for any other (``eta`` = η, default 1.0)."""
+    if is_flow_scheduler(config):
+        return FlowMatchSchedule.from_scheduler_config(config, num_steps, 0.7 if eta is None else eta)
+    return DDIMSchedule.from_scheduler_config(config, num_steps, 1.0 if eta is None else eta)
