@@ -33,6 +33,8 @@ from benchmarks.record import RESULTS_DIR, command_line, environment, update_sum
 #: name → TrainConfig overrides of DDPO-IS (the order of the table and the plots).
 VARIANTS: dict[str, dict[str, Any]] = {
     "DDPO-IS": {},
+    "DDPO-IS β=0.01": {"kl_coef": 0.01},
+    "DDPO-IS β=0.1": {"kl_coef": 0.1},
     "DDPO-IS β=1": {"kl_coef": 1.0},
     "DDPO-IS β=10": {"kl_coef": 10.0},
     "DDPO-IS β=100": {"kl_coef": 100.0},
@@ -114,7 +116,8 @@ def markdown(table: dict[str, dict[str, Any]], env_info: dict[str, Any], setting
     lines = [
         "# Beyond DDPO: KL penalty, group advantages, held-out monitor", "",
         f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}",
-        f"({env_info.get('wall_minutes', '?')} min wall)", "",
+        f"({env_info.get('wall_minutes_total', '?')} min wall in all, {env_info.get('wall_minutes', '?')} in the "
+        "last invocation)", "",
         f"Settings: {json.dumps(settings)}", "",
         "Final monitor evaluation (deterministic ODE sampler; 10 train and 10 held-out prompts × 2 seeds), mean ± std "
         f"over seeds. Base model: train reward {first['reward_train']['initial']:.4f}, held-out "
@@ -164,8 +167,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results_dir = Path(args.results_dir)
     json_path = results_dir / f"{args.name}.json"
     done: dict[tuple[str, int], dict[str, Any]] = {}
+    earlier_minutes = 0.0  # wall time of the invocations whose runs are kept
     if args.resume and json_path.exists():
-        done = {(r["variant"], r["seed"]): r for r in json.loads(json_path.read_text())["runs"]}
+        kept = json.loads(json_path.read_text())
+        done = {(r["variant"], r["seed"]): r for r in kept["runs"]}
+        earlier_minutes = kept["environment"].get("wall_minutes_total", kept["environment"].get("wall_minutes", 0.0))
     jobs = [(name, asdict(replace(base, seed=seed, **VARIANTS[name])), args.threads) for seed in range(args.seeds)
             for name in names if (name, seed) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
@@ -185,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"held-out reward {last['reward_held_out']:.3f}, KL {last['kl_held_out']:.4f}", flush=True)
             save()
     env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    env_info["wall_minutes_total"] = round(earlier_minutes + env_info["wall_minutes"], 1)
     data = save()
     png = results_dir / f"{args.name}.png"
     plot(data["table"], png, f"DDPO-IS variants on the {settings['model']} model, reward {args.reward}, "

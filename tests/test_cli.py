@@ -108,3 +108,14 @@ def test_unknown_config_keys_are_named(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"epochz": 3}))
     with pytest.raises(ValueError, match=r"has unknown keys \['epochz'\]: known keys are \['agent', "):
         job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json")]))
+
+
+def test_readme_beyond_ddpo_flags_reach_the_job_config():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    line = re.search(r"^ddpo train (--kl-coef .*)$", readme, re.M).group(1)
+    cfg = job_config(build_parser().parse_args(["train", *line.split()]))
+    assert (cfg.kl_coef, cfg.group_size, cfg.group_advantages, cfg.ema_decay, cfg.monitor_every) == (
+        10.0, 4, True, 0.9, 24)
