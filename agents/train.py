@@ -54,7 +54,7 @@ class TrainConfig:
     agent: str = "ddpo-is"
     """ddpo-is | ddpo-sf | rwr | rwr-sparse."""
     model: str = "default"
-    """'default' (embedded digits model), 'tiny', or a local diffusers Stable Diffusion folder."""
+    """'default' (embedded digits model), 'tiny', 'tiny-sd3', or a local diffusers Stable Diffusion (1/2/3) folder."""
     reward: str = "jpeg_compressibility"
     """A reward name, or a weighted sum such as 'jpeg_compressibility=1,digit_alignment=2'."""
     reward_options: dict = field(default_factory=dict)
