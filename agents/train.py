@@ -192,7 +192,7 @@ def build_agent(cfg: TrainConfig, env: Any) -> Any:
 
 
 def evaluation_prompts(env: Any) -> list[str]:
-    """Ten prompts × ten seeds: the digits for the default model, else the model's default prompts."""
+    """Ten seeds of each of up to ten prompts: the digits for the default model, else the model's default prompts."""
     if env.unwrapped.backend.name == "default":
         return [prompt_for(d, "a handwritten digit {n}") for d in range(10) for _ in range(10)]
     base = list(env.unwrapped.backend.default_prompts)[:10]
@@ -330,9 +330,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     lines = [f"\n{cfg.agent} on the {cfg.model} model, reward {cfg.reward}: {agent.num_epochs} epochs × "
              f"{cfg.samples_per_epoch} samples ({max(remaining, 0)} epochs in this run, {seconds / 60:.1f} min)"]
     if before is not None and after is not None:
-        grid = np.concatenate([before.images.reshape(10, 10, *before.images.shape[1:])[:, :5],
-                               after.images.reshape(10, 10, *after.images.shape[1:])[:, :5]], axis=1)
-        save_grid(grid.reshape(-1, *before.images.shape[1:]), rows=10, path=out / "before_after.png")
+        rows = len(prompts) // 10  # one row per evaluation prompt (ten seeds each; SD's defaults have eight)
+        grid = np.concatenate([before.images.reshape(rows, 10, *before.images.shape[1:])[:, :5],
+                               after.images.reshape(rows, 10, *after.images.shape[1:])[:, :5]], axis=1)
+        save_grid(grid.reshape(-1, *before.images.shape[1:]), rows=rows, path=out / "before_after.png")
         for key, result in (("eval_reward_before", before), ("eval_reward_after", after)):
             metrics[key] = {"mean": float(result.rewards.mean()), "std": float(result.rewards.std())}
         gain = (after.rewards.mean() - before.rewards.mean()) / max(before.rewards.std(), 1e-12)

@@ -161,3 +161,19 @@ def test_ode_steps_are_diffusers_deterministic_samplers():
             torch.testing.assert_close(ours, reference(output, scheduler.timesteps[k] if schedule is ddim else
                                                        euler.timesteps[k], x), rtol=1e-5, atol=1e-5)
             x = ours
+
+
+def test_training_job_on_a_flow_model_with_eight_evaluation_prompts(tmp_path):
+    """`ddpo train --model tiny-sd3`: the whole job (evaluation of SD's eight default prompts × ten seeds, grid,
+    EMA export of the transformer's LoRA)."""
+    from PIL import Image
+
+    from agents.train import TrainConfig, train
+
+    result = train(TrainConfig(model="tiny-sd3", num_steps=3, device="cpu", epochs=1, samples_per_epoch=4, num_envs=4,
+                               batch_size=4, lora_rank=4, ema_decay=0.5, kl_coef=0.1, tensorboard=False,
+                               output_dir=str(tmp_path)))
+    assert len(result.after.prompts) == 80 and np.isfinite(result.metrics["eval_reward_after"]["mean"])
+    with Image.open(tmp_path / "before_after.png") as image:
+        assert image.size[1] > image.size[0] * 0.5  # eight rows of five before | five after
+    assert (tmp_path / "lora" / LORA_FILE).is_file()
