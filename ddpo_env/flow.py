@@ -32,6 +32,11 @@ from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, _randn_like, gaussian_lo
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
 
+def sde_noise_scale(sigma: torch.Tensor, sigma_max: float, noise_level: float) -> torch.Tensor:
+    """s_σ = a·√(σ / (1 − σ)), with σ_1 (``sigma_max``) in the denominator at σ = 1."""
+    return noise_level * torch.sqrt(sigma / (1 - torch.where(sigma == 1, torch.full_like(sigma, sigma_max), sigma)))
+
+
 def flow_sde_step(
     model_output: torch.Tensor,
     sample: torch.Tensor,
@@ -54,8 +59,7 @@ def flow_sde_step(
     x, v = sample.to(dtype), model_output.to(dtype)
     sigma, sigma_prev = sigma.to(x.device, dtype), sigma_prev.to(x.device, dtype)
     d_sigma = sigma_prev - sigma
-    std_dev_t = noise_level * torch.sqrt(sigma / (1 - torch.where(sigma == 1, torch.full_like(sigma, sigma_max),
-                                                                   sigma)))
+    std_dev_t = sde_noise_scale(sigma, sigma_max, noise_level)
     mean = (x * (1 + std_dev_t**2 / (2 * sigma) * d_sigma)
             + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * d_sigma)
     std = std_dev_t * torch.sqrt(-d_sigma)
@@ -125,8 +129,7 @@ class FlowMatchSchedule:
         if not bool((keys[1:] < keys[:-1]).all()) or int(keys[-1]) < 1:
             raise ValueError(f"{num_steps} steps put two sigmas on the same integer timestep key: use fewer steps")
         sigma_max = float(sigmas[1]) if num_steps > 1 else 0.0
-        std = flow_sde_step(torch.zeros(num_steps), torch.zeros(num_steps), sigmas[:-1], sigmas[1:], sigma_max,
-                            float(eta)).std_dev_t
+        std = sde_noise_scale(sigmas[:-1], sigma_max, float(eta)) * torch.sqrt(sigmas[:-1] - sigmas[1:])
         if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()):
             raise ValueError(f"a step of this flow schedule has std {std.tolist()}: its log-probability is undefined")
         return cls(timesteps=keys, sigmas=sigmas[:-1], prev_sigmas=sigmas[1:], std_dev_t=std, eta=float(eta),
