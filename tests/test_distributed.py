@@ -37,10 +37,13 @@ WORKER = """
     rank = dist.get_rank()
     tiny, agent_kwargs, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     results = {}
-    for name in ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse"):
-        env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **tiny), upscale=2)
+    for name in ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse", "ddpo-is+groups+kl+ema"):
+        grpo = name == "ddpo-is+groups+kl+ema"
+        env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, group_size=2 if grpo else 1,
+                                               **tiny), upscale=2)
         extra = {"top_fraction": 0.25} if name == "rwr-sparse" else {}  # 1 sample of 4: on one rank only
-        agent = make_agent(name, env, **agent_kwargs, **extra)
+        extra = {"group_advantages": True, "kl_coef": 1.0, "ema_decay": 0.5} if grpo else extra
+        agent = make_agent(name.split("+")[0], env, **agent_kwargs, **extra)
         agent.set_logger(Logger(folder=None, output_formats=[]))
         params = agent.policy.trainable_parameters()
         start = [p.detach().clone() for p in params]
@@ -86,8 +89,11 @@ def one_process_update(name: str, ranks: list[dict]) -> list[torch.Tensor]:
 
     from rewards import JpegCompressibility
 
-    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=4, **TINY), upscale=2)
-    agent = make_agent(name, env, **AGENT)
+    grpo = name == "ddpo-is+groups+kl+ema"
+    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=4, group_size=2 if grpo else 1, **TINY),
+                              upscale=2)
+    extra = {"group_advantages": True, "kl_coef": 1.0, "ema_decay": 0.5} if grpo else {}
+    agent = make_agent(name.split("+")[0], env, **AGENT, **extra)
     agent.set_logger(Logger(folder=None, output_formats=[]))
     params = agent.policy.trainable_parameters()
     with torch.no_grad():
@@ -104,7 +110,7 @@ def one_process_update(name: str, ranks: list[dict]) -> list[torch.Tensor]:
 
 
 def test_two_ranks_stay_identical_and_every_agent_updates(two_ranks):
-    for name in ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse"):
+    for name in ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse", "ddpo-is+groups+kl+ema"):
         r0, r1 = two_ranks[0][name], two_ranks[1][name]
         for a, b in zip(r0["start"], r1["start"], strict=True):
             assert torch.equal(a, b)  # the same start
@@ -115,13 +121,17 @@ def test_two_ranks_stay_identical_and_every_agent_updates(two_ranks):
         assert r0["updates"] == r1["updates"] == 2, name
         # each rank sampled its own episodes
         assert not torch.equal(r0["buffer"]["latents"][:, 0], r1["buffer"]["latents"][:, 0])
+    for rank in two_ranks:  # group_size 2: a rank's two envs share their group's prompt
+        prompts = rank["ddpo-is+groups+kl+ema"]["buffer"]["prompts"]
+        assert len(prompts) == 2 and prompts[0] == prompts[1]
     sparse = [r["rwr-sparse"]["train_samples"] for r in two_ranks]
     assert sorted(sparse) == [0, 1]  # the global top sample lives on one rank; the other still took the step
 
 
-@pytest.mark.parametrize("name", ["ddpo-is", "ddpo-sf"])
+@pytest.mark.parametrize("name", ["ddpo-is", "ddpo-sf", "ddpo-is+groups+kl+ema"])
 def test_two_ranks_equal_one_process_over_the_same_global_batch(two_ranks, name):
-    """After one update, both ranks' parameters equal a 1-process update over their rollouts together (≤1e-6)."""
+    """After one update, both ranks' parameters equal a 1-process update over their rollouts together (≤1e-6); with
+    group advantages over the gathered groups and the KL penalty too."""
     expected = one_process_update(name, two_ranks)
     for got, want in zip(two_ranks[0][name]["after_one"], expected, strict=True):
         torch.testing.assert_close(got, want.detach(), atol=1e-6, rtol=0)
