@@ -14,7 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import obs_as_tensor
 
-from agents.advantages import group_advantages
+from agents.advantages import rollout_advantages
 from agents.buffer import TrajectoryBatch, TrajectoryBuffer
 from agents.callbacks import notify_epoch_end
 from agents.config import AgentConfig, optimizer_class
@@ -33,14 +33,16 @@ from agents.ema import EMA
 from agents.kl import gaussian_kl
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
-from agents.stat_tracking import EPS, PerPromptStatTracker
+from agents.stat_tracking import PerPromptStatTracker
 from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sb3 import SB3VecEnv
 
 
-def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> float:
-    """½·mean (log π_θ − log π_old)², the usual estimate of KL(π_old ‖ π_θ) from the same transitions."""
-    return float(0.5 * ((log_prob.detach() - old_log_prob) ** 2).mean())
+class _Pass(NamedTuple):
+    """What one backward pass of an update reads on its thread (:meth:`DiffusionAgent._accumulate`)."""
+
+    generator: torch.Generator | None  # its own random numbers on a grad_workers thread (None: the training one)
+    reference: torch.Tensor | None  # μ_ref of its transitions, precomputed (kl_coef > 0)
 
 
 class DiffusionAgent(OnPolicyAlgorithm):
@@ -119,8 +121,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.buffer = TrajectoryBuffer(self.rank_samples, self.num_steps, self.diffusion_env.latent_shape, self.device)
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
-        self._pass_generators: dict[int, torch.Generator] = {}  # grad_workers threads: one per pass
-        self._pass_references: dict[int, torch.Tensor] = {}  # μ_ref of the pass a thread computes (kl_coef)
+        self._passes: dict[int, _Pass] = {}  # thread id → the pass it computes, during an update
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
@@ -200,17 +201,10 @@ class DiffusionAgent(OnPolicyAlgorithm):
             raise FloatingPointError(
                 f"non-finite reward in rollout samples {bad[:10]}: the update is refused (check the reward wrapper)"
             )
-        if self.config.group_advantages:
-            groups = group_advantages(prompts, rewards, self.config.group_std)
-            advantages = groups.advantages
-            self.logger.record("rollout/groups", groups.num_groups)
-            self.logger.record("rollout/zero_std_groups", groups.zero_std_groups)
-        elif self.config.per_prompt_stat_tracking:
-            advantages = self.stat_tracker.update(prompts, rewards)
-        else:
-            advantages = (rewards - rewards.mean()) / (rewards.std() + EPS)
+        advantages, logs = rollout_advantages(self.config, self.stat_tracker, prompts, rewards)
+        for key, value in logs.items():
+            self.logger.record(f"rollout/{key}", value)
         self.rollout_rewards = rewards
-        advantages = np.clip(advantages, -self.config.adv_clip, self.config.adv_clip)
         self.global_advantages = torch.as_tensor(advantages, dtype=torch.float32, device=self.device)
         self.buffer.set_advantages(advantages[self.rank_rows()])
         self.logger.record("rollout/reward_mean", float(rewards.mean()))
@@ -242,7 +236,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
         if self.config.kl_coef == 0:
             return torch.zeros((), device=self.device), {}
         out = out if out is not None else self.transition_step(batch)
-        ref_mean = self._pass_references.get(threading.get_ident())
+        current = self._passes.get(threading.get_ident())
+        ref_mean = current.reference if current else None
         if ref_mean is None:
             ref_mean = self.transition_step(batch, reference=True).mean
         kl = gaussian_kl(out.mean, ref_mean, out.std_dev_t)
@@ -323,10 +318,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
 
         def loss_of(i: int, seed: int | None = None) -> torch.Tensor:
             samples, steps, k = update[i]
-            if seed is not None:
-                self._pass_generators[threading.get_ident()] = torch.Generator().manual_seed(seed)
-            if references[i] is not None:
-                self._pass_references[threading.get_ident()] = references[i]
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            self._passes[threading.get_ident()] = _Pass(generator, references[i])
             loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
             infos[i] = (float(loss.detach()), info)
             return loss * k / per_update  # k steps at once: the sum of k single-step passes
@@ -337,7 +330,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
                 for i in range(len(update)):
                     loss_of(i).backward()
             finally:
-                self._pass_references.clear()
+                self._passes.clear()
         else:
             # each pass's seed from (seed, epoch, update, pass): the shuffles' generator is left untouched
             seeds = [int(np.random.SeedSequence([self.config.seed, self.num_epochs, update_index, i]).generate_state(
@@ -346,8 +339,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
                 grads = parallel_gradients([functools.partial(loss_of, i, s) for i, s in enumerate(seeds)], params,
                                            workers)
             finally:
-                self._pass_generators.clear()
-                self._pass_references.clear()
+                self._passes.clear()
             for param, grad in zip(params, grads, strict=True):
                 if grad is not None:
                     param.grad = grad if param.grad is None else param.grad + grad
@@ -359,7 +351,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
     def loss_generator(self) -> torch.Generator:
         """Where :meth:`compute_loss` draws random numbers: the training generator, or on a ``grad_workers``
         thread that pass's own generator (so the draws do not depend on thread timing)."""
-        return self._pass_generators.get(threading.get_ident(), self.train_generator)
+        current = self._passes.get(threading.get_ident())
+        return current.generator if current and current.generator is not None else self.train_generator
 
     def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
         if self.ranks:

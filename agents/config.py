@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from agents.advantages import GROUP_STDS
+
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -118,8 +120,8 @@ class AgentConfig:
             )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
-        if self.group_std not in ("group", "global"):
-            raise ValueError(f"group_std must be 'group' or 'global', got {self.group_std!r}")
+        if self.group_std not in GROUP_STDS:
+            raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
         if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
             raise ValueError(f"kl_coef must be finite and >= 0 (0: no KL penalty), got {self.kl_coef!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):

@@ -11,8 +11,9 @@ from typing import ClassVar
 
 import torch
 
-from agents.base import DiffusionAgent, approx_kl
+from agents.base import DiffusionAgent
 from agents.config import DDPOISConfig
+from agents.kl import approx_kl
 
 
 def ppo_clip_loss(

@@ -18,3 +18,9 @@ import torch
 def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """‖μ_θ − μ_ref‖² / (2σ²), mean over all non-batch dims → (B,). ``std`` broadcasts to the means."""
     return ((mean - ref_mean) ** 2 / (2 * std**2)).mean(dim=tuple(range(1, mean.ndim)))
+
+
+def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> float:
+    """½·mean (log π_θ − log π_old)², the usual estimate of KL(π_old ‖ π_θ) from the same transitions (a
+    diagnostic of how far an update moved the sampling policy, not the penalty above)."""
+    return float(0.5 * ((log_prob.detach() - old_log_prob) ** 2).mean())

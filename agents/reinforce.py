@@ -11,8 +11,9 @@ from typing import ClassVar
 
 import torch
 
-from agents.base import DiffusionAgent, approx_kl
+from agents.base import DiffusionAgent
 from agents.config import DDPOSFConfig
+from agents.kl import approx_kl
 
 
 def reinforce_loss(log_prob: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:

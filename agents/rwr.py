@@ -15,8 +15,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from agents.base import DiffusionAgent, approx_kl
+from agents.base import DiffusionAgent
 from agents.config import RWRConfig, SparseRWRConfig
+from agents.kl import approx_kl
 from ddpo_env.flow import FlowMatchSchedule
 
 

@@ -161,10 +161,7 @@ class FlowMatchSchedule:
         """:func:`flow_sde_step` at the keys ``timesteps`` (B,); ``noise``/``prev_sample``/``generator`` as there."""
         sigma = self._per_sample(self.sigmas, timesteps, sample.ndim, sample.device)
         sigma_prev = self._per_sample(self.prev_sigmas, timesteps, sample.ndim, sample.device)
-        out = flow_sde_step(model_output, sample, sigma, sigma_prev, self.sigma_max, self.eta, **kwargs)
-        return out if sample.dtype == out.prev_sample.dtype else DDIMStepOutput(
-            out.prev_sample.to(sample.dtype), out.log_prob, out.mean.to(sample.dtype), out.std_dev_t,
-            out.pred_original_sample.to(sample.dtype))
+        return flow_sde_step(model_output, sample, sigma, sigma_prev, self.sigma_max, self.eta, **kwargs)
 
     def ode_step(self, out: DDIMStepOutput, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """diffusers' deterministic Euler step x + v·dσ from the same network output, via x̂₀ = x − σ·v in ``out``."""
