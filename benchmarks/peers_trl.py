@@ -7,15 +7,22 @@ transformers 4 and 5 read, so text encoder and tokenizer are bit-identical), wit
 steps, η 1, CFG 5, LoRA r4 on the attention projections, 32 samples per epoch sampled 8 at a time, train batch 4,
 one optimizer step per train batch, fp32, JPEG compressibility, batch-normalised advantages, 2 torch threads.
 
-Runs alternate (TRL, then each variant of this project, repeated), each a fresh process of ``--epochs`` epochs
-whose first is a warm-up; throughput = samples per epoch / median epoch time over the rest. Writes
-``benchmarks/results/peers_trl.{json,md}`` and summary.json's ``trl_speedup`` (the best variant / TRL).
+The 2 threads are used either inside one process (torch's intra-op threads) or as 2 one-thread processes, data
+parallel over gloo (``torch.distributed.run``): TRL through accelerate's multi-CPU mode, this project through its
+own ``agents/distributed.py``; the global sizes stay the same (each process samples and trains half). Both sides
+get both layouts.
+
+Runs alternate (each TRL variant, then each variant of this project, repeated), each a fresh job of ``--epochs``
+epochs whose first is a warm-up; throughput = samples per epoch / median epoch time over the rest. Writes
+``benchmarks/results/peers_trl.{json,md}`` and summary.json's ``trl_speedup``: this project's best variant / TRL's
+best variant.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,12 +40,25 @@ TRL_VENV = ROOT / ".venv-trl"
 TRL_REQUIREMENTS = ["trl[diffusers,peft]==0.23.1", "transformers<5"]
 CONFIG = {"num_steps": 20, "guidance_scale": 5.0, "samples_per_epoch": 32, "sample_batch_size": 8,
           "train_batch_size": 4, "lora_rank": 4, "learning_rate": 3e-4, "clip_range": 1e-4}
-# This project's variants, each a change measured on its own: agent settings over the shared CONFIG.
-VARIANTS = {
-    "ddpo-env (one step per pass)": {"steps_per_pass": 1},
-    "ddpo-env (all steps in one pass)": {"steps_per_pass": 0},
-    "ddpo-env (2 gradient threads)": {"grad_workers": 2},
+# Each side's variants: (processes, this project's agent settings over the shared CONFIG), each a change measured
+# on its own.
+TRL_VARIANTS = {
+    "TRL 0.23.1 DDPOTrainer": (1, {}),
+    "TRL 0.23.1 DDPOTrainer (2 processes)": (2, {}),
 }
+VARIANTS = {
+    "ddpo-env (one step per pass)": (1, {"steps_per_pass": 1}),
+    "ddpo-env (all steps in one pass)": (1, {"steps_per_pass": 0}),
+    "ddpo-env (2 gradient threads)": (1, {"grad_workers": 2}),
+    "ddpo-env (2 processes; all steps in one pass)": (2, {"steps_per_pass": 0}),
+}
+
+
+def launch(python: str, processes: int, script: list[str]) -> list[str]:
+    """The command running ``script`` (a file, or ``-m`` and a module) in ``processes`` processes."""
+    if processes == 1:
+        return [python, *script]
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *script]
 
 
 def ensure_trl_venv(venv: Path = TRL_VENV) -> Path:
@@ -74,18 +94,21 @@ def save_portable_tiny_pipeline(folder: Path, seed: int = 0, sample_size: int = 
     return list(StableDiffusionBackend.default_prompts)
 
 
-def run_ours(model: str, prompts: list[str], epochs: int, threads: int, overrides: dict[str, Any]) -> dict:
-    """One timed run of this project (in a fresh process: ``--worker``)."""
+def run_ours(model: str, prompts: list[str], epochs: int, threads: int, overrides: dict[str, Any],
+             config: dict[str, Any] = CONFIG) -> dict:
+    """One timed run of this project (in a fresh process, or one rank of a torchrun job: ``--worker``)."""
     import gymnasium as gym
     import torch
     from stable_baselines3.common.logger import Logger
 
     import ddpo_env  # noqa: F401
     from agents import DDPO_IS
+    from agents.distributed import init_from_environment
     from rewards import JpegCompressibility
 
     torch.set_num_threads(threads)
-    c = CONFIG
+    init_from_environment("cpu")  # launched by torchrun: one rank of a data-parallel job
+    c = config
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=c["sample_batch_size"], model=model, prompts=prompts,
                        num_steps=c["num_steps"], guidance_scale=c["guidance_scale"], device="cpu")
     env = JpegCompressibility(env)
@@ -98,7 +121,10 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
         start = time.perf_counter()
         agent.learn(c["samples_per_epoch"], reset_num_timesteps=epoch == 0)
         seconds.append(time.perf_counter() - start)
-    return {"epoch_seconds": seconds, "optimizer_steps": agent._n_updates}
+    world = agent.ranks.world_size if agent.ranks else 1
+    if agent.ranks:
+        torch.distributed.destroy_process_group()
+    return {"epoch_seconds": seconds, "optimizer_steps": agent._n_updates, "processes": world}
 
 
 def run_process(command: list[str]) -> dict:
@@ -130,10 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed run of ours
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--prompts", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="{}", help=argparse.SUPPRESS)  # worker: JSON overrides of CONFIG (tests)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_ours(args.model, args.prompts.split(","), args.epochs, args.threads,
-                                  VARIANTS[args.worker])))
+        out = run_ours(args.model, args.prompts.split(","), args.epochs, args.threads, VARIANTS[args.worker][1],
+                       CONFIG | json.loads(args.config))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(out))
         return {}
 
     env_info = environment(command_line("benchmarks.peers_trl", argv))
@@ -142,23 +171,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         prompts = save_portable_tiny_pipeline(Path(folder))
-        common = ["--epochs", str(args.epochs), "--threads", str(args.threads), "--model", folder,
-                  "--prompts", ",".join(prompts)]
-        trl_command = [str(trl_python), str(ROOT / "benchmarks" / "trl_ddpo_worker.py"), *common,
-                       "--num-steps", str(CONFIG["num_steps"]), "--guidance-scale", str(CONFIG["guidance_scale"]),
+        def common(processes: int) -> list[str]:  # the 2 threads split over the processes
+            return ["--epochs", str(args.epochs), "--threads", str(max(1, args.threads // processes)),
+                    "--model", folder, "--prompts", ",".join(prompts)]
+
+        trl_options = ["--num-steps", str(CONFIG["num_steps"]), "--guidance-scale", str(CONFIG["guidance_scale"]),
                        "--sample-batch-size", str(CONFIG["sample_batch_size"]),
                        "--samples-per-epoch", str(CONFIG["samples_per_epoch"]),
                        "--train-batch-size", str(CONFIG["train_batch_size"])]
+        commands = [(name, launch(str(trl_python), n, [str(ROOT / "benchmarks" / "trl_ddpo_worker.py"), *common(n),
+                                                       *trl_options])) for name, (n, _) in TRL_VARIANTS.items()]
+        commands += [(v, launch(sys.executable, VARIANTS[v][0], ["-m", "benchmarks.peers_trl", "--worker", v,
+                                                                 *common(VARIANTS[v][0])])) for v in variants]
         for repeat in range(args.repeats):
-            commands = [("TRL 0.23.1 DDPOTrainer", trl_command)] + [
-                (v, [sys.executable, "-m", "benchmarks.peers_trl", "--worker", v, *common]) for v in variants]
             for name, command in commands:
                 run = {"name": name, "repeat": repeat, **run_process(command)}
                 runs.append(run)
                 print(f"{name}: epochs {', '.join(f'{s:.2f}' for s in run['epoch_seconds'])} s", flush=True)
     table = summarise(runs)
-    trl = table["TRL 0.23.1 DDPOTrainer"]["samples_per_s"]
-    for row in table.values():
+    best_trl = max(TRL_VARIANTS, key=lambda v: table[v]["samples_per_s"])
+    trl = table[best_trl]["samples_per_s"]
+    for name, row in table.items():
+        row["processes"] = (TRL_VARIANTS | VARIANTS)[name][0]
         row["vs_trl"] = row["samples_per_s"] / trl
     best = max(variants, key=lambda v: table[v]["samples_per_s"])
     results_dir = Path(args.results_dir)
@@ -168,17 +202,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "# Throughput against TRL's DDPOTrainer\n",
         f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
         "Same tiny SD pipeline and DDPO-IS config on both sides: " + ", ".join(f"{k} {v}" for k, v in CONFIG.items())
-        + f", fp32, {args.threads} threads; {args.repeats} alternating runs of {args.epochs} epochs per side, the "
-        "first epoch of each run a warm-up.\n",
-        "| trainer | median s/epoch | min–max | samples/s | vs TRL |", "|---|---|---|---|---|",
+        + f", fp32, {args.threads} threads (in one process, or one each in {args.threads} processes); {args.repeats} "
+        f"alternating runs of {args.epochs} epochs per variant, the first epoch of each run a warm-up. \"vs TRL\" "
+        f"is against TRL's fastest variant ({best_trl}).\n",
+        "| trainer | processes × threads | median s/epoch | min–max | samples/s | vs TRL |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
-        lines.append(f"| {name} | {row['median_epoch_seconds']:.2f} | {row['spread'][0]:.2f}–{row['spread'][1]:.2f} "
-                     f"| {row['samples_per_s']:.2f} | {row['vs_trl']:.2f}× |")
+        n = row["processes"]
+        lines.append(f"| {name} | {n} × {max(1, args.threads // n)} | {row['median_epoch_seconds']:.2f} "
+                     f"| {row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {row['samples_per_s']:.2f} "
+                     f"| {row['vs_trl']:.2f}× |")
     text = "\n".join(lines) + "\n"
     (results_dir / "peers_trl.md").write_text(text, encoding="utf-8")
-    update_summary({"trl_speedup": (table[best]["vs_trl"], f"× TRL 0.23.1 samples/s ({best})")}, env_info,
-                   results_dir)
+    update_summary({"trl_speedup": (table[best]["vs_trl"], f"× TRL 0.23.1 samples/s ({best} vs {best_trl})")},
+                   env_info, results_dir)
     print(text)
     return table
 

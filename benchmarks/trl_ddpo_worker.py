@@ -1,9 +1,11 @@
 """One timed TRL 0.23.1 ``DDPOTrainer`` run, executed by :mod:`benchmarks.peers_trl` inside TRL's own venv.
 
 Standalone on purpose (TRL 0.23.1 needs transformers < 5, this project transformers 5): it imports nothing from
-this repository. Prints one JSON line: the seconds of each epoch (sampling + reward + training).
+this repository. Prints one JSON line (rank 0): the seconds of each epoch (sampling + reward + training).
 
     .venv-trl/bin/python benchmarks/trl_ddpo_worker.py --model DIR --epochs 4 --threads 2
+    # TRL's own multi-process mode (accelerate on CPU processes over gloo): the same global batch sizes, split
+    .venv-trl/bin/python -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/trl_ddpo_worker.py ...
 """
 
 from __future__ import annotations
@@ -45,14 +47,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    import os
+
     import torch
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # launched by torchrun: accelerate's MULTI_CPU (gloo)
+    if args.samples_per_epoch % (args.sample_batch_size * world) or args.train_batch_size % world:
+        raise SystemExit(f"{world} processes must split samples_per_epoch / sample_batch_size and train_batch_size")
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     from accelerate import PartialState
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
-    PartialState()  # accelerate's state must exist before DDPOConfig/Accelerator on a CPU-only machine
+    # accelerate's state must exist before DDPOConfig/Accelerator on a CPU-only machine; cpu=True makes several
+    # processes one MULTI_CPU job
+    state = PartialState(cpu=world > 1)
     prompts = args.prompts.split(",")
     rng = random.Random(args.seed)
     config = DDPOConfig(
@@ -64,8 +73,9 @@ def main() -> None:
         sample_eta=1.0,
         sample_guidance_scale=args.guidance_scale,
         sample_batch_size=args.sample_batch_size,
-        sample_num_batches_per_epoch=args.samples_per_epoch // args.sample_batch_size,
-        train_batch_size=args.train_batch_size,
+        # TRL's sizes are per process: samples per epoch = sample_batch_size · batches · processes
+        sample_num_batches_per_epoch=args.samples_per_epoch // (args.sample_batch_size * world),
+        train_batch_size=args.train_batch_size // world,
         train_gradient_accumulation_steps=1,
         train_num_inner_epochs=1,
         train_timestep_fraction=1.0,
@@ -85,7 +95,11 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     import trl
 
-    print(json.dumps({"epoch_seconds": seconds, "trl": trl.__version__, "optimizer_steps": global_step}))
+    if state.is_main_process:
+        print(json.dumps({"epoch_seconds": seconds, "trl": trl.__version__, "optimizer_steps": global_step,
+                          "processes": state.num_processes, "distributed_type": str(state.distributed_type)}))
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ committed runs, not from here)."""
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +144,29 @@ TRL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-trl" / "bin" / "pyt
 
 
 @pytest.mark.skipif(not TRL_PYTHON.exists(), reason="TRL's venv is created by python -m benchmarks.peers_trl")
-def test_trl_worker_trains_one_epoch_on_the_shared_folder(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_trl_worker_trains_one_epoch_on_the_shared_folder(tmp_path, processes):
     prompts = peers_trl.save_portable_tiny_pipeline(tmp_path / "model", sample_size=8)
-    out = peers_trl.run_process([str(TRL_PYTHON), "benchmarks/trl_ddpo_worker.py", "--model", str(tmp_path / "model"),
-                                 "--prompts", ",".join(prompts), "--epochs", "1", "--threads", "1",
-                                 "--num-steps", "2", "--samples-per-epoch", "8"])
+    worker = ["benchmarks/trl_ddpo_worker.py", "--model", str(tmp_path / "model"), "--prompts", ",".join(prompts),
+              "--epochs", "1", "--threads", "1", "--num-steps", "2", "--samples-per-epoch", "8",
+              "--sample-batch-size", "4"]
+    out = peers_trl.run_process(peers_trl.launch(str(TRL_PYTHON), processes, worker))
+    # two processes are one accelerate job (not two copies): the same 8 samples and 2 optimizer steps, split
     assert len(out["epoch_seconds"]) == 1 and out["optimizer_steps"] == 2 and out["trl"] == "0.23.1"
+    assert out["processes"] == processes
+    assert out["distributed_type"] == ("DistributedType.MULTI_CPU" if processes == 2 else "DistributedType.NO")
     assert os.path.isdir(tmp_path / "model")
+
+
+def test_our_worker_in_two_processes_is_one_data_parallel_job(tmp_path):
+    prompts = peers_trl.save_portable_tiny_pipeline(tmp_path / "model", sample_size=8)
+    name = next(v for v, (processes, _) in peers_trl.VARIANTS.items() if processes == 2)
+    config = {"num_steps": 2, "samples_per_epoch": 8, "sample_batch_size": 2, "train_batch_size": 4}
+    worker = ["-m", "benchmarks.peers_trl", "--worker", name, "--epochs", "2", "--threads", "1",
+              "--model", str(tmp_path / "model"), "--prompts", ",".join(prompts), "--config", json.dumps(config)]
+    out = peers_trl.run_process(peers_trl.launch(sys.executable, 2, worker))
+    # 8 samples per epoch in global batches of 4: 2 optimizer steps per epoch on the two ranks together
+    assert out["processes"] == 2 and out["optimizer_steps"] == 4 and len(out["epoch_seconds"]) == 2
 
 
 def test_algorithms_gpu_preset_needs_a_model(capsys):
