@@ -132,6 +132,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
             self.ranks.broadcast_parameters(self.policy.trainable_parameters())
         if self.config.kl_coef > 0:
             self.policy.keep_reference()
+        if self.config.compile_sampling:
+            self.diffusion_env.backend.compile_inference()
         self.ema = (EMA(self.policy.trainable_parameters(), self.config.ema_decay, self.config.ema_update_interval)
                     if self.config.ema_decay > 0 else None)
 

@@ -47,6 +47,9 @@ class AgentConfig:
     grad_workers: int = 1
     """Threads computing the backward passes of one update concurrently, one torch thread each (CPU: 2 on 2 cores
     trained ~1.3× faster than 1 pass on 2 threads; keep 1 on a GPU). Reproducible run to run for a given value."""
+    compile_sampling: bool = False
+    """torch.compile the network for the passes that record no gradient (sampling, evaluation, the KL reference;
+    training passes stay eager): each batch shape compiles once on first use (tens of seconds on a CPU)."""
     gradient_checkpointing: bool = False
     """Recompute the UNet's activations during the backward pass instead of storing them (diffusers' gradient
     checkpointing): the same gradients with much less activation memory, for ~30 % more compute."""

@@ -51,6 +51,8 @@ VARIANTS = {
     "ddpo-env (all steps in one pass)": (1, {"steps_per_pass": 0}),
     "ddpo-env (2 gradient threads)": (1, {"grad_workers": 2}),
     "ddpo-env (2 processes; all steps in one pass)": (2, {"steps_per_pass": 0}),
+    "ddpo-env (2 processes; all steps in one pass; compiled sampling)": (2, {"steps_per_pass": 0,
+                                                                          "compile_sampling": True}),
 }
 
 
@@ -97,6 +99,7 @@ def save_portable_tiny_pipeline(folder: Path, seed: int = 0, sample_size: int = 
 def run_ours(model: str, prompts: list[str], epochs: int, threads: int, overrides: dict[str, Any],
              config: dict[str, Any] = CONFIG) -> dict:
     """One timed run of this project (in a fresh process, or one rank of a torchrun job: ``--worker``)."""
+    os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # compile_sampling: every run compiles afresh
     import gymnasium as gym
     import torch
     from stable_baselines3.common.logger import Logger
@@ -140,9 +143,11 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     out = {}
     for name in dict.fromkeys(r["name"] for r in runs):
         timed = [s for r in runs if r["name"] == name for s in r["epoch_seconds"][1:]]
+        first = [r["epoch_seconds"][0] for r in runs if r["name"] == name]
         median = float(np.median(timed))
         out[name] = {"median_epoch_seconds": median, "samples_per_s": CONFIG["samples_per_epoch"] / median,
-                     "epochs_timed": len(timed), "spread": [float(min(timed)), float(max(timed))]}
+                     "epochs_timed": len(timed), "spread": [float(min(timed)), float(max(timed))],
+                     "first_epoch_seconds": float(np.median(first))}
     return out
 
 
@@ -205,13 +210,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + f", fp32, {args.threads} threads (in one process, or one each in {args.threads} processes); {args.repeats} "
         f"alternating runs of {args.epochs} epochs per variant, the first epoch of each run a warm-up. \"vs TRL\" "
         f"is against TRL's fastest variant ({best_trl}).\n",
-        "| trainer | processes × threads | median s/epoch | min–max | samples/s | vs TRL |",
-        "|---|---|---|---|---|---|",
+        "| trainer | processes × threads | median s/epoch | min–max | first epoch (s) | samples/s | vs TRL |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         n = row["processes"]
         lines.append(f"| {name} | {n} × {max(1, args.threads // n)} | {row['median_epoch_seconds']:.2f} "
-                     f"| {row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {row['samples_per_s']:.2f} "
+                     f"| {row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {row['first_epoch_seconds']:.1f} "
+                     f"| {row['samples_per_s']:.2f} "
                      f"| {row['vs_trl']:.2f}× |")
     text = "\n".join(lines) + "\n"
     (results_dir / "peers_trl.md").write_text(text, encoding="utf-8")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,11 +64,28 @@ class DiffusionBackend(abc.ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images as float32 in [0, 1], (B, 3, H, W), from final latents x_0 (B, C, h, w); no gradient."""
 
+    def compile_inference(self, **options: Any) -> None:
+        """Run the network through ``torch.compile(unet, **options)`` in every call that records no gradient
+        (sampling, evaluation, the KL reference); calls that need a gradient keep the eager module. The weights are
+        shared, so training updates are seen at once. Each new batch shape (or LoRA adapter switched off) compiles
+        on its first call: tens of seconds on a CPU, needing a C++ compiler there."""
+        with warnings.catch_warnings():  # inductor imports torch.utils.mkldnn, whose class body trips torch's own
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit deprecation warning: import it quietly
+            import torch.fx.experimental.optimization
+        self._compiled = (self.unet, torch.compile(self.unet, **options))
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module :meth:`predict` calls now: the compiled one (:meth:`compile_inference`) without gradient
+        recording, else ``unet`` (which a caller may have swapped for another module: that one runs eager)."""
+        source, compiled = getattr(self, "_compiled", (None, None))
+        return compiled if source is self.unet and not torch.is_grad_enabled() else self.unet
+
     def predict(
         self, latents: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         """The network output (ε̂, v̂ or x̂₀) for x_t (B, C, h, w), τ (B,), conditioning (B, L, D); float32 out."""
-        out = self.unet(
+        out = self.network(
             latents.to(self.dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(self.dtype)
         ).sample
         return out.to(latents.dtype)

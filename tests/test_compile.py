@@ -1,0 +1,48 @@
+"""``compile_sampling``: torch.compile for the gradient-free passes, the same numbers as the eager network."""
+
+import torch
+from conftest import tiny_env
+from stable_baselines3.common.logger import Logger
+
+from agents import DDPO_IS
+
+
+def eager_and_compiled(backend, latents, timesteps, embeds):
+    with torch.no_grad():
+        assert backend.network is not backend.unet  # the compiled module runs here
+        eager = backend.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+        return eager, backend.predict(latents, timesteps, embeds)
+
+
+def test_compiled_sampling_equals_the_eager_network_before_and_after_updates_and_for_the_reference():
+    agent = DDPO_IS(tiny_env(2, guidance_scale=3.0), samples_per_epoch=2, batch_size=2, compile_sampling=True,
+                    learning_rate=1e-2)
+    agent.set_logger(Logger(folder=None, output_formats=[]))
+    backend = agent.diffusion_env.backend
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, *agent.diffusion_env.latent_shape, generator=generator)
+    timesteps = torch.tensor([999, 500, 250, 1])
+    embeds = backend.encode_prompts(["a cat", "a dog", "a cat", "a dog"])
+    assert backend.network is backend.unet  # gradient recording on: training passes stay eager
+
+    eager, compiled = eager_and_compiled(backend, latents, timesteps, embeds)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    base = eager
+    agent.learn(2)  # samples through the compiled network, trains the LoRA adapter eagerly
+    with torch.no_grad():
+        for name, param in agent.policy.unet.named_parameters():
+            if "lora_B" in name:  # a visible change on top of the update
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    eager, compiled = eager_and_compiled(backend, latents, timesteps, embeds)
+    assert (eager - base).abs().max() > 1e-3  # the adapter moved the network...
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)  # ...and the compiled module follows it
+    with agent.policy.reference():  # adapter off: the base model, compiled too
+        eager, compiled = eager_and_compiled(backend, latents, timesteps, embeds)
+    torch.testing.assert_close(eager, base)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+    other = torch.nn.Identity()
+    backend.unet, unet = other, backend.unet  # a module swapped in (a full fine-tune's reference) runs eager
+    with torch.no_grad():
+        assert backend.network is other
+    backend.unet = unet
