@@ -81,6 +81,8 @@ class TrainConfig:
     """Denoising steps of a sample per forward/backward pass (0: all): same update, fewer and larger passes."""
     grad_workers: int = 1
     """Threads computing an update's backward passes (CPU: 2 on 2 cores trains ~1.3x faster; 1 on a GPU)."""
+    attention: str = "sdpa"
+    """The UNet's attention kernel: 'sdpa' or 'matmul' (same numbers; faster on a CPU for small attention heads)."""
     compile_sampling: bool = False
     """torch.compile the network for sampling and evaluation (gradient-free passes); compiles once per shape."""
     num_steps: int = 0
@@ -176,6 +178,7 @@ def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None) 
     """The reward-wrapped vector env of the job (``model``: reuse a built backend, e.g. the training env's)."""
     env_kwargs: dict[str, Any] = {"model": model if model is not None else cfg.model, "device": cfg.device,
                                   "dtype": cfg.dtype, "decode_batch_size": cfg.decode_batch_size,
+                                  "attention": cfg.attention,
                                   "group_size": cfg.group_size if num_envs is None else 1}
     if cfg.num_steps:
         env_kwargs["num_steps"] = cfg.num_steps

@@ -53,7 +53,10 @@ VARIANTS = {
     "ddpo-env (2 processes; all steps in one pass)": (2, {"steps_per_pass": 0}),
     "ddpo-env (2 processes; all steps in one pass; compiled sampling)": (2, {"steps_per_pass": 0,
                                                                           "compile_sampling": True}),
+    "ddpo-env (2 processes; all steps in one pass; compiled sampling; matmul attention)": (
+        2, {"steps_per_pass": 0, "compile_sampling": True, "attention": "matmul"}),
 }
+ENV_SETTINGS = ("attention",)  # variant settings that configure the env, not the agent
 
 
 def launch(python: str, processes: int, script: list[str]) -> list[str]:
@@ -112,8 +115,10 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     torch.set_num_threads(threads)
     init_from_environment("cpu")  # launched by torchrun: one rank of a data-parallel job
     c = config
+    env_settings = {k: overrides[k] for k in ENV_SETTINGS if k in overrides}
+    overrides = {k: v for k, v in overrides.items() if k not in ENV_SETTINGS}
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=c["sample_batch_size"], model=model, prompts=prompts,
-                       num_steps=c["num_steps"], guidance_scale=c["guidance_scale"], device="cpu")
+                       num_steps=c["num_steps"], guidance_scale=c["guidance_scale"], device="cpu", **env_settings)
     env = JpegCompressibility(env)
     agent = DDPO_IS(env, samples_per_epoch=c["samples_per_epoch"], batch_size=c["train_batch_size"],
                     lora_rank=c["lora_rank"], learning_rate=c["learning_rate"], clip_range=c["clip_range"],

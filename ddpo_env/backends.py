@@ -64,6 +64,17 @@ class DiffusionBackend(abc.ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images as float32 in [0, 1], (B, 3, H, W), from final latents x_0 (B, C, h, w); no gradient."""
 
+    def set_attention(self, kind: str) -> None:
+        """'matmul': every attention layer of a diffusers UNet2DConditionModel through diffusers' AttnProcessor
+        (matmul, softmax, matmul: on a CPU faster than torch's fused kernel for heads of a few channels)."""
+        from diffusers import UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor
+
+        if kind != "matmul" or not isinstance(self.unet, UNet2DConditionModel):
+            raise ValueError(f"attention={kind!r} needs a diffusers UNet2DConditionModel, this model's network is a "
+                             f"{type(self.unet).__name__}: use attention='sdpa'")
+        self.unet.set_attn_processor(AttnProcessor())
+
     def compile_inference(self, **options: Any) -> None:
         """Run the network through ``torch.compile(unet, **options)`` in every call that records no gradient
         (sampling, evaluation, the KL reference); calls that need a gradient keep the eager module. The weights are

@@ -10,6 +10,9 @@ from gymnasium.vector import AutoresetMode
 
 from ddpo_env.prompts import PromptsLike
 
+#: EnvConfig.attention's kernels.
+ATTENTION_KERNELS = ("sdpa", "matmul")
+
 
 @dataclass
 class EnvConfig:
@@ -44,6 +47,10 @@ class EnvConfig:
     dtype: str = "float32"
     """Model compute precision: 'float32', 'float16' or 'bfloat16'. Latents are always stored in float32."""
 
+    attention: str = "sdpa"
+    """The UNet's attention kernel: 'sdpa' (the model's own, torch's scaled_dot_product_attention) or 'matmul'
+    (diffusers' AttnProcessor: matmul, softmax, matmul): the same numbers, faster on a CPU for small heads."""
+
     decode_batch_size: int = 0
     """Latents decoded to images per VAE call at the last step (0: all envs at once); a small value (e.g. 1, like
     diffusers' VAE slicing) bounds the decoder's peak memory for large num_envs at the same images."""
@@ -67,6 +74,8 @@ class EnvConfig:
                 f"eta must be > 0, got {self.eta!r}: with eta=0 the denoising step is deterministic and has "
                 "no log-probability (DDPO uses eta=1.0)"
             )
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"unknown attention {self.attention!r}: use one of {list(ATTENTION_KERNELS)}")
         if self.guidance_scale is not None and not (
             isinstance(self.guidance_scale, (int, float)) and math.isfinite(self.guidance_scale)
             and self.guidance_scale >= 1
