@@ -80,7 +80,7 @@ class TrainConfig:
     steps_per_pass: int = 1
     """Denoising steps of a sample per forward/backward pass (0: all): same update, fewer and larger passes."""
     grad_workers: int = 1
-    """Threads computing an update's backward passes (CPU: 2 on 2 cores trains ~1.3x faster; 1 on a GPU)."""
+    """Threads computing an update's backward passes (CPU: one per core; 1 on a GPU)."""
     attention: str = "sdpa"
     """The UNet's attention kernel: 'sdpa' or 'matmul' (same numbers; faster on a CPU for small attention heads)."""
     compile_sampling: bool = False
