@@ -66,6 +66,11 @@ def launch(python: str, processes: int, script: list[str]) -> list[str]:
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *script]
 
 
+def threads_per_process(threads: int, processes: int) -> int:
+    """The torch threads of each process when ``processes`` share ``threads``."""
+    return max(1, threads // processes)
+
+
 def ensure_trl_venv(venv: Path = TRL_VENV) -> Path:
     """TRL's venv (created when missing): its python."""
     python = venv / "bin" / "python"
@@ -181,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     with tempfile.TemporaryDirectory() as folder:
         prompts = save_portable_tiny_pipeline(Path(folder))
-        def common(processes: int) -> list[str]:  # the 2 threads split over the processes
-            return ["--epochs", str(args.epochs), "--threads", str(max(1, args.threads // processes)),
+        def common(processes: int) -> list[str]:
+            return ["--epochs", str(args.epochs), "--threads", str(threads_per_process(args.threads, processes)),
                     "--model", folder, "--prompts", ",".join(prompts)]
 
         trl_options = ["--num-steps", str(CONFIG["num_steps"]), "--guidance-scale", str(CONFIG["guidance_scale"]),
@@ -220,10 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     for name, row in table.items():
         n = row["processes"]
-        lines.append(f"| {name} | {n} × {max(1, args.threads // n)} | {row['median_epoch_seconds']:.2f} "
+        lines.append(f"| {name} | {n} × {threads_per_process(args.threads, n)} | {row['median_epoch_seconds']:.2f} "
                      f"| {row['spread'][0]:.2f}–{row['spread'][1]:.2f} | {row['first_epoch_seconds']:.1f} "
-                     f"| {row['samples_per_s']:.2f} "
-                     f"| {row['vs_trl']:.2f}× |")
+                     f"| {row['samples_per_s']:.2f} | {row['vs_trl']:.2f}× |")
     text = "\n".join(lines) + "\n"
     (results_dir / "peers_trl.md").write_text(text, encoding="utf-8")
     update_summary({"trl_speedup": (table[best]["vs_trl"], f"× TRL 0.23.1 samples/s ({best} vs {best_trl})")},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import importlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -64,14 +65,14 @@ class DiffusionBackend(abc.ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images as float32 in [0, 1], (B, 3, H, W), from final latents x_0 (B, C, h, w); no gradient."""
 
-    def set_attention(self, kind: str) -> None:
-        """'matmul': every attention layer of a diffusers UNet2DConditionModel through diffusers' AttnProcessor
-        (matmul, softmax, matmul: on a CPU faster than torch's fused kernel for heads of a few channels)."""
+    def use_matmul_attention(self) -> None:
+        """Every attention layer of a diffusers UNet2DConditionModel through diffusers' AttnProcessor (matmul,
+        softmax, matmul: on a CPU faster than torch's fused kernel for heads of a few channels)."""
         from diffusers import UNet2DConditionModel
         from diffusers.models.attention_processor import AttnProcessor
 
-        if kind != "matmul" or not isinstance(self.unet, UNet2DConditionModel):
-            raise ValueError(f"attention={kind!r} needs a diffusers UNet2DConditionModel, this model's network is a "
+        if not isinstance(self.unet, UNet2DConditionModel):
+            raise ValueError(f"attention='matmul' needs a diffusers UNet2DConditionModel, this model's network is a "
                              f"{type(self.unet).__name__}: use attention='sdpa'")
         self.unet.set_attn_processor(AttnProcessor())
 
@@ -82,7 +83,7 @@ class DiffusionBackend(abc.ABC):
         on its first call: tens of seconds on a CPU, needing a C++ compiler there."""
         with warnings.catch_warnings():  # inductor imports torch.utils.mkldnn, whose class body trips torch's own
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit deprecation warning: import it quietly
-            import torch.fx.experimental.optimization
+            importlib.import_module("torch.fx.experimental.optimization")
         self._compiled = (self.unet, torch.compile(self.unet, **options))
 
     @property

@@ -60,8 +60,8 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": cfg.autoreset_mode}
 
         self.backend: DiffusionBackend = load_backend(cfg.model, cfg.device, cfg.dtype)
-        if cfg.attention != "sdpa":
-            self.backend.set_attention(cfg.attention)
+        if cfg.attention == "matmul":
+            self.backend.use_matmul_attention()
         self.device = self.backend.device
         self.prompt_source = PromptSource(cfg.prompts if cfg.prompts is not None else self.backend.default_prompts)
         self.conditioning = self.backend.conditioning  # prompt ids are shared by every env on this model
