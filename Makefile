@@ -24,6 +24,7 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# DDPO-IS on the embedded default model, JPEG compressibility: about 10 minutes on 2 CPU cores; PNGs in runs/train
+# DDPO-IS on the embedded default model, JPEG compressibility (configs/make_train.toml): about 10 minutes on 2 CPU
+# cores; PNGs, metrics and checkpoints in runs/train
 train: $(STAMP)
-	$(PY) -m agents.cli train --output-dir runs/train
+	$(PY) -m agents.cli train --config configs/make_train.toml --output-dir runs/train

@@ -34,6 +34,7 @@ from agents.kl import gaussian_kl
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import PerPromptStatTracker
+from agents.step_stats import StepStats, step_gradient_stats
 from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sb3 import SB3VecEnv
 
@@ -97,6 +98,8 @@ class DiffusionAgent(OnPolicyAlgorithm):
             policy_kwargs={
                 "diffusion_env": self.diffusion_env,
                 "lora_rank": self.config.lora_rank,
+                "lora_alpha": self.config.lora_alpha,
+                "lora_targets": self.config.lora_targets,
                 "seed": self.config.seed,
                 "optimizer_class": optimizer_class(self.config.optimizer),
                 "optimizer_kwargs": {"weight_decay": self.config.adam_weight_decay},
@@ -122,6 +125,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
         self._passes: dict[int, _Pass] = {}  # thread id → the pass it computes, during an update
+        self.step_stats = StepStats()
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
@@ -251,23 +255,33 @@ class DiffusionAgent(OnPolicyAlgorithm):
 
     def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(sample indices, step indices, steps per sample) per forward/backward pass: samples shuffled, each
-        sample's steps shuffled independently keeping the first ⌈T·timestep_fraction⌉, and ``steps_per_pass`` of
-        them evaluated together (the indices are the chunk's samples repeated once per step)."""
+        sample's n trainable steps shuffled independently keeping the first ⌈n·timestep_fraction⌉, and
+        ``steps_per_pass`` of them evaluated together (the indices are the chunk's samples repeated once per step)."""
         samples = self.train_samples()
         if len(samples) == 0:  # e.g. sparse RWR on a rank that holds none of the top samples
             return
         train_steps = self.config.train_timesteps(self.num_steps)
+        trainable = self.trainable_steps()
         group = self.config.steps_per_pass or train_steps
         for _ in range(self.config.num_inner_epochs):
             order = samples[torch.randperm(len(samples), generator=self.train_generator)]
-            step_order = torch.stack(
-                [torch.randperm(self.num_steps, generator=self.train_generator) for _ in range(len(samples))]
+            step_order = trainable.start + torch.stack(
+                [torch.randperm(len(trainable), generator=self.train_generator) for _ in range(len(samples))]
             )
             for first in range(0, len(order), self.rank_batch_size):
                 chunk = slice(first, first + self.rank_batch_size)
                 for j in range(0, train_steps, group):
                     k = min(group, train_steps - j)
                     yield order[chunk].repeat(k), step_order[chunk, j : j + k].T.reshape(-1), k
+
+    def trainable_steps(self) -> range:
+        """Step indices k this agent trains on (the config's skip_first_steps / skip_last_steps left out)."""
+        return self.config.trainable_steps(self.num_steps)
+
+    def record_step_stats(self, steps: torch.Tensor, **values: torch.Tensor) -> None:
+        """Per-transition values (B,) at step indices ``steps`` (B,), averaged per step and logged after the update
+        as steps/<name>_kNN (TensorBoard and progress.csv)."""
+        self.step_stats.add(steps, **values)
 
     def backward_passes_per_update(self) -> int:
         """Single-step backward passes (a micro-batch at one denoising step) whose gradients add up to one
@@ -283,6 +297,9 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         params = self.policy.trainable_parameters()
+        every = self.config.step_stats_every
+        probe = step_gradient_stats(self) if every and self.num_epochs % every == 0 else {}
+        self.step_stats.clear()
         per_update = self.backward_passes_per_update()
         metrics: dict[str, list[float]] = defaultdict(list)
         start, passes = time.perf_counter(), 0
@@ -303,6 +320,9 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.num_epochs += 1
         for key, values in metrics.items():
             self.logger.record(f"train/{key}", float(np.mean(values)))
+        for name, per_step in {**self.step_stats.means(), **probe}.items():
+            for k, value in per_step.items():
+                self.logger.record(f"steps/{name}_k{k:02d}", value, exclude=("stdout", "log"))
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/skipped_updates", self.num_skipped_updates)
         seconds = self._sampling_seconds + time.perf_counter() - start

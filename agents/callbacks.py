@@ -15,6 +15,10 @@ from agents.checkpoint import save_checkpoint
 from agents.evaluation import evaluate_policy
 
 NOT_TEXT = ("stdout", "log", "json", "csv")  # image records go to TensorBoard only
+#: Logged update diagnostics kept per epoch in the job's history (metrics.json), under these names.
+TRAIN_DIAGNOSTICS = {"train/clip_fraction": "clip_fraction", "train/approx_kl": "approx_kl",
+                     "train/n_updates": "optimizer_steps", "train/effective_sample_size": "effective_sample_size",
+                     "train/kl": "kl_penalty_kl"}
 
 
 class EpochEndCallback(BaseCallback):
@@ -53,6 +57,10 @@ class EpochProgress(EpochEndCallback):
         self.history.append({"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())})
 
     def on_epoch_end(self) -> None:
+        logged = self.model.logger.name_to_value  # this epoch's records, not yet dumped
+        for key, name in TRAIN_DIAGNOSTICS.items():
+            if key in logged:
+                self.history[-1][name] = float(logged[key])
         self._done += self.samples_per_epoch
         rate = self._done / (time.perf_counter() - self._start)
         self.bar.set_postfix(reward=f"{self.history[-1]['reward_mean']:.4f}", samples_per_s=f"{rate:.1f}")

@@ -3,9 +3,12 @@
     ddpo train [--config job.json|job.toml] [--agent ddpo-is] [--reward jpeg_compressibility] ... [--resume auto]
     ddpo sample --checkpoint runs/train/checkpoints/epoch-000056 [--prompts "a handwritten 3,the digit seven"]
     ddpo eval   --checkpoint runs/train/checkpoints/epoch-000056
+    ddpo diagnose --model default --num-steps 20 --png steps.png   (per-step conditioning: ddpo_env.diagnose)
 
-Every ``TrainConfig`` field is a flag (its docstring is the help); a config file gives any of them, and flags
-given on the command line win. ``--resume`` continues the saved job with its saved config (flags given on the
+Every field of the config tree (``TrainConfig``: the job, its ``EnvConfig`` and the agent's config) is a flag (its
+docstring is the help); a config file gives any of them (flat, or in [env] / [algorithm] sections), and flags
+given on the command line win. A setting of another agent than the chosen one is an error. ``--resume`` continues
+the saved job with its saved config (flags given on the
 command line, e.g. a larger ``--epochs``, still win).
 """
 
@@ -17,42 +20,72 @@ import inspect
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.train import EVAL_SEED, TrainConfig
+from agents.job_config import TrainConfig, agent_classes, flag_fields
+from agents.train import EVAL_SEED
+from ddpo_env.config import EnvConfig
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each field of a dataclass (its docstring)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body
-    docs = {}
-    for node, after in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
+    """The string literal under each field of a dataclass (its docstring), for the class and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(inspect.getsource(klass)).body[0].body
+        except (OSError, TypeError, IndexError, AttributeError):
+            continue
+        for node, after in itertools.pairwise(body):
+            if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
 
 
+def _flag_type(annotation: str, default: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes the field's value, from the field's annotation (a string: postponed annotations)."""
+    if annotation.startswith("dict"):
+        return json.loads
+    if annotation.startswith("tuple[str"):
+        return lambda text: tuple(part.strip() for part in text.split(",") if part.strip())
+    if annotation.startswith("int | tuple"):  # image_size: 16 or 16,24
+        return lambda text: int(text) if "," not in text else tuple(int(p) for p in text.split(","))
+    for name, kind in (("int", int), ("float", float)):
+        if annotation.split(" ")[0] == name:
+            return kind
+    return type(default) if default not in (None, "") and not isinstance(default, (str, Enum)) else str
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are SUPPRESSed so the parsed namespace holds only given flags."""
-    docs = field_docs(TrainConfig)
-    for f in fields(TrainConfig):
+    """One flag per field of the config tree (job, env, agents), in argument groups; defaults are SUPPRESSed so the
+    parsed namespace holds only the given flags (the dataclasses hold the one default of each)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    docs_of: dict[type, dict[str, str]] = {}
+    for title, name, f, cls in flag_fields():
+        group = groups.setdefault(title, parser.add_argument_group(title))
+        docs = docs_of.setdefault(cls, field_docs(cls))
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        flag, help_text = f"--{f.name.replace('_', '-')}", f"{docs.get(f.name, '')} (default: {default!r})"
+        shown = getattr(default, "value", default)
+        shown = ",".join(shown) if isinstance(shown, tuple) else shown
+        flag, help_text = f"--{name.replace('_', '-')}", f"{docs.get(name, '')} (default: {shown!r})"
+        help_text = help_text.replace("%", "%%")
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        elif isinstance(default, dict):
-            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, metavar="JSON", help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=argparse.SUPPRESS, help=help_text)
+            kind = _flag_type(str(f.type), default)
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text,
+                               metavar="JSON" if kind is json.loads else name.upper())
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """A job config from .json or .toml; unknown keys are an error that lists the known ones."""
+    """A job config from .json or .toml: flat keys, or the tree's sections [env] and [algorithm] (merged into the
+    flat view); unknown keys are refused when the config is built (:meth:`TrainConfig.from_flat`)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file {path!r} does not exist")
@@ -66,11 +99,24 @@ def read_config_file(path: str) -> dict[str, Any]:
         values = json.loads(file.read_text(encoding="utf-8"))
     else:
         raise ValueError(f"config file {path!r}: use a .json or .toml file")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"config file {path!r} has unknown keys {unknown}: known keys are {sorted(known)}")
-    return values
+    flat = {k: v for k, v in values.items() if k not in ("env", "algorithm")}
+    for section in ("env", "algorithm"):
+        part = values.get(section, {})
+        if not isinstance(part, dict):
+            raise ValueError(f"config file {path!r}: [{section}] must be a table of settings")
+        clash = sorted(set(part) & set(flat))
+        if clash:
+            raise ValueError(f"config file {path!r} sets {clash} twice (top level and [{section}])")
+        flat.update(part)
+    try:
+        known = {name for _, name, _, _ in flag_fields()}
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}")
+        TrainConfig.from_flat(flat)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config file {path!r}: {e}") from None
+    return flat
 
 
 def job_config(args: argparse.Namespace) -> TrainConfig:
@@ -83,15 +129,20 @@ def job_config(args: argparse.Namespace) -> TrainConfig:
     path = resolve_resume(merged.get("resume", ""), merged.get("output_dir", TrainConfig.output_dir))
     if path is not None:
         values = {**saved_job(path), **values}
-    return TrainConfig(**{**values, **given})
+    return TrainConfig.from_flat({**values, **given})
 
 
 def saved_job(checkpoint: str | Path) -> dict[str, Any]:
-    """The TrainConfig fields recorded in a checkpoint (its meta.json also holds the reward history)."""
+    """The flat config recorded in a checkpoint (its meta.json also holds the reward history), minus the settings a
+    later version no longer has and those of another agent than the saved one."""
     from agents.checkpoint import read_meta
 
-    known = {f.name for f in fields(TrainConfig)}
-    return {k: v for k, v in read_meta(checkpoint)["config"].items() if k in known}
+    saved = read_meta(checkpoint)["config"]
+    agent = saved.get("agent", TrainConfig.agent)
+    known = {f.name for f in fields(TrainConfig) if f.name not in ("env", "algorithm")}
+    known |= {f.name for f in fields(EnvConfig)}
+    known |= {f.name for f in fields(agent_classes()[agent].config_class)}
+    return {k: v for k, v in saved.items() if k in known}
 
 
 def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, TrainConfig, Any]:
@@ -99,9 +150,7 @@ def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, Tr
     from agents.checkpoint import load_weights
     from agents.train import build_agent, build_env
 
-    cfg = TrainConfig(**saved_job(checkpoint))
-    if device:
-        cfg.device = device
+    cfg = TrainConfig.from_flat({**saved_job(checkpoint), **({"device": device} if device else {})})
     env = build_env(cfg)
     agent = build_agent(cfg, env)
     load_weights(agent.policy, checkpoint, ema=True)  # the EMA weights when the run kept them
@@ -145,9 +194,17 @@ def evaluate(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpo", description="RL fine-tuning of diffusion models (DDPO).")
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train an agent (resumable)", description=__doc__)
-    train_parser.add_argument("--config", default=None, help="a .json or .toml file of TrainConfig fields")
+    train_parser = commands.add_parser(
+        "train", help="train an agent (resumable)", usage="ddpo train [--config FILE] [--SETTING VALUE ...]",
+        description="Train an agent on DenoisingDiffusion-v0. Every setting of the job, the environment and the agent "
+        "is a flag; a config file (.toml/.json, flat or with [env] and [algorithm] sections) gives any of them and "
+        "flags win. --resume auto continues the saved job with its saved settings.")
+    train_parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=118)
+    train_parser.add_argument("--config", default=None, metavar="FILE",
+                              help="a .toml or .json file of settings (any of the flags below, without --)")
     add_config_flags(train_parser)
+    commands.add_parser("diagnose", add_help=False,
+                        help="per-step conditioning of the policy's log-prob (ddpo diagnose --help for its flags)")
     for name, text in (("sample", "a captioned grid of samples from a checkpoint"),
                        ("eval", "the reward of a checkpoint on the fixed evaluation prompts and seeds")):
         sub = commands.add_parser(name, help=text)
@@ -164,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["diagnose"]:  # its own parser (ddpo_env needs nothing of the agents)
+        from ddpo_env.diagnose import main as diagnose
+
+        diagnose(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from agents.advantages import GROUP_STDS
 
 OPTIMIZERS = ("adamw", "adamw8bit")
+#: The UNet modules that get a LoRA adapter by default: the attention projections (as in DDPO's reference code).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def optimizer_class(name: str) -> type:
@@ -57,7 +59,18 @@ class AgentConfig:
     optimizer: str = "adamw"
     """'adamw' (torch) or 'adamw8bit' (bitsandbytes' 8-bit AdamW, optimizer state in 8 bits; needs bitsandbytes)."""
     timestep_fraction: float = 1.0
-    """Fraction of each trajectory's T steps trained on (a random subset per sample and inner epoch), in (0, 1]."""
+    """Fraction of the trainable steps of each trajectory trained on (a random subset per sample and inner epoch),
+    in (0, 1]."""
+    skip_first_steps: int = 0
+    """Denoising steps at the start of every episode (from pure noise) that are never trained on: a deterministic
+    choice for steps whose log-probability is ill-conditioned (``ddpo diagnose`` shows the per-step sensitivity; the
+    paper's Stable Diffusion schedule and the embedded model need none)."""
+    skip_last_steps: int = 0
+    """Denoising steps at the end of every episode that are never trained on (see skip_first_steps)."""
+    step_stats_every: int = 0
+    """Every this many epochs, measure each trained step's gradient norm and the agreement (cosine) of the gradients
+    of two halves of the rollout before the update, logged as steps/grad_norm_kNN and steps/grad_cosine_kNN (costs
+    about one extra update; DDPO-IS and DDPO-SF). 0: off."""
     adv_clip: float = 5.0
     """Advantages are clipped to [-adv_clip, adv_clip] after normalisation."""
     max_grad_norm: float = 1.0
@@ -82,9 +95,17 @@ class AgentConfig:
     ema_update_interval: int = 1
     """Optimizer steps between EMA updates."""
     lora_rank: int = 4
-    """LoRA rank on the UNet's attention projections; 0 fine-tunes the whole UNet."""
+    """LoRA rank on the lora_targets modules; 0 fine-tunes the whole UNet."""
+    lora_alpha: float = 0.0
+    """LoRA scale numerator: the adapter's output is scaled by lora_alpha / lora_rank (0: the rank, scale 1)."""
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    """Names (or name suffixes) of the UNet modules that get a LoRA adapter, e.g. to_q,to_k,to_v,to_out.0."""
     seed: int = 0
     """Seeds the env, the LoRA init, the policy's noise and the training shuffles."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_targets, (list, str)):  # from a config file, or one name
+            self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         """Raise ValueError naming the offending values; called by the agent once the env is known."""
@@ -117,6 +138,15 @@ class AgentConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
         if not (0 < self.timestep_fraction <= 1):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
+        for name in ("skip_first_steps", "skip_last_steps", "step_stats_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.skip_first_steps + self.skip_last_steps >= num_steps:
+            raise ValueError(
+                f"skip_first_steps={self.skip_first_steps} + skip_last_steps={self.skip_last_steps} leave none of the "
+                f"env's {num_steps} denoising steps to train on: skip fewer"
+            )
         self._require_positive_finite("learning_rate", "adv_clip", "max_grad_norm")
         if self.stat_min_count > self.stat_buffer_size:
             raise ValueError(
@@ -124,6 +154,11 @@ class AgentConfig:
             )
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0: full fine-tune), got {self.lora_rank}")
+        if not (isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha >= 0):
+            raise ValueError(f"lora_alpha must be finite and >= 0 (0: the rank), got {self.lora_alpha!r}")
+        if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
+            raise ValueError(f"lora_targets must be non-empty module names, e.g. {list(LORA_TARGETS)}, got "
+                             f"{list(self.lora_targets)!r}")
         if self.group_std not in GROUP_STDS:
             raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
         if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
@@ -156,9 +191,13 @@ class AgentConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
+    def trainable_steps(self, num_steps: int) -> range:
+        """The step indices k (0 = the first, from noise) that training draws from: all but the skipped ones."""
+        return range(self.skip_first_steps, num_steps - self.skip_last_steps)
+
     def train_timesteps(self, num_steps: int) -> int:
-        """Timesteps trained per sample and inner epoch: ⌈T · timestep_fraction⌉ (at least 1)."""
-        return max(1, math.ceil(num_steps * self.timestep_fraction - 1e-9))
+        """Timesteps trained per sample and inner epoch: ⌈(trainable steps) · timestep_fraction⌉ (at least 1)."""
+        return max(1, math.ceil(len(self.trainable_steps(num_steps)) * self.timestep_fraction - 1e-9))
 
 
 @dataclass
@@ -190,12 +229,15 @@ class DDPOSFConfig(AgentConfig):
 class RWRConfig(AgentConfig):
     """Reward-weighted regression: the denoising loss on final samples, weighted by softmax(r/τ)."""
 
-    temperature: float = 0.2
-    """τ of the weights softmax(r/τ) (on normalised rewards; the paper's β = 1/τ = 5)."""
+    temperature: float = 1.0
+    """τ of the weights softmax(Â/τ) on normalised rewards Â. For Â ~ N(0, 1) the effective sample size is
+    N·exp(−1/τ²): 37 % of the rollout at τ = 1; at the paper's β = 1/τ = 5 it is one sample (logged as
+    train/effective_sample_size)."""
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         super().validate(num_envs, num_steps)
         self._require_positive_finite("temperature")
+        _no_step_stats(self)
 
 
 @dataclass
@@ -209,3 +251,10 @@ class SparseRWRConfig(AgentConfig):
         super().validate(num_envs, num_steps)
         if not (0 < self.top_fraction <= 1):
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction!r}")
+        _no_step_stats(self)
+
+
+def _no_step_stats(config: AgentConfig) -> None:
+    if config.step_stats_every:
+        raise ValueError(f"step_stats_every={config.step_stats_every}: per-step gradients need a loss per denoising "
+                         "step (ddpo-is, ddpo-sf); RWR regresses on final samples: use step_stats_every=0")

@@ -38,6 +38,8 @@ class DDPO_IS(DiffusionAgent):
         log_prob = out.log_prob
         loss, ratio = ppo_clip_loss(log_prob, batch.old_log_probs, batch.advantages, self.config.clip_range)
         penalty, info = self.kl_penalty(batch, out)
+        self.record_step_stats(steps, log_ratio=log_prob - batch.old_log_probs,
+                               clip_fraction=((ratio - 1.0).abs() > self.config.clip_range).float())
         with torch.no_grad():
             info |= {
                 "approx_kl": approx_kl(log_prob, batch.old_log_probs),

@@ -24,10 +24,10 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import Schedule
 
+from agents.config import LORA_TARGETS
 from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sampler import guided_model_output
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "ddpo"
 
 
@@ -39,7 +39,7 @@ def add_lora(
     scale alpha/rank, alpha defaulting to the rank) on ``targets``; its weights stay float32 under mixed precision."""
     from peft import LoraConfig
 
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
                         target_modules=list(targets))
     unet.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
@@ -58,7 +58,7 @@ class DiffusionPolicy(BasePolicy):
         observation_space, action_space, lr_schedule: as SB3 passes them.
         diffusion_env: the DenoisingDiffusion env (vector or single, wrapped or not): model, schedule, prompts.
         lora_rank: rank of the LoRA adapter on ``lora_targets``; 0 or None fine-tunes the whole UNet.
-        lora_alpha: LoRA scale numerator (default: equal to the rank, so the scale is 1).
+        lora_alpha: LoRA scale numerator (default, or 0: equal to the rank, so the scale is 1).
         lora_targets: attention projections that get the adapter.
         seed: seeds the LoRA initialisation, the value head and the policy's noise generator.
         value_head: add a small critic V(x_t, t, c) (:class:`ValueHead`) for algorithms that use one.

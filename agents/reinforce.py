@@ -36,4 +36,5 @@ class DDPO_SF(DiffusionAgent):
         out = self.transition_step(batch)
         penalty, info = self.kl_penalty(batch, out)
         info["approx_kl"] = approx_kl(out.log_prob, batch.old_log_probs)
+        self.record_step_stats(steps, log_ratio=out.log_prob - batch.old_log_probs)
         return reinforce_loss(out.log_prob, batch.advantages) + penalty, info

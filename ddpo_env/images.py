@@ -27,6 +27,26 @@ def save_grid(images: np.ndarray, rows: int, path: str | Path, scale: int = 4) -
     Image.fromarray(image_grid(images, rows, scale)).save(path)
 
 
+def save_side_by_side(grids: list[np.ndarray], rows: int, titles: list[str], path: str | Path, scale: int = 4,
+                      title_px: int = 16) -> None:
+    """Write grids of uint8 images (rows·cols, H, W, 3) next to each other as one PNG, each under its title (e.g.
+    "before" and "after" on the same prompts and seeds)."""
+    from PIL import ImageDraw
+
+    if len(titles) != len(grids):
+        raise ValueError(f"{len(titles)} titles for {len(grids)} grids")
+    panels = [image_grid(images, rows, scale) for images in grids]
+    gap = 8
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, title_px + max(p.shape[0] for p in panels)), "white")
+    draw, left = ImageDraw.Draw(canvas), 0
+    for panel, title in zip(panels, titles, strict=True):
+        draw.text((left + 2, 2), title, fill="black")
+        canvas.paste(Image.fromarray(panel), (left, title_px))
+        left += panel.shape[1] + gap
+    canvas.save(path)
+
+
 def captioned_grid(images: np.ndarray, captions: list[str], cols: int, scale: int = 4, line_px: int = 11) -> np.ndarray:
     """uint8 images (N, H, W, 3) in a grid of ``cols`` columns, each enlarged ×scale with its caption (e.g. the
     prompt and the reward; lines wrapped to the cell's width) written under it."""

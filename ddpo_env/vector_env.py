@@ -29,6 +29,7 @@ from gymnasium.vector.utils import batch_space
 
 from ddpo_env.backends import DiffusionBackend, load_backend
 from ddpo_env.config import EnvConfig
+from ddpo_env.diagnose import warn_if_ill_conditioned
 from ddpo_env.flow import make_schedule
 from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource
 
@@ -74,6 +75,7 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         self.scheduler_config = {**self.backend.scheduler_config, **cfg.scheduler_overrides}
         self.schedule = make_schedule(self.scheduler_config, num_steps, cfg.eta)
         self.num_steps = self.schedule.num_steps
+        warn_if_ill_conditioned(self.schedule, f"DenoisingDiffusion-v0 on {self.backend.name!r} with {num_steps} steps")
         self.latent_shape = self.backend.latent_shape(cfg.image_size)
 
         bound = np.float32(cfg.latent_bound)

@@ -7,13 +7,14 @@ from rewards.alignment import AlignmentScorer, PromptAlignment
 from rewards.base import RewardError, SingleEnvReward, TerminalReward
 from rewards.callable import CallableReward, from_callable
 from rewards.combine import weighted_sum
-from rewards.digits import DigitAlignment, prompted_digit
+from rewards.digits import DigitAlignment, DigitMargin, digit_agreement, prompted_digit
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 
 REWARDS: dict[str, type[TerminalReward]] = {
     "jpeg_compressibility": JpegCompressibility,
     "jpeg_incompressibility": JpegIncompressibility,
     "digit_alignment": DigitAlignment,
+    "digit_margin": DigitMargin,
     "aesthetic": AestheticScore,
     "alignment": PromptAlignment,
 }
@@ -32,12 +33,14 @@ __all__ = [
     "AlignmentScorer",
     "CallableReward",
     "DigitAlignment",
+    "DigitMargin",
     "JpegCompressibility",
     "JpegIncompressibility",
     "PromptAlignment",
     "RewardError",
     "SingleEnvReward",
     "TerminalReward",
+    "digit_agreement",
     "from_callable",
     "jpeg_size_kb",
     "make_reward",

@@ -32,8 +32,25 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())["algorithms"]
     assert summary["value"]["jpeg_compressibility"]["ddpo-is"] == table["ddpo-is"]["eval_after_mean"]
     assert summary["command"].startswith("python -m benchmarks.algorithms --model tiny")
+    steps = json.loads((tmp_path / "summary.json").read_text())["algorithms_optimizer_steps"]["value"]
+    assert steps == {"ddpo-is": 2, "rwr-sparse": 2}  # 8 samples per epoch in one batch of 8: 1 step per epoch
+    assert "| jpeg_compressibility | DDPO-IS | 0.001 | 2 |" in md  # lr, optimizer steps per run
     again = algorithms.main([*argv, "--resume"])  # nothing left to run: the same runs come back
     assert again["runs"] == data["runs"]
+
+
+def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path):
+    argv = ["--model", "tiny", "--agents", "ddpo-is", "--epochs", "1", "--samples-per-epoch", "4",
+            "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path)]
+    sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2"])
+    assert {r["seed"] for r in sweep["runs"]} == {algorithms.SWEEP_SEED}
+    assert {r["learning_rate"] for r in sweep["runs"]} == {1e-4, 1e-2}
+    gains = {r["learning_rate"]: np.mean(r["eval_after"]) - np.mean(r["eval_before"]) for r in sweep["runs"]}
+    best = max(gains, key=gains.get)
+    assert algorithms.best_rates(tmp_path / "algorithms_sweep.json") == {"ddpo-is": best}
+    assert "| DDPO-IS | 0.0001 |" in (tmp_path / "algorithms_sweep.md").read_text()
+    main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility"])
+    assert [r["learning_rate"] for r in main["runs"]] == [best]
 
 
 def test_kl_frontier_benchmark_writes_frontier_held_out_curves_and_summary(tmp_path):

@@ -256,9 +256,10 @@ def test_monitor_records_train_and_held_out_curves_and_resumes(tmp_path):
 
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("a zebra\na scribbled three\n", encoding="utf-8")
-    cfg = TrainConfig(model="tiny", num_steps=4, device="cpu", samples_per_epoch=6, num_envs=3, batch_size=3,
-                      lora_rank=4, learning_rate=3e-3, epochs=2, monitor_every=2, held_out_prompts=str(held_out),
-                      evaluate=False, tensorboard=False, output_dir=str(tmp_path / "run"), save_every=1)
+    cfg = TrainConfig.from_flat(dict(
+        model="tiny", num_steps=4, device="cpu", samples_per_epoch=6, num_envs=3, batch_size=3, lora_rank=4,
+        learning_rate=3e-3, epochs=2, monitor_every=2, held_out_prompts=str(held_out), evaluate=False,
+        tensorboard=False, output_dir=str(tmp_path / "run"), save_every=1))
     records = train(cfg).metrics["monitor"]
     # 2 updates per epoch (6 samples / batch 3): before training, then after each epoch's 2 updates
     assert [r["updates"] for r in records] == [0, 2, 4] and [r["samples"] for r in records] == [0, 6, 12]
@@ -267,10 +268,10 @@ def test_monitor_records_train_and_held_out_curves_and_resumes(tmp_path):
     assert all(np.isfinite(r[f"reward_{s}"]) for r in records for s in ("train", "held_out"))
     with Image.open(tmp_path / "run" / "monitor.png") as image:
         assert image.size[0] > 600
-    resumed = train(TrainConfig(**{**cfg.__dict__, "epochs": 3, "resume": "auto"})).metrics["monitor"]
+    resumed = train(TrainConfig.from_flat({**cfg.to_flat(), "epochs": 3, "resume": "auto"})).metrics["monitor"]
     assert resumed[:3] == records and [r["updates"] for r in resumed] == [0, 2, 4, 6]
     with pytest.raises(ValueError, match="--held-out-prompts"):
-        train(TrainConfig(**{**cfg.__dict__, "held_out_prompts": "", "output_dir": str(tmp_path / "other")}))
+        train(TrainConfig.from_flat({**cfg.to_flat(), "held_out_prompts": "", "output_dir": str(tmp_path / "other")}))
     with pytest.raises(ValueError, match="never trained on"):
         held_out.write_text("a handwritten digit 1\n", encoding="utf-8")
-        train(TrainConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "third")}))
+        train(TrainConfig.from_flat({**cfg.to_flat(), "output_dir": str(tmp_path / "third")}))

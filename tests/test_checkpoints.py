@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ JOB = {"model": "tiny", "num_steps": 4, "samples_per_epoch": 6, "num_envs": 3, "
 
 
 def job(tmp_path, **overrides) -> TrainConfig:
-    return TrainConfig(**{**JOB, "output_dir": str(tmp_path / "run"), **overrides})
+    return TrainConfig.from_flat({**JOB, "output_dir": str(tmp_path / "run"), **overrides})
 
 
 def run_python(code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -73,7 +72,7 @@ def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
         from agents.evaluation import evaluate_policy
         from agents.train import TrainConfig, build_agent, build_env
         import json
-        cfg = TrainConfig(**json.loads(sys.argv[1]))
+        cfg = TrainConfig.from_flat(json.loads(sys.argv[1]))
         agent = build_agent(cfg, build_env(cfg))
         load_checkpoint(agent, sys.argv[2])
         expected = torch.load(sys.argv[3] + "/expected.pt", weights_only=True)
@@ -88,7 +87,7 @@ def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
         images = evaluate_policy(agent.policy, eval_env, ["a cat", "a dog", "a bird"], seed=7).images
         assert np.abs(images.astype(int) - np.load(sys.argv[3] + "/expected.npy").astype(int)).max() == 0
         print("ok", agent.num_epochs)
-    """, json.dumps(asdict(cfg)), str(path), str(tmp_path))
+    """, json.dumps(cfg.to_flat()), str(path), str(tmp_path))
 
     other = build_agent(job(tmp_path, num_envs=2, batch_size=2), build_env(job(tmp_path, num_envs=2, batch_size=2)))
     with pytest.raises(ValueError) as e:
@@ -110,7 +109,7 @@ KILL_AFTER_EPOCH_2 = """
             if self.model.num_epochs == 2:  # after the job's own callbacks saved epoch 2
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    train(TrainConfig(**json.loads(sys.argv[1])), callbacks=[Kill()])
+    train(TrainConfig.from_flat(json.loads(sys.argv[1])), callbacks=[Kill()])
 """
 
 
@@ -121,11 +120,11 @@ def test_bit_exact_resume_after_sigkill(tmp_path):
         tmp_path / "b", epochs=4, lora_rank=0, save_every=1, keep_last=0)
     cli = [sys.executable, "-m", "agents.cli", "train"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    first = subprocess.run([*cli, "--config", str(write_json(tmp_path / "whole.json", asdict(whole)))],
+    first = subprocess.run([*cli, "--config", str(write_json(tmp_path / "whole.json", whole.to_flat()))],
                            capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    dead = run_python(KILL_AFTER_EPOCH_2, json.dumps(asdict(killed)), check=False)
+    dead = run_python(KILL_AFTER_EPOCH_2, json.dumps(killed.to_flat()), check=False)
     assert dead.returncode == -signal.SIGKILL
     killed_dir = tmp_path / "b" / "run"
     assert [p.name for p in list_checkpoints(killed_dir / "checkpoints")] == ["epoch-000001", "epoch-000002"]
@@ -185,8 +184,8 @@ def test_sigkill_during_a_checkpoint_write(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             real_save(obj, path, *args, **kwargs)
         torch.save = save
-        train(TrainConfig(**json.loads(sys.argv[1])))
-    """, json.dumps(asdict(cfg)), check=False)
+        train(TrainConfig.from_flat(json.loads(sys.argv[1])))
+    """, json.dumps(cfg.to_flat()), check=False)
     root = tmp_path / "run" / "checkpoints"
     assert [p.name for p in list_checkpoints(root)] == ["epoch-000001"]
     assert any(p.name.startswith(".staging-") for p in root.iterdir())  # the half-written one, hidden
@@ -204,7 +203,7 @@ def test_only_rank_zero_writes(tmp_path):
         from agents.checkpoint import save_checkpoint
         from agents.train import TrainConfig, build_agent, build_env
         dist.init_process_group("gloo")
-        cfg = TrainConfig(**json.loads(sys.argv[1]))
+        cfg = TrainConfig.from_flat(json.loads(sys.argv[1]))
         agent = build_agent(cfg, build_env(cfg))
         agent.num_epochs = dist.get_rank() + 1  # each rank would write its own folder
         agent._last_obs = None
@@ -214,7 +213,7 @@ def test_only_rank_zero_writes(tmp_path):
     cfg = job(tmp_path, batch_size=2)  # a global batch that splits over 2 ranks
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(script), json.dumps(asdict(cfg)), str(tmp_path / "ckpt")],
+         str(script), json.dumps(cfg.to_flat()), str(tmp_path / "ckpt")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -76,9 +76,14 @@ def test_config_file_then_flags_win(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"agent": "ddpo-sf", "lora_rank": 8}))
     cfg = job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.toml"), "--epochs", "7"]))
     assert (cfg.agent, cfg.epochs, cfg.reward) == ("rwr", 7, "jpeg_incompressibility=2")
-    assert cfg.reward_options == {"jpeg_incompressibility": {"quality": 80}} and cfg.lora_rank == 0
+    assert cfg.reward_options == {"jpeg_incompressibility": {"quality": 80}} and cfg.algorithm.lora_rank == 4
     cfg = job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json"), "--no-tensorboard"]))
-    assert (cfg.agent, cfg.lora_rank, cfg.tensorboard) == ("ddpo-sf", 8, False)
+    assert (cfg.agent, cfg.algorithm.lora_rank, cfg.tensorboard) == ("ddpo-sf", 8, False)
+    (tmp_path / "tree.toml").write_text('agent = "rwr"\n[env]\neta = 0.5\nnum_steps = 7\n[algorithm]\n'
+                                        'temperature = 2.0\nlora_targets = ["to_q", "to_v"]\n')
+    cfg = job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "tree.toml")]))
+    assert (cfg.env.eta, cfg.env.num_steps, cfg.algorithm.temperature) == (0.5, 7, 2.0)
+    assert cfg.algorithm.lora_targets == ("to_q", "to_v")
 
 
 def test_help_shows_each_fields_docstring():
@@ -89,9 +94,9 @@ def test_help_shows_each_fields_docstring():
 
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--reward", "beauty"], "ddpo train: error: bad reward 'beauty' in 'beauty': use a name from "
-                                      "['aesthetic', 'alignment', 'digit_alignment', 'jpeg_compressibility', "
-                                      "'jpeg_incompressibility'], optionally =weight (finite, non-zero), "
-                                      "comma-separated"),
+                                      "['aesthetic', 'alignment', 'digit_alignment', 'digit_margin', "
+                                      "'jpeg_compressibility', 'jpeg_incompressibility'], optionally =weight "
+                                      "(finite, non-zero), comma-separated"),
     (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['ddpo-is', 'ddpo-sf', "
                                   "'rwr', 'rwr-sparse']"),
     (["train", "--config", "nowhere.json"], "ddpo train: error: config file 'nowhere.json' does not exist"),
@@ -106,8 +111,74 @@ def test_bad_input_is_one_clear_line_without_a_traceback(tmp_path, args, message
 
 def test_unknown_config_keys_are_named(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"epochz": 3}))
-    with pytest.raises(ValueError, match=r"has unknown keys \['epochz'\]: known keys are \['agent', "):
+    with pytest.raises(ValueError) as e:
         job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json")]))
+    assert str(e.value) == f"config file {str(tmp_path / 'job.json')!r}: unknown keys ['epochz']"
+
+
+def test_a_setting_of_another_agent_is_refused_not_dropped(tmp_path):
+    with pytest.raises(ValueError) as e:
+        job_config(build_parser().parse_args(["train", "--agent", "ddpo-is", "--temperature", "0.5"]))
+    assert str(e.value) == "temperature is a setting of rwr, not of agent 'ddpo-is': drop it or use --agent rwr"
+    (tmp_path / "job.json").write_text(json.dumps({"agent": "rwr", "clip_range": 1e-3}))
+    with pytest.raises(ValueError) as e:
+        job_config(build_parser().parse_args(["train", "--config", str(tmp_path / "job.json")]))
+    assert str(e.value) == (f"config file {str(tmp_path / 'job.json')!r}: clip_range is a setting of ddpo-is, not of "
+                            "agent 'rwr': drop it or use --agent ddpo-is")
+    result = ddpo("train", "--agent", "rwr-sparse", "--temperature", "2", "--output-dir", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "ddpo train: error: temperature is a setting of rwr, not of agent 'rwr-sparse': drop it or use --agent rwr")
+
+
+def _value_for(name, default):
+    """A valid value different from the default, as command-line text and as the parsed value."""
+    special = {"model": ("tiny", "tiny"), "prompts": ("prompts.txt", "prompts.txt"), "image_size": ("16,24", (16, 24)),
+               "device": ("cpu", "cpu"), "dtype": ("bfloat16", "bfloat16"), "attention": ("matmul", "matmul"),
+               "autoreset_mode": ("same_step", "same_step"), "render_mode": ("rgb_array", "rgb_array"),
+               "optimizer": ("adamw8bit", "adamw8bit"), "group_std": ("global", "global"),
+               "lora_targets": ("to_q,to_v", ("to_q", "to_v")), "scheduler_overrides": ('{"eta": 1}', {"eta": 1}),
+               "reward_options": ('{"jpeg_compressibility": {}}', {"jpeg_compressibility": {}}),
+               "agent": ("rwr", "rwr"), "reward": ("jpeg_incompressibility", "jpeg_incompressibility"),
+               "resume": ("", ""), "output_dir": ("elsewhere", "elsewhere"), "held_out_prompts": ("h.txt", "h.txt")}
+    if name in special:
+        return special[name]
+    if isinstance(default, bool):
+        return None, not default
+    if isinstance(default, int) or default is None:
+        return "7", 7
+    return "0.5", 0.5
+
+
+def test_every_env_and_agent_field_is_a_flag_that_reaches_its_place():
+    """Each field of TrainConfig, EnvConfig and every agent's config, given as its flag, lands in the config tree."""
+    from dataclasses import MISSING, fields
+
+    from agents import AGENTS
+    from agents.job_config import TrainConfig
+    from ddpo_env.config import EnvConfig
+
+    owners = [(TrainConfig, None), (EnvConfig, "env")] + [(a.config_class, name) for name, a in AGENTS.items()]
+    checked = set()
+    for cls, where in owners:
+        for f in fields(cls):
+            if f.name in ("env", "algorithm") or (cls, f.name) in checked:
+                continue
+            checked.add((cls, f.name))
+            default = f.default if f.default is not MISSING else f.default_factory()
+            text, value = _value_for(f.name, default)
+            agent = where if where in AGENTS else "ddpo-is"
+            flag = f"--{f.name.replace('_', '-')}"
+            argv = ["train", *(["--agent", agent] if f.name != "agent" else [])]
+            argv += [flag] if text is None and value else [f"--no-{flag[2:]}"] if text is None else [flag, text]
+            args = build_parser().parse_args(argv)
+            assert getattr(args, f.name) == value, (f.name, argv)
+            given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+            cfg = TrainConfig.from_flat(given) if f.name not in ("autoreset_mode",) else None
+            if cfg is None:
+                continue
+            place = cfg if where is None else cfg.env if where == "env" else cfg.algorithm
+            assert getattr(place, f.name) == value, (f.name, getattr(place, f.name))
+    assert len(checked) > 60
 
 
 def test_readme_beyond_ddpo_flags_reach_the_job_config():
@@ -117,5 +188,6 @@ def test_readme_beyond_ddpo_flags_reach_the_job_config():
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     line = re.search(r"^ddpo train (--kl-coef .*)$", readme, re.M).group(1)
     cfg = job_config(build_parser().parse_args(["train", *line.split()]))
-    assert (cfg.kl_coef, cfg.group_size, cfg.group_advantages, cfg.ema_decay, cfg.monitor_every) == (
+    a = cfg.algorithm
+    assert (a.kl_coef, cfg.env.group_size, a.group_advantages, a.ema_decay, cfg.monitor_every) == (
         10.0, 4, True, 0.9, 24)

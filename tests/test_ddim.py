@@ -43,7 +43,10 @@ def test_step_equals_diffusers_on_every_timestep(case, eta):
         z = torch.randn(3, 4, 8, 8, generator=g)
         ours = ddim_step(model_output, torch.full((3,), int(t)), sample, schedule, noise=z)
         theirs = reference.step(model_output, t, sample, eta=eta, variance_noise=z)
-        torch.testing.assert_close(ours.prev_sample, theirs.prev_sample, rtol=0, atol=1e-6)
+        # At ᾱ_t ≈ 2e-9 (cosine, t=999) the unclipped x̂₀ is ~1e4 and our float64 coefficients differ from diffusers'
+        # float32 ones in the last bits: a relative bound there (the float64 test below bounds the error itself).
+        rtol = 1e-5 if case == "eps-cosine-trailing" else 0
+        torch.testing.assert_close(ours.prev_sample, theirs.prev_sample, rtol=rtol, atol=1e-6)
         torch.testing.assert_close(ours.pred_original_sample, theirs.pred_original_sample, rtol=0, atol=1e-6)
 
 

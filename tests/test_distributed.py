@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -164,11 +163,11 @@ def test_batches_that_do_not_split_over_ranks_are_refused():
 def test_torchrun_train_job_writes_once_and_resumes_on_one_process(tmp_path):
     """``torchrun -m agents.cli train``: rank 0 alone writes checkpoints and metrics; the run resumes on a
     different number of processes (1) and finishes its epochs."""
-    cfg = TrainConfig(**{**TINY, "samples_per_epoch": 4, "num_envs": 2, "batch_size": 2, "lora_rank": 4,
+    cfg = TrainConfig.from_flat({**TINY, "samples_per_epoch": 4, "num_envs": 2, "batch_size": 2, "lora_rank": 4,
                          "epochs": 2, "save_every": 1, "keep_last": 0, "evaluate": False, "tensorboard": False,
                          "image_every": 0, "output_dir": str(tmp_path / "run")})
     config = tmp_path / "job.json"
-    config.write_text(json.dumps({k: v for k, v in asdict(cfg).items() if k != "reward_options"}))
+    config.write_text(json.dumps({k: v for k, v in cfg.to_flat().items() if k != "reward_options"}))
     result = torchrun("-m", "agents.cli", "train", "--config", str(config), port=29533)
     checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in checkpoints] == ["epoch-000001", "epoch-000002"]
@@ -178,14 +177,14 @@ def test_torchrun_train_job_writes_once_and_resumes_on_one_process(tmp_path):
 
     from agents.train import train
 
-    resumed = train(TrainConfig(**{**asdict(cfg), "epochs": 3, "resume": "auto"}))
+    resumed = train(TrainConfig.from_flat({**cfg.to_flat(), "epochs": 3, "resume": "auto"}))
     assert resumed.agent.num_epochs == 3 and len(resumed.metrics["epochs"]) == 3
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == "epoch-000003"
 
 
 def test_single_process_agents_are_unchanged_by_the_rank_code():
     """Without a process group the agent is one rank of one: all samples, the whole batch, no collectives."""
-    cfg = TrainConfig(**{**TINY, "samples_per_epoch": 6, "num_envs": 3, "batch_size": 3})
+    cfg = TrainConfig.from_flat({**TINY, "samples_per_epoch": 6, "num_envs": 3, "batch_size": 3})
     agent = build_agent(cfg, build_env(cfg))
     assert agent.ranks is None and agent.rank_samples == 6 and agent.rank_batch_size == 3
     assert agent.rank_rows() == slice(None)

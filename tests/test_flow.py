@@ -170,9 +170,9 @@ def test_training_job_on_a_flow_model_with_eight_evaluation_prompts(tmp_path):
 
     from agents.train import TrainConfig, train
 
-    result = train(TrainConfig(model="tiny-sd3", num_steps=3, device="cpu", epochs=1, samples_per_epoch=4, num_envs=4,
-                               batch_size=4, lora_rank=4, ema_decay=0.5, kl_coef=0.1, tensorboard=False,
-                               output_dir=str(tmp_path)))
+    result = train(TrainConfig.from_flat(dict(
+        model="tiny-sd3", num_steps=3, device="cpu", epochs=1, samples_per_epoch=4, num_envs=4, batch_size=4,
+        lora_rank=4, ema_decay=0.5, kl_coef=0.1, tensorboard=False, output_dir=str(tmp_path))))
     assert len(result.after.prompts) == 80 and np.isfinite(result.metrics["eval_reward_after"]["mean"])
     with Image.open(tmp_path / "before_after.png") as image:
         assert image.size[1] > image.size[0] * 0.5  # eight rows of five before | five after

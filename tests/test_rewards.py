@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 from ddpo_env import DDIMSampler
+from ddpo_env.models.digit_classifier import images_to_input
 from rewards import (
     AestheticScore,
     DigitAlignment,
+    DigitMargin,
     JpegCompressibility,
     JpegIncompressibility,
+    digit_agreement,
     from_callable,
     jpeg_size_kb,
 )
@@ -109,6 +112,14 @@ def test_digit_alignment_scores_real_digits_high_and_refuses_unknown_prompts():
     right = reward.score(rgb, [f"the number {d}" for d in labels])
     wrong = reward.score(rgb, [f"the number {(d + 1) % 10}" for d in labels])
     assert right.mean() > 0.9 and wrong.mean() < 0.1
+    margin = DigitMargin(gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY))
+    right_margin = margin.score(rgb, [f"the number {d}" for d in labels])
+    logits = margin.classifier(images_to_input(rgb)).detach()
+    for i, d in enumerate(labels):  # by hand: the prompted digit's logit over the best other one
+        others = [float(logits[i, j]) for j in range(10) if j != d]
+        assert right_margin[i] == pytest.approx(float(logits[i, d]) - max(others), abs=1e-5)
+    assert (right_margin > 0).mean() == (right > 0.5).mean() == digit_agreement(rgb, [str(d) for d in labels])
+    assert digit_agreement(rgb, ["a cat"] * len(rgb)) is None
     with pytest.raises(ValueError) as e:
         reward.score(rgb[:1], ["a cat"])
     assert str(e.value) == ("digit_alignment cannot tell which digit the prompt 'a cat' asks for: name exactly one "
@@ -139,7 +150,7 @@ def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"beauty": 1.0})
     assert str(e.value) == ("weighted_sum: unknown or unweighted reward(s) ['beauty']: use names from "
-                            "['aesthetic', 'alignment', 'digit_alignment', 'jpeg_compressibility', "
+                            "['aesthetic', 'alignment', 'digit_alignment', 'digit_margin', 'jpeg_compressibility', "
                             "'jpeg_incompressibility']")
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"jpeg_compressibility": 0})

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpo_env.models.tiny import SD_SCHEDULER_CONFIG
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 IMAGE_SIZE = 16
 MAX_PROMPT_TOKENS = 16
@@ -51,17 +53,11 @@ UNET_CONFIG: dict = {
     "attention_head_dim": 8,
     "norm_num_groups": 16,
 }
-#: Cosine noise schedule in pixel space; trailing spacing keeps every DDIM step's std > 0.
-SCHEDULER_CONFIG: dict = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "squaredcos_cap_v2",
-    "prediction_type": "epsilon",
-    "clip_sample": True,
-    "clip_sample_range": 1.0,
-    "set_alpha_to_one": False,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-}
+#: Stable Diffusion's own noise schedule and spacing ("scaled_linear" β from 0.00085 to 0.012, "leading" timesteps
+#: with steps_offset 1), x̂₀ clipped to [-1, 1] as fits pixel space: no step of an episode of 1..50 steps is more than
+#: 8× as sensitive to the network output as the median step (docs/step_conditioning.md). The cosine schedule with
+#: trailing spacing used before sent the first step through ᾱ ≈ 2e-9 (~2000× the median) and the last through σ ≈ 0.006.
+SCHEDULER_CONFIG: dict = {**SD_SCHEDULER_CONFIG, "clip_sample": True, "clip_sample_range": 1.0}
 
 
 def prompt_for(digit: int, template: str) -> str:

@@ -33,6 +33,9 @@ from ddpo_env.models.digits import (
     prompt_for,
 )
 
+#: The scheduler config entries that define the training noise schedule (the rest only concern sampling).
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+
 
 @dataclass
 class TrainArgs:
@@ -78,9 +81,7 @@ def train(args: TrainArgs) -> dict:
 
     unet = build_unet(args.seed).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=SCHEDULER_CONFIG["num_train_timesteps"], beta_schedule=SCHEDULER_CONFIG["beta_schedule"]
-    )
+    noise_scheduler = DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
 
