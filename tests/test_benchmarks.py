@@ -34,7 +34,7 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     assert summary["command"].startswith("python -m benchmarks.algorithms --model tiny")
     steps = json.loads((tmp_path / "summary.json").read_text())["algorithms_optimizer_steps"]["value"]
     assert steps == {"ddpo-is": 2, "rwr-sparse": 2}  # 8 samples per epoch in one batch of 8: 1 step per epoch
-    assert "| jpeg_compressibility | DDPO-IS | 0.001 | 2 |" in md  # lr, optimizer steps per run
+    assert "| jpeg_compressibility | DDPO-IS | 0.003 | 2 |" in md  # lr, optimizer steps per run
     again = algorithms.main([*argv, "--resume"])  # nothing left to run: the same runs come back
     assert again["runs"] == data["runs"]
 
