@@ -1,13 +1,14 @@
 """DDPO-IS raises JPEG compressibility: ``python -m benchmarks.ddpo_compressibility [--model default|tiny]``.
 
-Runs the training job of ``make train`` (``agents.train``: DDPO-IS, JPEG compressibility with images enlarged ×4)
-and reports the fixed evaluation set (100 prompts × seeds) before and after: reward mean ± std, the gain in units
+Runs a long, aggressive DDPO-IS job (``agents.train``: JPEG compressibility with images enlarged ×4;
+:data:`SETTINGS`, the former ``make train``) to show the reward over-optimised, and reports the fixed evaluation
+set (100 prompts × seeds) before and after: reward mean ± std, the gain in units
 of the initial per-sample std, and (default model) how often the digit classifier still recognises the prompted
 digit — the over-optimisation the paper describes. Writes benchmarks/results/ddpo_compressibility_<model>.{json,md,png}
 and, for the default model, summary.json's ``compressibility_gain_std``.
 
-Settings: with LoRA r4 (lr 1e-3) and the paper's clip 1e-4 the reward did not move within 10 minutes here; a full
-fine-tune at lr 2e-4 with clip 1e-3 (``TrainConfig``'s defaults) does: the first updates dip, then it climbs.
+Settings: a full fine-tune at lr 2e-4 with clip 1e-3 and micro-batches of 16 for 56 epochs — twice make train's
+learning rate, 3.5× its samples: the reward climbs far and the digits wash out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 from agents.train import TrainConfig, train
 from benchmarks.record import RESULTS_DIR, environment, update_summary, write_json
 
-EPOCHS = {"default": 56, "tiny": 100}  # default: stays within 10 minutes on 2 cores
+EPOCHS = {"default": 56, "tiny": 100}
+SETTINGS = {"lora_rank": 0, "learning_rate": 2e-4, "clip_range": 1e-3, "batch_size": 16, "samples_per_epoch": 64}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
         command += f" --epochs {args.epochs}"
     env_info = environment(command)
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train(TrainConfig.from_flat(dict(model=args.model, epochs=epochs, device="cpu", output_dir=run_dir)))
+        result = train(TrainConfig.from_flat(dict(**SETTINGS, model=args.model, epochs=epochs, device="cpu",
+                                                  output_dir=run_dir)))
         png = RESULTS_DIR / f"ddpo_compressibility_{args.model}.png"
         shutil.copyfile(f"{run_dir}/before_after.png", png)
     before, after, m = result.before.rewards, result.after.rewards, result.metrics
