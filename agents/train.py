@@ -1,13 +1,15 @@
 """One training job on DenoisingDiffusion-v0, from a :class:`TrainConfig` (what ``ddpo train`` and ``make train``
 run; the command line is :mod:`agents.cli`).
 
-Defaults: DDPO-IS on the embedded default model with the JPEG-compressibility reward, 56 epochs of 64 samples
-(under 10 minutes on 2 CPU cores). The output folder gets
+Defaults (:mod:`agents.job_config`): DDPO-IS on the embedded default model with the JPEG-compressibility reward and
+the paper's LoRA settings; ``make train`` runs ``configs/make_train.toml``, tuned for that model. The output folder
+gets
 
     reward_curve.png   training reward per epoch, and the evaluation before / after
     monitor.png        with --monitor-every: train vs held-out prompts (reward, KL to the base model, diversity)
-    before_after.png   100 fixed prompts and seeds: left before training, right after
-    metrics.json       the numbers
+    before_after.png   100 fixed prompts and seeds: left before training, right after (titled with the reward and, on
+                       the digits model, the share of digits the classifier still reads as prompted)
+    metrics.json       the numbers (with digit_agreement_before / _after on the digits model)
     checkpoints/       epoch-NNNNNN/ folders (atomic; resume with --resume auto)
     logs/              TensorBoard events (scalars and captioned sample grids) and progress.csv
     lora/              the LoRA adapter in diffusers' format (pipe.load_lora_weights), or unet/ for a full fine-tune
