@@ -110,7 +110,7 @@ def env_conditioning(env: Any, num_samples: int = 16, seed: int = 0) -> StepCond
     for start in range(0, num_samples, base.num_envs):
         obs, _ = base.reset(seed=seed + start)
         for k in range(n):
-            out_model, latents, timesteps = _model_output(sampler, obs)
+            out_model, latents, timesteps = sampler.model_output(obs)
             grad, step_std = mean_derivative(schedule, out_model, timesteps, latents)
             sums[k] += float((grad**2).mean(dim=tuple(range(1, grad.ndim))).sum())
             std[k] = float(step_std.reshape(-1)[0])
@@ -124,18 +124,6 @@ def env_conditioning(env: Any, num_samples: int = 16, seed: int = 0) -> StepCond
     sensitivity = np.sqrt(sums / count) / std
     return StepConditioning(schedule.timesteps.numpy().copy(), _noise_levels(schedule).double().numpy(), std,
                             sensitivity, clipped / count)
-
-
-def _model_output(sampler: Any, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ddpo_env.sampler import guided_model_output
-
-    env = sampler.env
-    latents = torch.as_tensor(obs["latent"], device=env.backend.device)
-    timesteps = torch.as_tensor(obs["timestep"], device=env.backend.device).reshape(-1)
-    output = guided_model_output(env.backend, latents, env.schedule.model_timesteps(timesteps),
-                                 env.prompt_embeds(np.asarray(obs["prompt_id"]).reshape(-1)), env.prompt_embeds([0]),
-                                 env.guidance_scale)
-    return output, latents, timesteps
 
 
 def _without_clipping(schedule: Any) -> Any:

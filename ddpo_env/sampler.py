@@ -51,8 +51,8 @@ class DDIMSampler:
         self.generator = torch.Generator(device=self.env.backend.device).manual_seed(seed)
 
     @torch.no_grad()
-    def step(self, obs: dict[str, np.ndarray]) -> DDIMStepOutput:
-        """The full DDIM step output for a batched observation (tensors on the env's device)."""
+    def model_output(self, obs: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(guided network output, x_t, τ) for a batched observation (tensors on the env's device)."""
         backend = self.env.backend
         latents = torch.as_tensor(obs["latent"], device=backend.device)
         timesteps = torch.as_tensor(obs["timestep"], device=backend.device).reshape(-1)
@@ -65,6 +65,12 @@ class DDIMSampler:
             self.env.prompt_embeds([0]),
             self.env.guidance_scale,
         )
+        return model_output, latents, timesteps
+
+    @torch.no_grad()
+    def step(self, obs: dict[str, np.ndarray]) -> DDIMStepOutput:
+        """The full DDIM step output for a batched observation (tensors on the env's device)."""
+        model_output, latents, timesteps = self.model_output(obs)
         return self.env.schedule.step(model_output, timesteps, latents, generator=self.generator)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
