@@ -53,6 +53,28 @@ def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path)
     assert [r["learning_rate"] for r in main["runs"]] == [best]
 
 
+def test_sweep_rate_choice_skips_rates_that_destroy_the_digits(tmp_path):
+    def run(agent, rate, gain, agreement):  # before: mean 0, std 1 → the gain is after's mean
+        return {"agent": agent, "learning_rate": rate, "eval_before": [-1.0, 1.0], "eval_after": [gain, gain],
+                "agreement_after": agreement}
+
+    runs = [run("ddpo-is", 1e-3, 0.5, 1.0), run("ddpo-is", 3e-3, 1.5, 0.9), run("ddpo-is", 1e-2, 3.0, 0.5),
+            run("rwr", 1e-3, 0.2, 0.7), run("rwr", 3e-3, 2.0, 0.6),  # no rate keeps 80 %: the one keeping most
+            run("ddpo-sf", 1e-3, 0.1, None), run("ddpo-sf", 3e-3, 0.4, None)]  # no digit measure: best gain
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"runs": runs}))
+    assert algorithms.best_rates(path) == {"ddpo-is": 3e-3, "rwr": 1e-3, "ddpo-sf": 3e-3}
+    assert algorithms.best_rates(path, min_agreement=0.0) == {"ddpo-is": 1e-2, "rwr": 3e-3, "ddpo-sf": 3e-3}
+
+
+def test_sweep_rates_flag_takes_shared_or_per_agent_rates():
+    agents = ["ddpo-is", "rwr"]
+    assert algorithms.parse_rates("1e-3,3e-3", agents) == {"ddpo-is": [1e-3, 3e-3], "rwr": [1e-3, 3e-3]}
+    assert algorithms.parse_rates("rwr=2e-3,rwr=1.5e-3", agents) == {"rwr": [2e-3, 1.5e-3]}
+    with pytest.raises(SystemExit, match="--rates names agent 'ddpo-sf'"):
+        algorithms.parse_rates("ddpo-sf=1e-3", agents)
+
+
 def test_kl_frontier_benchmark_writes_frontier_held_out_curves_and_summary(tmp_path):
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("a zebra\na scribbled three\n", encoding="utf-8")
