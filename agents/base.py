@@ -26,10 +26,10 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from agents.advantages import rollout_advantages
 from agents.buffer import TrajectoryBatch, TrajectoryBuffer
-from agents.callbacks import notify_epoch_end
 from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
 from agents.ema import EMA
+from agents.hooks import notify_epoch_end
 from agents.kl import gaussian_kl
 from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy

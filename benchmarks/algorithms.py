@@ -2,7 +2,7 @@
 
 DDPO-IS, DDPO-SF and RWR (sparse RWR with ``--agents``) × rewards {JPEG compressibility, JPEG incompressibility}
 (``--rewards all`` adds the digit margin) × 3 seeds, each the training job of ``ddpo train``
-(:func:`agents.train.train`) with the same settings and the same number of samples; only the learning rate is each
+(:func:`agents.job.train.train`) with the same settings and the same number of samples; only the learning rate is each
 algorithm's own, chosen by a sweep run first on a separate seed (``--sweep``: JPEG compressibility, rates 1e-3, 3e-3,
 1e-2, refined per agent with ``--rates agent=rate``; writes algorithms_sweep.{json,md}). The main run takes per agent
 the rate with the best gain among those that keep ≥ 80 % of the digits readable (:data:`MIN_AGREEMENT`).
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.train import TrainConfig
+from agents.job.train import TrainConfig
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
 AGENTS = ("ddpo-is", "ddpo-sf", "rwr")
@@ -73,7 +73,7 @@ def run_one(job: dict[str, Any], threads: int) -> dict[str, Any]:
     """One training run (in a worker process): its reward history, evaluations, diagnostics and time."""
     import torch
 
-    from agents.train import train
+    from agents.job.train import train
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \

@@ -1,6 +1,6 @@
 """DDPO-IS raises JPEG compressibility: ``python -m benchmarks.ddpo_compressibility [--model default|tiny]``.
 
-Runs a long, aggressive DDPO-IS job (``agents.train``: JPEG compressibility with images enlarged ×4;
+Runs a long, aggressive DDPO-IS job (``agents.job.train``: JPEG compressibility with images enlarged ×4;
 :data:`SETTINGS`, the former ``make train``) to show the reward over-optimised, and reports the fixed evaluation
 set (100 prompts × seeds) before and after: reward mean ± std, the gain in units
 of the initial per-sample std, and (default model) how often the digit classifier still recognises the prompted
@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 import torch
 
-from agents.train import TrainConfig, train
+from agents.job.train import TrainConfig, train
 from benchmarks.record import RESULTS_DIR, environment, update_summary, write_json
 
 EPOCHS = {"default": 56, "tiny": 100}

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from agents.cli import read_config_file
-from agents.train import TrainConfig, train
+from agents.job.cli import read_config_file
+from agents.job.train import TrainConfig, train
 from benchmarks.record import RESULTS_DIR, environment, write_json
 
 TINY = {"model": "tiny", "device": "cpu", "num_steps": 3, "epochs": 2, "samples_per_epoch": 8, "num_envs": 4,

@@ -2,7 +2,7 @@
 
 The algorithms benchmark's extension for issue 9: DDPO-IS with and without the KL penalty to the base model
 (β = kl_coef), and with GRPO-style group-relative advantages (k samples per prompt), each run with the held-out
-monitor (:mod:`agents.monitor`: train vs held-out prompts with the deterministic ODE sampler, every
+monitor (:mod:`agents.job.monitor`: train vs held-out prompts with the deterministic ODE sampler, every
 ``--monitor-every`` updates: reward, KL to the base model, diversity). Same settings and sample budget as the
 algorithms benchmark's former cpu preset (:data:`SETTINGS`); reward JPEG incompressibility.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.train import TrainConfig
+from agents.job.train import TrainConfig
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
 #: name → TrainConfig overrides of DDPO-IS (the order of the table and the plots).
@@ -50,7 +50,7 @@ def run_variant(name: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
     """One training run with the held-out monitor (in a worker process)."""
     import torch
 
-    from agents.train import train
+    from agents.job.train import train
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \

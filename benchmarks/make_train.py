@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.cli import build_parser, job_config
-from agents.train import train
+from agents.job.cli import build_parser, job_config
+from agents.job.train import train
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "make_train.toml"

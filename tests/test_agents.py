@@ -194,7 +194,7 @@ def test_mixed_precision_keeps_lora_weights_in_float32():
 
 
 def test_evaluation_is_repeatable_and_leaves_the_policy_noise_untouched():
-    from agents.evaluation import evaluate_policy
+    from agents.job.evaluation import evaluate_policy
 
     env = tiny_env()
     agent = make_agent("ddpo-is", env, **SMALL)

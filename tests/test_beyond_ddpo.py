@@ -10,8 +10,8 @@ from stable_baselines3.common.logger import Logger
 
 from agents import DDPO_IS, DDPO_SF, RWR
 from agents.advantages import group_advantages
-from agents.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from agents.ema import EMA
+from agents.job.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from agents.kl import gaussian_kl
 from agents.stat_tracking import EPS
 from ddpo_env.ddim import ddim_step
@@ -240,7 +240,7 @@ def test_agent_ema_follows_the_updates_and_survives_a_checkpoint(tmp_path):
 
 
 def test_diversity_on_known_images():
-    from agents.monitor import diversity
+    from agents.job.monitor import diversity
 
     images = np.zeros((4, 2, 2, 3), dtype=np.uint8)
     images[1] = 255  # prompt a: black vs white, RMS 1; prompt b: two equal images, 0
@@ -252,7 +252,7 @@ def test_diversity_on_known_images():
 def test_monitor_records_train_and_held_out_curves_and_resumes(tmp_path):
     from PIL import Image
 
-    from agents.train import TrainConfig, train
+    from agents.job.train import TrainConfig, train
 
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("a zebra\na scribbled three\n", encoding="utf-8")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from agents.checkpoint import (
+from agents.job.checkpoint import (
     FORMAT_VERSION,
     latest_checkpoint,
     list_checkpoints,
@@ -21,8 +21,8 @@ from agents.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from agents.evaluation import evaluate_policy
-from agents.train import TrainConfig, build_agent, build_env, train
+from agents.job.evaluation import evaluate_policy
+from agents.job.train import TrainConfig, build_agent, build_env, train
 
 JOB = {"model": "tiny", "num_steps": 4, "samples_per_epoch": 6, "num_envs": 3, "batch_size": 3, "device": "cpu",
        "lora_rank": 4, "learning_rate": 1e-3, "evaluate": False, "tensorboard": False, "image_every": 0, "epochs": 2}
@@ -68,9 +68,9 @@ def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
                tmp_path / "expected.pt")
     run_python("""
         import sys, numpy as np, torch
-        from agents.checkpoint import load_checkpoint
-        from agents.evaluation import evaluate_policy
-        from agents.train import TrainConfig, build_agent, build_env
+        from agents.job.checkpoint import load_checkpoint
+        from agents.job.evaluation import evaluate_policy
+        from agents.job.train import TrainConfig, build_agent, build_env
         import json
         cfg = TrainConfig.from_flat(json.loads(sys.argv[1]))
         agent = build_agent(cfg, build_env(cfg))
@@ -101,8 +101,8 @@ def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
 
 KILL_AFTER_EPOCH_2 = """
     import json, os, signal, sys
-    from agents.callbacks import EpochEndCallback
-    from agents.train import TrainConfig, train
+    from agents.hooks import EpochEndCallback
+    from agents.job.train import TrainConfig, train
 
     class Kill(EpochEndCallback):
         def on_epoch_end(self):
@@ -118,7 +118,7 @@ def test_bit_exact_resume_after_sigkill(tmp_path):
     fine-tune that make train runs; counters, per-prompt statistics and every RNG restored."""
     whole, killed = job(tmp_path / "a", epochs=4, lora_rank=0, save_every=1, keep_last=0), job(
         tmp_path / "b", epochs=4, lora_rank=0, save_every=1, keep_last=0)
-    cli = [sys.executable, "-m", "agents.cli", "train"]
+    cli = [sys.executable, "-m", "agents.job.cli", "train"]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     first = subprocess.run([*cli, "--config", str(write_json(tmp_path / "whole.json", whole.to_flat()))],
                            capture_output=True, text=True, timeout=300, env=env)
@@ -176,7 +176,7 @@ def test_sigkill_during_a_checkpoint_write(tmp_path):
     cfg = job(tmp_path, epochs=3, save_every=1, keep_last=0)
     run_python("""
         import json, os, signal, sys, torch
-        from agents.train import TrainConfig, train
+        from agents.job.train import TrainConfig, train
         real_save = torch.save
         def save(obj, path, *args, **kwargs):
             if isinstance(obj, dict) and obj.get("counters", {}).get("num_epochs") == 2:
@@ -200,8 +200,8 @@ def test_only_rank_zero_writes(tmp_path):
     script = tmp_path / "two_ranks.py"
     script.write_text(textwrap.dedent("""
         import json, sys, torch.distributed as dist
-        from agents.checkpoint import save_checkpoint
-        from agents.train import TrainConfig, build_agent, build_env
+        from agents.job.checkpoint import save_checkpoint
+        from agents.job.train import TrainConfig, build_agent, build_env
         dist.init_process_group("gloo")
         cfg = TrainConfig.from_flat(json.loads(sys.argv[1]))
         agent = build_agent(cfg, build_env(cfg))

@@ -8,14 +8,14 @@ import sys
 import pytest
 from PIL import Image
 
-from agents.cli import build_parser, job_config
+from agents.job.cli import build_parser, job_config
 
 TINY_FLAGS = ["--model", "tiny", "--num-steps", "4", "--samples-per-epoch", "6", "--num-envs", "3",
               "--batch-size", "3", "--device", "cpu", "--lora-rank", "4", "--learning-rate", "1e-3"]
 
 
 def ddpo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "agents.job.cli", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
@@ -154,7 +154,7 @@ def test_every_env_and_agent_field_is_a_flag_that_reaches_its_place():
     from dataclasses import MISSING, fields
 
     from agents import AGENTS
-    from agents.job_config import TrainConfig
+    from agents.job.config import TrainConfig
     from ddpo_env.config import EnvConfig
 
     owners = [(TrainConfig, None), (EnvConfig, "env")] + [(a.config_class, name) for name, a in AGENTS.items()]

@@ -13,8 +13,8 @@ import torch
 from stable_baselines3.common.logger import Logger
 
 from agents import make_agent
-from agents.checkpoint import list_checkpoints, read_meta
-from agents.train import TrainConfig, build_agent, build_env
+from agents.job.checkpoint import list_checkpoints, read_meta
+from agents.job.train import TrainConfig, build_agent, build_env
 from tests.conftest import TINY
 
 # Global batch: 4 samples per epoch in micro-batches of 4 — each of the 2 ranks samples 2 episodes (2 envs) and
@@ -161,21 +161,21 @@ def test_batches_that_do_not_split_over_ranks_are_refused():
 
 
 def test_torchrun_train_job_writes_once_and_resumes_on_one_process(tmp_path):
-    """``torchrun -m agents.cli train``: rank 0 alone writes checkpoints and metrics; the run resumes on a
+    """``torchrun -m agents.job.cli train``: rank 0 alone writes checkpoints and metrics; the run resumes on a
     different number of processes (1) and finishes its epochs."""
     cfg = TrainConfig.from_flat({**TINY, "samples_per_epoch": 4, "num_envs": 2, "batch_size": 2, "lora_rank": 4,
                          "epochs": 2, "save_every": 1, "keep_last": 0, "evaluate": False, "tensorboard": False,
                          "image_every": 0, "output_dir": str(tmp_path / "run")})
     config = tmp_path / "job.json"
     config.write_text(json.dumps({k: v for k, v in cfg.to_flat().items() if k != "reward_options"}))
-    result = torchrun("-m", "agents.cli", "train", "--config", str(config), port=29533)
+    result = torchrun("-m", "agents.job.cli", "train", "--config", str(config), port=29533)
     checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in checkpoints] == ["epoch-000001", "epoch-000002"]
     assert result.stdout.count("ddpo-is on the tiny model") == 1  # one summary: rank 0's
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert len(history) == 2 and read_meta(checkpoints[-1])["num_timesteps"] == 2 * 2 * 4  # rank 0's env steps
 
-    from agents.train import train
+    from agents.job.train import train
 
     resumed = train(TrainConfig.from_flat({**cfg.to_flat(), "epochs": 3, "resume": "auto"}))
     assert resumed.agent.num_epochs == 3 and len(resumed.metrics["epochs"]) == 3

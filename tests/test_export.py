@@ -4,8 +4,8 @@ fine-tuned samples; a full fine-tune exports a UNet that ``from_pretrained`` rea
 import numpy as np
 import torch
 
-from agents.export import export_weights
-from agents.train import train
+from agents.job.export import export_weights
+from agents.job.train import train
 from ddpo_env.models.tiny import build_tiny_pipeline
 from tests.test_checkpoints import job
 

@@ -12,8 +12,8 @@ import torch
 from stable_baselines3.common.logger import Logger
 
 from agents import make_agent
-from agents.callbacks import CheckpointEvery
-from agents.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from agents.job.callbacks import CheckpointEvery
+from agents.job.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rewards import RewardError, from_callable
 from tests.conftest import TINY, Recorder, tiny_env
 

@@ -9,7 +9,7 @@ from conftest import Recorder
 from stable_baselines3.common.logger import Logger
 
 from agents import DDPO_IS, DDPO_SF, RWR
-from agents.export import LORA_FILE, export_weights
+from agents.job.export import LORA_FILE, export_weights
 from ddpo_env.backends import load_backend
 from ddpo_env.flow import FlowMatchSchedule, flow_sde_step
 from ddpo_env.models.tiny import SD3_SCHEDULER_CONFIG
@@ -168,7 +168,7 @@ def test_training_job_on_a_flow_model_with_eight_evaluation_prompts(tmp_path):
     EMA export of the transformer's LoRA)."""
     from PIL import Image
 
-    from agents.train import TrainConfig, train
+    from agents.job.train import TrainConfig, train
 
     result = train(TrainConfig.from_flat(dict(
         model="tiny-sd3", num_steps=3, device="cpu", epochs=1, samples_per_epoch=4, num_envs=4, batch_size=4,

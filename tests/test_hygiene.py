@@ -50,3 +50,13 @@ def test_rollout_storage_holds_prompt_ids_not_embeddings():
     length, width = venv.unwrapped.prompt_embeds([0]).shape[1:]
     assert nbytes < n * steps * length * width * 4  # what a per-step embedding copy alone would have cost
     assert set(venv.observation_space.spaces) == {"latent", "timestep", "prompt_id"}  # obs carry the id only
+
+
+def test_the_algorithms_import_nothing_of_the_training_application():
+    import subprocess
+    import sys
+
+    code = ("import sys, agents, agents.ddpo, agents.reinforce, agents.rwr; "
+            "print(sorted(m for m in sys.modules if m.startswith('agents.job') or m == 'matplotlib'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

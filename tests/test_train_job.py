@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from agents.train import TrainConfig, train
+from agents.job.train import TrainConfig, train
 
 
 def test_job_on_the_default_model_reports_digit_agreement_and_labels_its_pictures(tmp_path, capsys):

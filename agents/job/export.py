@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agents.checkpoint import write_atomically
+from agents.job.checkpoint import write_atomically
 from agents.policy import ADAPTER_NAME
 
 LORA_FILE = "pytorch_lora_weights.safetensors"

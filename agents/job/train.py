@@ -1,7 +1,7 @@
 """One training job on DenoisingDiffusion-v0, from a :class:`TrainConfig` (what ``ddpo train`` and ``make train``
-run; the command line is :mod:`agents.cli`).
+run; the command line is :mod:`agents.job.cli`).
 
-Defaults (:mod:`agents.job_config`): DDPO-IS on the embedded default model with the JPEG-compressibility reward and
+Defaults (:mod:`agents.job.config`): DDPO-IS on the embedded default model with the JPEG-compressibility reward and
 the paper's LoRA settings; ``make train`` runs ``configs/make_train.toml``, tuned for that model. The output folder
 gets
 
@@ -34,13 +34,13 @@ from stable_baselines3.common.logger import Logger, configure
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import make_agent
-from agents.callbacks import CheckpointEvery, EpochProgress, ImageGrids
-from agents.checkpoint import is_writer, latest_checkpoint, load_checkpoint, read_meta
 from agents.distributed import Ranks, init_from_environment
-from agents.evaluation import EvaluationResult, evaluate_policy
-from agents.export import export_weights
-from agents.job_config import TrainConfig
-from agents.monitor import HeldOutMonitor, check_held_out, plot_monitor
+from agents.job.callbacks import CheckpointEvery, EpochProgress, ImageGrids
+from agents.job.checkpoint import is_writer, latest_checkpoint, load_checkpoint, read_meta
+from agents.job.config import TrainConfig
+from agents.job.evaluation import EvaluationResult, evaluate_policy
+from agents.job.export import export_weights
+from agents.job.monitor import HeldOutMonitor, check_held_out, plot_monitor
 from ddpo_env.backends import DigitsBackend, resolve_device
 from ddpo_env.diagnose import schedule_conditioning
 from ddpo_env.images import save_side_by_side

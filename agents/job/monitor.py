@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.callbacks import EpochEndCallback
-from agents.evaluation import evaluate_policy
+from agents.hooks import EpochEndCallback
+from agents.job.evaluation import evaluate_policy
 
 SETS = ("train", "held_out")
 
@@ -62,7 +62,7 @@ class HeldOutMonitor(EpochEndCallback):
         records: earlier records (a resumed run continues its curves).
 
     For a full fine-tune the KL needs the base model kept before training starts: the agent keeps it when kl_coef
-    > 0, otherwise call ``agent.policy.keep_reference()`` on the fresh agent (``agents.train`` does).
+    > 0, otherwise call ``agent.policy.keep_reference()`` on the fresh agent (``agents.job.train`` does).
     """
 
     def __init__(self, eval_env: Any, train_prompts: list[str], held_out_prompts: list[str], every: int,

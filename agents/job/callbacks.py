@@ -7,37 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Image
 from tqdm import tqdm
 
-from agents.checkpoint import save_checkpoint
-from agents.evaluation import evaluate_policy
+from agents.hooks import EpochEndCallback
+from agents.job.checkpoint import save_checkpoint
+from agents.job.evaluation import evaluate_policy
 
 NOT_TEXT = ("stdout", "log", "json", "csv")  # image records go to TensorBoard only
 #: Logged update diagnostics kept per epoch in the job's history (metrics.json), under these names.
 TRAIN_DIAGNOSTICS = {"train/clip_fraction": "clip_fraction", "train/approx_kl": "approx_kl",
                      "train/n_updates": "optimizer_steps", "train/effective_sample_size": "effective_sample_size",
                      "train/kl": "kl_penalty_kl"}
-
-
-class EpochEndCallback(BaseCallback):
-    """An SB3 callback that is also told when an epoch's update is done (``on_epoch_end``), the moment to save
-    checkpoints or log images: the rollout and the update of ``model.num_epochs`` are both finished."""
-
-    def _on_step(self) -> bool:
-        return True
-
-    def on_epoch_end(self) -> None:
-        pass
-
-
-def notify_epoch_end(callback: BaseCallback) -> None:
-    """Tell ``callback`` (and a CallbackList's children) that an epoch's update is done."""
-    if isinstance(callback, EpochEndCallback):
-        callback.on_epoch_end()
-    for child in getattr(callback, "callbacks", []):  # a CallbackList
-        notify_epoch_end(child)
 
 
 class EpochProgress(EpochEndCallback):

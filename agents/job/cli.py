@@ -1,4 +1,4 @@
-"""``ddpo train | sample | eval``: the command line over :class:`agents.train.TrainConfig`.
+"""``ddpo train | sample | eval``: the command line over :class:`agents.job.train.TrainConfig`.
 
     ddpo train [--config job.json|job.toml] [--agent ddpo-is] [--reward jpeg_compressibility] ... [--resume auto]
     ddpo sample --checkpoint runs/train/checkpoints/epoch-000056 [--prompts "a handwritten 3,the digit seven"]
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.job_config import TrainConfig, agent_classes, flag_fields
-from agents.train import EVAL_SEED
+from agents.job.config import TrainConfig, agent_classes, flag_fields
+from agents.job.train import EVAL_SEED
 from ddpo_env.config import EnvConfig
 
 
@@ -121,7 +121,7 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def job_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < saved config of the resumed checkpoint < config file < command-line flags."""
-    from agents.train import resolve_resume
+    from agents.job.train import resolve_resume
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     values = read_config_file(args.config) if args.config else {}
@@ -135,7 +135,7 @@ def job_config(args: argparse.Namespace) -> TrainConfig:
 def saved_job(checkpoint: str | Path) -> dict[str, Any]:
     """The flat config recorded in a checkpoint (its meta.json also holds the reward history), minus the settings a
     later version no longer has and those of another agent than the saved one."""
-    from agents.checkpoint import read_meta
+    from agents.job.checkpoint import read_meta
 
     saved = read_meta(checkpoint)["config"]
     agent = saved.get("agent", TrainConfig.agent)
@@ -147,8 +147,8 @@ def saved_job(checkpoint: str | Path) -> dict[str, Any]:
 
 def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, TrainConfig, Any]:
     """(agent with the checkpoint's trained weights, its job config, its env) for sampling and evaluation."""
-    from agents.checkpoint import load_weights
-    from agents.train import build_agent, build_env
+    from agents.job.checkpoint import load_weights
+    from agents.job.train import build_agent, build_env
 
     cfg = TrainConfig.from_flat({**saved_job(checkpoint), **({"device": device} if device else {})})
     env = build_env(cfg)
@@ -160,8 +160,8 @@ def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, Tr
 def sample(args: argparse.Namespace) -> None:
     from PIL import Image
 
-    from agents.evaluation import evaluate_policy
-    from agents.train import build_env, evaluation_prompts
+    from agents.job.evaluation import evaluate_policy
+    from agents.job.train import build_env, evaluation_prompts
 
     agent, cfg, env = policy_from_checkpoint(args.checkpoint, args.device)
     prompts = [p.strip() for p in args.prompts.split(",")] if args.prompts else evaluation_prompts(env)[::10]
@@ -175,8 +175,8 @@ def sample(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from agents.evaluation import evaluate_policy
-    from agents.train import build_env, evaluation_prompts
+    from agents.job.evaluation import evaluate_policy
+    from agents.job.train import build_env, evaluation_prompts
 
     agent, cfg, env = policy_from_checkpoint(args.checkpoint, args.device)
     prompts = evaluation_prompts(env)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
-            from agents.train import train
+            from agents.job.train import train
 
             train(job_config(args))
         elif args.command == "sample":
