@@ -5,7 +5,7 @@ Gaussians is closed-form:
 
     KL(π_θ(·|x_t, c) ‖ π_ref(·|x_t, c)) = ‖μ_θ − μ_ref‖² / (2σ²)
 
-reduced by the mean over the latent's dimensions, like the log-probabilities (DESIGN.md step 4). π_ref is the
+reduced by the mean over the latent's dimensions, like the log-probabilities (docs/mdp.md). π_ref is the
 model the run started from: the UNet with its LoRA adapter disabled (no second copy), or a frozen copy of the
 UNet for a full fine-tune.
 """

@@ -308,7 +308,7 @@ def ddim_step(
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(x; μ, std² I) per element, averaged over all non-batch dims → (B,).
 
-    Step 4 of DESIGN.md: mean, not sum, so that ratios and clip ranges do not scale with latent size.
+    Mean, not sum, so that ratios and clip ranges do not scale with latent size (docs/mdp.md).
     """
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)

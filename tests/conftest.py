@@ -1,4 +1,4 @@
-"""Shared test setup: offline, CPU, tiny models built from configs (RELIABILITY.md's "tiny config")."""
+"""Shared test setup: offline, CPU, tiny models built from configs (the tiny config)."""
 
 import os
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from stable_baselines3.common.logger import KVWriter
 
-#: latents 4×8×8, T = 4 steps, CPU: the tiny config of RELIABILITY.md.
+#: latents 4×8×8, T = 4 steps, CPU: the tiny config.
 TINY = {"model": "tiny", "num_steps": 4, "device": "cpu"}
 
 
@@ -51,7 +51,7 @@ _LOOPBACK = ("127.", "::1", "localhost")
 
 @pytest.fixture(autouse=True, scope="session")
 def offline():
-    """RELIABILITY.md 23: the suite runs offline — any connection beyond this machine is refused (local test
+    """docs/reliability.md 23: the suite runs offline — any connection beyond this machine is refused (local test
     servers and torch.distributed's localhost rendezvous still work)."""
     real = socket.socket.connect, socket.socket.connect_ex
 

@@ -1,4 +1,4 @@
-"""Agents on the tiny config: every algorithm trains, deterministically, with its diagnostics (RELIABILITY.md
+"""Agents on the tiny config: every algorithm trains, deterministically, with its diagnostics (docs/reliability.md
 7, 12-15, 17); the policy works with stock stable-baselines3 PPO."""
 
 import gymnasium as gym

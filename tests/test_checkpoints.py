@@ -1,4 +1,4 @@
-"""Checkpoints (RELIABILITY.md 18-22): exact save/load in a fresh process, bit-exact resume after SIGKILL, atomic
+"""Checkpoints (docs/reliability.md 18-22): exact save/load in a fresh process, bit-exact resume after SIGKILL, atomic
 writes with safe rotation, recorded versions, the final epoch always saved."""
 
 import json

@@ -1,4 +1,4 @@
-"""The DDIM step and its log-probability against diffusers and torch.distributions (RELIABILITY.md 6-8)."""
+"""The DDIM step and its log-probability against diffusers and torch.distributions (docs/reliability.md 6-8)."""
 
 import math
 

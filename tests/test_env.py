@@ -1,4 +1,4 @@
-"""DenoisingDiffusion-v0 as a Gymnasium citizen (RELIABILITY.md 1-5)."""
+"""DenoisingDiffusion-v0 as a Gymnasium citizen (docs/reliability.md 1-5)."""
 
 import re
 import warnings

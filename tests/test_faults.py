@@ -1,4 +1,4 @@
-"""Faults during training (RELIABILITY.md 17 and issue #8): a NaN/Inf from a reward, a latent, a log-prob or a
+"""Faults during training (docs/reliability.md 17 and issue #8): a NaN/Inf from a reward, a latent, a log-prob or a
 gradient never reaches the weights, and the error names its source; a reward that raises mid-rollout leaves the
 last checkpoint intact and names the reward. (SIGKILL during training and during a checkpoint write, then resume:
 tests/test_checkpoints.py.)"""

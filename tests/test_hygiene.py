@@ -1,4 +1,4 @@
-"""RELIABILITY.md 23–24: the suite is offline with GPU tests marked, and rollout storage does not grow with
+"""docs/reliability.md 23–24: the suite is offline with GPU tests marked, and rollout storage does not grow with
 steps × prompt-embedding size."""
 
 import os

@@ -35,3 +35,18 @@ def test_readme_custom_reward_example_runs():
         obs, reward, terminated, truncated, info = env.step(DDIMSampler(env)(obs)[0])
     np.testing.assert_allclose(reward, info["image"].mean(axis=(1, 2, 3)) / 255.0)
     assert terminated.all() and np.array_equal(info["reward_brightness"], reward)
+
+
+def test_every_test_the_reliability_table_names_exists():
+    import re
+
+    text = (README.parent / "docs" / "reliability.md").read_text(encoding="utf-8")
+    named, current = [], None
+    for file, name in re.findall(r"(?:tests/)?(test_\w+\.py)?::(test_\w+)", text):
+        current = file or current  # "::test_x" continues the file named last
+        named.append((current, name))
+    assert len(named) > 30
+    tests = README.parent / "tests"
+    missing = [f"{file}::{name}" for file, name in named
+               if not re.search(rf"^def {name}\(", (tests / file).read_text(encoding="utf-8"), re.M)]
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"

@@ -1,4 +1,4 @@
-"""Rewards as wrappers (RELIABILITY.md 16, 17)."""
+"""Rewards as wrappers (docs/reliability.md 16, 17)."""
 
 import gymnasium as gym
 import numpy as np

@@ -1,4 +1,4 @@
-"""The adapter to stable-baselines3's VecEnv (RELIABILITY.md 11)."""
+"""The adapter to stable-baselines3's VecEnv (docs/reliability.md 11)."""
 
 import gymnasium as gym
 import numpy as np
