@@ -9,12 +9,8 @@ says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_
 from __future__ import annotations
 
 import contextlib
-import functools
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,23 +26,17 @@ from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
 from agents.ema import EMA
 from agents.hooks import notify_epoch_end
-from agents.kl import gaussian_kl
-from agents.parallel import parallel_gradients
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import PerPromptStatTracker
-from agents.step_stats import StepStats, step_gradient_stats
+from agents.state import AgentState
+from agents.step_stats import StepStats
+from agents.update import GradientPass, UpdateLoop
 from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sb3 import SB3VecEnv
+from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
 
-class _Pass(NamedTuple):
-    """What one backward pass of an update reads on its thread (:meth:`DiffusionAgent._accumulate`)."""
-
-    generator: torch.Generator | None  # its own random numbers on a grad_workers thread (None: the training one)
-    reference: torch.Tensor | None  # μ_ref of its transitions, precomputed (kl_coef > 0)
-
-
-class DiffusionAgent(OnPolicyAlgorithm):
+class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     """Base of DDPO-IS, DDPO-SF, RWR and sparse RWR.
 
     Args:
@@ -73,6 +63,12 @@ class DiffusionAgent(OnPolicyAlgorithm):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         venv = env if isinstance(env, SB3VecEnv) else SB3VecEnv(env)
         self.diffusion_env = venv.venv.unwrapped
+        if not isinstance(self.diffusion_env, DenoisingDiffusionVectorEnv):
+            raise TypeError(
+                f"{type(self).__name__} trains on the batched DenoisingDiffusion-v0 vector env, got "
+                f"{type(self.diffusion_env).__name__}: build it with gym.make_vec(\"DenoisingDiffusion-v0\", "
+                "num_envs=..., ...) and wrap it with a reward (a SyncVectorEnv or AsyncVectorEnv of single envs "
+                "cannot batch the model's forward passes)")
         self.num_steps = self.diffusion_env.num_steps
         self.config.validate(venv.num_envs, self.num_steps)
         if self.config.group_advantages and self.diffusion_env.config.group_size == 1:
@@ -124,7 +120,7 @@ class DiffusionAgent(OnPolicyAlgorithm):
         self.buffer = TrajectoryBuffer(self.rank_samples, self.num_steps, self.diffusion_env.latent_shape, self.device)
         self.stat_tracker = PerPromptStatTracker(self.config.stat_buffer_size, self.config.stat_min_count)
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
-        self._passes: dict[int, _Pass] = {}  # thread id → the pass it computes, during an update
+        self._passes: dict[int, GradientPass] = {}  # thread id → the pass it computes, during an update
         self.step_stats = StepStats()
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
@@ -235,44 +231,9 @@ class DiffusionAgent(OnPolicyAlgorithm):
         """log π_θ(x_{t-1} | x_t, c) of stored transitions under the current weights (B,)."""
         return self.transition_step(batch).log_prob
 
-    def kl_penalty(self, batch: TrajectoryBatch, out: DDIMStepOutput | None = None) -> tuple[torch.Tensor, dict]:
-        """β · mean KL(π_θ ‖ π_ref) over ``batch`` (:mod:`agents.kl`; ``out``: the policy's step on it, if already
-        computed) and its log entry; (0, {}) when kl_coef is 0. μ_ref comes from the pass's precomputed reference
-        (:meth:`_accumulate`), or is computed here."""
-        if self.config.kl_coef == 0:
-            return torch.zeros((), device=self.device), {}
-        out = out if out is not None else self.transition_step(batch)
-        current = self._passes.get(threading.get_ident())
-        ref_mean = current.reference if current else None
-        if ref_mean is None:
-            ref_mean = self.transition_step(batch, reference=True).mean
-        kl = gaussian_kl(out.mean, ref_mean, out.std_dev_t)
-        return self.config.kl_coef * kl.mean(), {"kl": float(kl.detach().mean())}
-
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
         return torch.arange(self.buffer.num_samples)
-
-    def micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """(sample indices, step indices, steps per sample) per forward/backward pass: samples shuffled, each
-        sample's n trainable steps shuffled independently keeping the first ⌈n·timestep_fraction⌉, and
-        ``steps_per_pass`` of them evaluated together (the indices are the chunk's samples repeated once per step)."""
-        samples = self.train_samples()
-        if len(samples) == 0:  # e.g. sparse RWR on a rank that holds none of the top samples
-            return
-        train_steps = self.config.train_timesteps(self.num_steps)
-        trainable = self.trainable_steps()
-        group = self.config.steps_per_pass or train_steps
-        for _ in range(self.config.num_inner_epochs):
-            order = samples[torch.randperm(len(samples), generator=self.train_generator)]
-            step_order = trainable.start + torch.stack(
-                [torch.randperm(len(trainable), generator=self.train_generator) for _ in range(len(samples))]
-            )
-            for first in range(0, len(order), self.rank_batch_size):
-                chunk = slice(first, first + self.rank_batch_size)
-                for j in range(0, train_steps, group):
-                    k = min(group, train_steps - j)
-                    yield order[chunk].repeat(k), step_order[chunk, j : j + k].T.reshape(-1), k
 
     def trainable_steps(self) -> range:
         """Step indices k this agent trains on (the config's skip_first_steps / skip_last_steps left out)."""
@@ -292,105 +253,6 @@ class DiffusionAgent(OnPolicyAlgorithm):
         """The algorithm's loss on one micro-batch, and metrics to log. Implemented by each algorithm."""
         raise NotImplementedError
 
-    def train(self) -> None:
-        """One pass of updates over the rollout in ``self.buffer``."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        params = self.policy.trainable_parameters()
-        every = self.config.step_stats_every
-        probe = step_gradient_stats(self) if every and self.num_epochs % every == 0 else {}
-        self.step_stats.clear()
-        per_update = self.backward_passes_per_update()
-        metrics: dict[str, list[float]] = defaultdict(list)
-        start, passes = time.perf_counter(), 0
-        self.policy.optimizer.zero_grad(set_to_none=True)
-        updates: list[list[tuple[torch.Tensor, torch.Tensor, int]]] = [[]]
-        for samples, steps, k in self.micro_batches():
-            updates[-1].append((samples, steps, k))
-            passes += k
-            if passes % per_update == 0:
-                updates.append([])
-        updates = [u for u in updates if u]
-        # ranks take the same number of optimizer steps; a rank out of passes contributes zero gradients
-        num_updates = self.ranks.max(len(updates)) if self.ranks else len(updates)
-        for index in range(num_updates):
-            if index < len(updates):
-                self._accumulate(updates[index], index + 1, per_update, params, metrics)
-            self._optimizer_step(params, metrics)
-        self.num_epochs += 1
-        for key, values in metrics.items():
-            self.logger.record(f"train/{key}", float(np.mean(values)))
-        for name, per_step in {**self.step_stats.means(), **probe}.items():
-            for k, value in per_step.items():
-                self.logger.record(f"steps/{name}_k{k:02d}", value, exclude=("stdout", "log"))
-        self.logger.record("train/n_updates", self._n_updates)
-        self.logger.record("train/skipped_updates", self.num_skipped_updates)
-        seconds = self._sampling_seconds + time.perf_counter() - start
-        self.logger.record("time/samples_per_s", self.config.samples_per_epoch / seconds)  # all ranks together
-
-    def _accumulate(self, update: list[tuple[torch.Tensor, torch.Tensor, int]], update_index: int,
-                    per_update: int, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
-        """The gradients of one update's passes into ``.grad``: in order on this thread, or on ``grad_workers``
-        threads (:mod:`agents.parallel`), each pass then drawing any randomness from its own generator seeded here."""
-        infos: list[tuple[float, dict[str, float]]] = [(0.0, {})] * len(update)
-        references = [None] * len(update)
-        if self.config.kl_coef > 0:  # μ_ref on this thread: switching the adapter off is not thread-safe
-            references = [self.transition_step(self.buffer.transitions(samples.to(self.device), steps.to(
-                self.device)), reference=True).mean for samples, steps, _ in update]
-
-        def loss_of(i: int, seed: int | None = None) -> torch.Tensor:
-            samples, steps, k = update[i]
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            self._passes[threading.get_ident()] = _Pass(generator, references[i])
-            loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
-            infos[i] = (float(loss.detach()), info)
-            return loss * k / per_update  # k steps at once: the sum of k single-step passes
-
-        workers = min(self.config.grad_workers, len(update))
-        if workers <= 1:
-            try:
-                for i in range(len(update)):
-                    loss_of(i).backward()
-            finally:
-                self._passes.clear()
-        else:
-            # each pass's seed from (seed, epoch, update, pass): the shuffles' generator is left untouched
-            seeds = [int(np.random.SeedSequence([self.config.seed, self.num_epochs, update_index, i]).generate_state(
-                1, np.uint64)[0] >> 1) for i in range(len(update))]
-            try:
-                grads = parallel_gradients([functools.partial(loss_of, i, s) for i, s in enumerate(seeds)], params,
-                                           workers)
-            finally:
-                self._passes.clear()
-            for param, grad in zip(params, grads, strict=True):
-                if grad is not None:
-                    param.grad = grad if param.grad is None else param.grad + grad
-        for loss, info in infos:
-            metrics["loss"].append(loss)
-            for key, value in info.items():
-                metrics[key].append(value)
-
-    def loss_generator(self) -> torch.Generator:
-        """Where :meth:`compute_loss` draws random numbers: the training generator, or on a ``grad_workers``
-        thread that pass's own generator (so the draws do not depend on thread timing)."""
-        current = self._passes.get(threading.get_ident())
-        return current.generator if current and current.generator is not None else self.train_generator
-
-    def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
-        if self.ranks:
-            self.ranks.average_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            self.num_skipped_updates += 1  # a non-finite gradient never reaches the weights
-            self.logger.record("train/last_skip_reason", "non-finite gradient")
-        else:
-            self.policy.optimizer.step()
-            self._n_updates += 1
-            if self.ema is not None:
-                self.ema.update(self._n_updates)
-        metrics["grad_norm"].append(float(grad_norm))
-        self.policy.optimizer.zero_grad(set_to_none=True)
-
     def ema_weights(self) -> contextlib.AbstractContextManager:
         """A block in which the policy holds its EMA weights (``ema_decay`` > 0), for evaluation and export; the
         trained weights otherwise."""
@@ -400,18 +262,29 @@ class DiffusionAgent(OnPolicyAlgorithm):
 
     def learn(
         self,
-        total_samples: int,
+        total_timesteps: int | None = None,
         callback: MaybeCallback = None,
         log_interval: int = 1,
         tb_log_name: str | None = None,
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
+        *,
+        total_samples: int | None = None,
     ) -> DiffusionAgent:
-        """Train on ``total_samples`` episodes (rounded up to whole rollouts of ``samples_per_epoch``)."""
-        if total_samples < 1:
-            raise ValueError(f"total_samples must be >= 1, got {total_samples}")
-        epochs = -(-total_samples // self.config.samples_per_epoch)
-        total_timesteps = epochs * self.rank_samples * self.num_steps  # SB3 counts this process's env steps
+        """Train for ``total_timesteps`` env steps (SB3's meaning: one denoising step of one env is a timestep) or,
+        as a convenience, ``total_samples`` episodes; either is rounded up to whole rollouts of
+        ``samples_per_epoch`` episodes (``samples_per_epoch × num_steps`` timesteps)."""
+        if (total_timesteps is None) == (total_samples is None):
+            raise ValueError("pass total_timesteps (env steps, as in stable-baselines3) or total_samples (episodes), "
+                             "not both or neither")
+        per_epoch = self.rank_samples * self.num_steps  # SB3 counts this process's env steps
+        amount, name = (total_samples, "total_samples") if total_samples is not None else (total_timesteps,
+                                                                                            "total_timesteps")
+        if amount < 1:
+            raise ValueError(f"{name} must be >= 1, got {amount}")
+        epochs = (-(-total_samples // self.config.samples_per_epoch) if total_samples is not None
+                  else -(-total_timesteps // per_epoch))
+        total_timesteps = epochs * per_epoch
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name or type(self).__name__, progress_bar
         )

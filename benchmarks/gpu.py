@@ -98,7 +98,8 @@ def run_ours(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: di
     if checkpointing:
         unet.enable_gradient_checkpointing()
     dev = env.unwrapped.device
-    return _timed(lambda first: agent.learn(s["samples_per_epoch"], reset_num_timesteps=first), dev, epochs, s)
+    return _timed(lambda first: agent.learn(total_samples=s["samples_per_epoch"], reset_num_timesteps=first), dev,
+                  epochs, s)
 
 
 def run_bare(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: dict[str, Any]) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def build_ours(model: str, device: str, steps_per_pass: int, timers: Timers) -> 
     timers.wrap(agent.policy.optimizer, "step", "optimizer")
     timers.wrap_phase(agent, "collect_rollouts", "sampling")
     timers.wrap_phase(agent, "train", "training")
-    agent.learn(SETTINGS["samples_per_epoch"])  # warm-up epoch (also resets the env)
+    agent.learn(total_samples=SETTINGS["samples_per_epoch"])  # warm-up epoch (also resets the env)
     return agent
 
 
@@ -89,7 +89,7 @@ def measure(model: str, device: str, steps_per_pass: int, epochs: int) -> dict[s
     seconds: dict[str, list[float]] = {"ours": [], "bare": []}
     for _ in range(epochs):
         start = time.perf_counter()
-        ours.learn(SETTINGS["samples_per_epoch"], reset_num_timesteps=False)
+        ours.learn(total_samples=SETTINGS["samples_per_epoch"], reset_num_timesteps=False)
         seconds["ours"].append(time.perf_counter() - start)
         start = time.perf_counter()
         bare.epoch(bare_timers)

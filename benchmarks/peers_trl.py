@@ -132,7 +132,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     seconds = []
     for epoch in range(epochs):
         start = time.perf_counter()
-        agent.learn(c["samples_per_epoch"], reset_num_timesteps=epoch == 0)
+        agent.learn(total_samples=c["samples_per_epoch"], reset_num_timesteps=epoch == 0)
         seconds.append(time.perf_counter() - start)
     world = agent.ranks.world_size if agent.ranks else 1
     if agent.ranks:

@@ -175,10 +175,10 @@ def test_non_finite_reward_refuses_the_update_and_names_the_reward():
     venv = from_callable(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), flaky, name="flaky")
     agent = make_agent("ddpo-is", venv, **SMALL)
     agent.set_logger(Logger(folder=None, output_formats=[]))
-    agent.learn(6)
+    agent.learn(total_samples=6)
     before = {k: v.clone() for k, v in agent.policy.trainable_state_dict().items()}
     with pytest.raises(FloatingPointError) as e:
-        agent.learn(6, reset_num_timesteps=False)
+        agent.learn(total_samples=6, reset_num_timesteps=False)
     assert str(e.value) == "reward 'flaky' returned NaN or Inf for sample(s) [0, 1, 2]"
     assert all(torch.equal(before[k], v) for k, v in agent.policy.trainable_state_dict().items())
 
@@ -186,7 +186,7 @@ def test_non_finite_reward_refuses_the_update_and_names_the_reward():
 def test_mixed_precision_keeps_lora_weights_in_float32():
     agent = make_agent("ddpo-is", tiny_env(dtype="bfloat16"), **SMALL)
     agent.set_logger(Logger(folder=None, output_formats=[]))
-    agent.learn(6)
+    agent.learn(total_samples=6)
     trainable = agent.policy.trainable_state_dict()
     assert trainable and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in trainable.values())
     frozen = [p for n, p in agent.policy.unet.named_parameters() if "lora_" not in n]

@@ -105,7 +105,7 @@ def test_a_large_kl_coefficient_keeps_every_agent_closer_to_the_base_model(cls):
         recorder = Recorder()
         agent = quiet(cls(tiny_env(4), samples_per_epoch=8, batch_size=4, learning_rate=3e-3, kl_coef=beta,
                           seed=3), recorder)
-        agent.learn(24)
+        agent.learn(total_samples=24)
         agent.policy.keep_reference()
         kls[beta] = gaussian_kl(*_means(agent), agent.policy.schedule.std_dev_t[1]).mean().item()
         if beta:
@@ -124,7 +124,7 @@ def test_full_fine_tune_keeps_a_frozen_reference_copy():
     reference = agent.policy._reference_unet
     assert reference is not None and not any(p.requires_grad for p in reference.parameters())
     before = [p.detach().clone() for p in reference.parameters()]
-    agent.learn(8)
+    agent.learn(total_samples=8)
     assert all(torch.equal(a, b) for a, b in zip(before, reference.parameters(), strict=True))
     _, info = agent.kl_penalty(first_transitions(agent))
     assert info["kl"] > 0  # the trained UNet moved away from its frozen copy
@@ -135,7 +135,7 @@ def test_kl_penalty_with_gradient_workers_equals_one_thread():
     for workers in (1, 2):
         agent = quiet(DDPO_IS(tiny_env(4), samples_per_epoch=8, batch_size=4, kl_coef=10.0, grad_workers=workers,
                               learning_rate=1e-5))
-        agent.learn(16)
+        agent.learn(total_samples=16)
         params.append(torch.cat([p.detach().flatten() for p in agent.policy.trainable_parameters()]))
     # each pass's μ_ref is its own (precomputed on the main thread): the sequential update up to float rounding
     torch.testing.assert_close(params[1], params[0], rtol=0, atol=1e-6)
@@ -178,7 +178,7 @@ def test_group_advantages_in_a_rollout_sum_to_zero_per_group_and_count_masked_gr
     recorder = Recorder()
     agent = quiet(DDPO_IS(tiny_env(4, group_size=2), samples_per_epoch=8, batch_size=4, group_advantages=True),
                   recorder)
-    agent.learn(8)
+    agent.learn(total_samples=8)
     prompts = agent.buffer.prompts
     advantages = agent.buffer.advantages.cpu().numpy()
     for prompt in set(prompts):
@@ -215,7 +215,7 @@ def test_ema_update_on_known_numbers():
 def test_agent_ema_follows_the_updates_and_survives_a_checkpoint(tmp_path):
     agent = quiet(DDPO_IS(tiny_env(4), samples_per_epoch=8, batch_size=4, learning_rate=3e-3, ema_decay=0.5))
     initial = [p.detach().clone() for p in agent.policy.trainable_parameters()]
-    agent.learn(16)
+    agent.learn(total_samples=16)
     assert agent.ema.num_updates == agent._n_updates > 0
     trained = [p.detach().clone() for p in agent.policy.trainable_parameters()]
     moved = [not torch.equal(s, t) and not torch.equal(s, i)

@@ -29,7 +29,7 @@ def test_compiled_sampling_equals_the_eager_network_before_and_after_updates_and
     eager, compiled = eager_and_compiled(backend, latents, timesteps, embeds)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
     base = eager
-    agent.learn(2)  # samples through the compiled network, trains the LoRA adapter eagerly
+    agent.learn(total_samples=2)  # samples through the compiled network, trains the LoRA adapter eagerly
     with torch.no_grad():
         for name, param in agent.policy.unet.named_parameters():
             if "lora_B" in name:  # a visible change on top of the update

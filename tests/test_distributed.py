@@ -46,7 +46,7 @@ WORKER = """
         agent.set_logger(Logger(folder=None, output_formats=[]))
         params = agent.policy.trainable_parameters()
         start = [p.detach().clone() for p in params]
-        agent.learn(4)  # one epoch: one update
+        agent.learn(total_samples=4)  # one epoch: one update
         b = agent.buffer
         results[name] = {
             "start": start, "after_one": [p.detach().clone() for p in params],
@@ -54,7 +54,7 @@ WORKER = """
                        "prompt_ids": b.prompt_ids.clone(), "prompts": list(b.prompts), "rewards": b.rewards.copy()},
             "train_samples": len(agent.train_samples()),
         }
-        agent.learn(4, reset_num_timesteps=False)
+        agent.learn(total_samples=4, reset_num_timesteps=False)
         results[name]["after_two"] = [p.detach().clone() for p in params]
         results[name]["updates"] = agent._n_updates
     torch.save(results, f"{out}/rank{rank}.pt")

@@ -58,7 +58,7 @@ def test_non_finite_log_prob_refuses_the_update_and_names_it():
     corrupt_sampling(agent, "log_prob", sample=1, on_call=2)
     before = snapshot(agent)
     with pytest.raises(FloatingPointError) as e:
-        agent.learn(6)
+        agent.learn(total_samples=6)
     assert str(e.value) == "non-finite log-prob in rollout samples [1]: the update is refused"
     assert_unchanged(agent, before)
 
@@ -69,7 +69,7 @@ def test_non_finite_latent_is_refused_by_the_env_before_it_is_stored():
     before = snapshot(agent)
     with pytest.raises(ValueError, match=r"actions contain NaN or Inf in env\(s\) \[2\]: the policy produced a "
                                          r"non-finite latent"):
-        agent.learn(6)
+        agent.learn(total_samples=6)
     assert_unchanged(agent, before)
 
 
@@ -84,14 +84,14 @@ def test_non_finite_gradient_skips_the_update_counts_it_and_keeps_the_weights():
     agent.compute_loss = poisoned
     before = snapshot(agent)
     optimizer_state = {k: v for k, v in agent.policy.optimizer.state_dict()["state"].items()}
-    agent.learn(6)
+    agent.learn(total_samples=6)
     assert agent.num_skipped_updates == 2 and agent._n_updates == 0  # both updates of the epoch skipped
     assert_unchanged(agent, before)
     assert agent.policy.optimizer.state_dict()["state"] == optimizer_state == {}  # Adam never stepped
     record = recorder.records[-1]
     assert record["train/skipped_updates"] == 2 and record["train/last_skip_reason"] == "non-finite gradient"
     agent.compute_loss = real  # and training goes on once the gradients are finite again
-    agent.learn(6, reset_num_timesteps=False)
+    agent.learn(total_samples=6, reset_num_timesteps=False)
     assert agent._n_updates == 2 and any(not torch.equal(before[k], v)
                                          for k, v in agent.policy.trainable_state_dict().items())
 
@@ -110,7 +110,7 @@ def test_a_reward_that_raises_mid_rollout_keeps_the_last_checkpoint_and_names_th
     root = tmp_path / "checkpoints"
     saver = CheckpointEvery(root, every=1, final_epoch=2, keep_last=2, config=lambda: {})
     with pytest.raises(RewardError) as e:
-        agent.learn(12, callback=saver)
+        agent.learn(total_samples=12, callback=saver)
     assert str(e.value) == "reward 'remote_score' raised ConnectionError: scoring server went away"
     assert isinstance(e.value.__cause__, ConnectionError)
     assert [p.name for p in list_checkpoints(root)] == ["epoch-000001"]

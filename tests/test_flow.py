@@ -109,7 +109,7 @@ def test_every_agent_trains_a_flow_matching_model(cls):
     agent = cls(sd3_env(), samples_per_epoch=8, batch_size=4, learning_rate=1e-3, kl_coef=0.1)
     agent.set_logger(Logger(folder=None, output_formats=[recorder]))
     before = [p.detach().clone() for p in agent.policy.trainable_parameters()]
-    agent.learn(16)
+    agent.learn(total_samples=16)
     first = recorder.records[0]
     if cls is DDPO_IS:
         assert first["train/ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # recomputed log-probs = sampled ones

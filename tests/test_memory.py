@@ -20,7 +20,7 @@ def trained_params(**overrides) -> tuple[list[torch.Tensor], list[torch.Tensor],
     agent = make_agent("ddpo-is", tiny_env(), **{**SMALL, **overrides})
     agent.set_logger(Logger(folder=None, output_formats=[]))
     start = [p.detach().clone() for p in agent.policy.trainable_parameters()]
-    agent.learn(6)
+    agent.learn(total_samples=6)
     return [p.detach().clone() for p in agent.policy.trainable_parameters()], start, agent
 
 
