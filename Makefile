@@ -27,4 +27,4 @@ test: lint
 # DDPO-IS on the embedded default model, JPEG compressibility (configs/make_train.toml): about 10 minutes on 2 CPU
 # cores; PNGs, metrics and checkpoints in runs/train
 train: $(STAMP)
-	$(PY) -m agents.job.cli train --config configs/make_train.toml --output-dir runs/train
+	$(PY) -m agents.job.cli train --config configs/make_train.toml --output-dir runs/train --overwrite

@@ -25,7 +25,7 @@ from agents.buffer import TrajectoryBatch, TrajectoryBuffer
 from agents.config import AgentConfig, optimizer_class
 from agents.distributed import Ranks
 from agents.ema import EMA
-from agents.hooks import notify_epoch_end
+from agents.hooks import notify_epoch_end, notify_epoch_logged
 from agents.policy import DiffusionPolicy
 from agents.stat_tracking import PerPromptStatTracker
 from agents.state import AgentState
@@ -299,5 +299,6 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
             notify_epoch_end(callback)
             if log_interval and iteration % log_interval == 0:
                 self.dump_logs(iteration)
+            notify_epoch_logged(callback)
         callback.on_training_end()
         return self

@@ -105,7 +105,7 @@ KILL_AFTER_EPOCH_2 = """
     from agents.job.train import TrainConfig, train
 
     class Kill(EpochEndCallback):
-        def on_epoch_end(self):
+        def on_epoch_logged(self):
             if self.model.num_epochs == 2:  # after the job's own callbacks saved epoch 2
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -143,6 +143,14 @@ def test_bit_exact_resume_after_sigkill(tmp_path):
     assert state_b["counters"] == {"num_timesteps": 4 * 6 * 4, "n_updates": 8, "num_epochs": 4,
                                    "num_skipped_updates": 0}
     assert read_meta(a)["config"]["history"] == read_meta(b)["config"]["history"]
+    # progress.csv goes on where the checkpoint was: the same epochs and rewards as the uninterrupted run's
+    import csv
+
+    rows = [list(csv.DictReader((d / "logs" / "progress.csv").read_text().splitlines()))
+            for d in (tmp_path / "a" / "run", killed_dir)]
+    for key in ("rollout/epoch", "rollout/reward_mean"):
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+    assert len(rows[1]) == 4
 
 
 def write_json(path, values):

@@ -1,6 +1,8 @@
 """Export: the trained LoRA loads into a diffusers pipeline with ``pipe.load_lora_weights()`` and gives the
 fine-tuned samples; a full fine-tune exports a UNet that ``from_pretrained`` reads."""
 
+import os
+
 import numpy as np
 import torch
 
@@ -20,6 +22,11 @@ def test_lora_export_loads_into_the_tiny_sd_pipeline_with_load_lora_weights(tmp_
     agent = train(job(tmp_path, epochs=2, learning_rate=3e-2)).agent  # a large step so the change is visible
     folder = tmp_path / "run" / "lora"
     assert (folder / "pytorch_lora_weights.safetensors").is_file()
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (folder, folder / "pytorch_lora_weights.safetensors", tmp_path / "run" / "metrics.json"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert path.stat().st_mode & 0o777 == expected, path  # the same modes as any file the user writes
 
     pipe = build_tiny_pipeline(0)  # the base model the env was built from
     base_images = pipeline_images(pipe)

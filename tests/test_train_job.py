@@ -21,3 +21,25 @@ def test_job_on_the_default_model_reports_digit_agreement_and_labels_its_picture
     title, grid = picture[:16], picture[16:]
     assert (title < 128).any() and grid.shape[0] == 10 * (16 * 4 + 2) + 2  # a title over ten rows of digits
     assert (title[:, picture.shape[1] // 2 + 10 :] < 128).any()  # the right half has its own title
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from agents.job.cli import main
+
+    flat = dict(model="tiny", num_steps=2, epochs=1, samples_per_epoch=4, num_envs=4, batch_size=4, device="cpu",
+                tensorboard=False, evaluate=False, image_every=0, output_dir=str(tmp_path))
+    train(TrainConfig.from_flat(flat))
+    (tmp_path / "notes.txt").write_text("an earlier run's file")
+    with pytest.raises(FileExistsError, match=r"already holds a run .*--resume auto.*--overwrite"):
+        train(TrainConfig.from_flat({**flat, "seed": 1}))
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["seed"] == 0  # nothing was touched
+    with pytest.raises(SystemExit):  # the CLI: one line naming the fix
+        main(["train", "--model", "tiny", "--output-dir", str(tmp_path)])
+    assert "error: output_dir" in capsys.readouterr().err
+    train(TrainConfig.from_flat({**flat, "seed": 1, "overwrite": True}))
+    assert not (tmp_path / "notes.txt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["seed"] == 1

@@ -69,7 +69,7 @@ class CheckpointEvery(EpochEndCallback):
         self.keep_last, self.config = keep_last, config
         self.saved: list[Path] = []
 
-    def on_epoch_end(self) -> None:
+    def on_epoch_logged(self) -> None:  # after the epoch's progress.csv row is written
         epoch = self.model.num_epochs
         if epoch >= self.final_epoch or (self.every and epoch % self.every == 0):
             path = save_checkpoint(self.model, self.root, config=self.config(), keep_last=self.keep_last)
@@ -78,12 +78,15 @@ class CheckpointEvery(EpochEndCallback):
 
 
 class ImageGrids(EpochEndCallback):
-    """Every ``every`` epochs, samples fixed prompts and seeds and logs a grid captioned with prompt and reward
-    to TensorBoard (``samples/grid``). Uses the evaluation env, never the training env's generators."""
+    """Every ``every`` epochs and after the last (``final_epoch``), samples fixed prompts and seeds and logs a grid
+    captioned with prompt and reward to TensorBoard (``samples/grid``). Uses the evaluation env, never the training
+    env's generators."""
 
-    def __init__(self, eval_env: Any, prompts: list[str], every: int, seed: int = 20_000, cols: int = 8) -> None:
+    def __init__(self, eval_env: Any, prompts: list[str], every: int, final_epoch: int = 0, seed: int = 20_000,
+                 cols: int = 8) -> None:
         super().__init__()
         self.eval_env, self.prompts, self.every, self.seed, self.cols = eval_env, prompts, every, seed, cols
+        self.final_epoch = final_epoch  # also logged there, when it is not a multiple of every
 
     def log_grid(self) -> None:
         with self.model.ema_weights():
@@ -96,5 +99,6 @@ class ImageGrids(EpochEndCallback):
             self.logger.dump(self.model.num_timesteps)
 
     def on_epoch_end(self) -> None:
-        if self.every and self.model.num_epochs % self.every == 0:
+        epoch = self.model.num_epochs
+        if self.every and (epoch % self.every == 0 or epoch == self.final_epoch):
             self.log_grid()

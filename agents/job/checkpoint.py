@@ -90,7 +90,10 @@ def write_atomically(folder: str | os.PathLike, write: Callable[[Path], None]) -
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
         write(staging)
+        mask = _umask()  # mkdtemp's folder is 0700 and some writers' files 0600: give them the user's usual modes
+        os.chmod(staging, 0o777 & ~mask)
         for path in staging.rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
             if path.is_file():
                 with open(path, "rb") as f:
                     os.fsync(f.fileno())
@@ -106,6 +109,12 @@ def write_atomically(folder: str | os.PathLike, write: Callable[[Path], None]) -
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:

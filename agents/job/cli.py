@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             sample(args)
         else:
             evaluate(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"ddpo {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -57,6 +57,8 @@ class TrainConfig:
     """Checkpoints kept (0: all)."""
     resume: str = ""
     """'auto' (the newest checkpoint in output_dir/checkpoints), a checkpoint folder, or empty to start afresh."""
+    overwrite: bool = False
+    """Starting afresh in an output_dir that holds files deletes them first; without it such a folder is refused."""
     tensorboard: bool = True
     """Write TensorBoard events (scalars; sample grids every image_every epochs) to output_dir/logs."""
     image_every: int = 14

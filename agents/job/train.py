@@ -17,10 +17,12 @@ gets
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import make_agent
@@ -166,6 +168,36 @@ def resolve_resume(resume: str, output_dir: str) -> Path | None:
     return path
 
 
+def continue_progress_csv(logger: Logger, earlier: str, epochs: int) -> None:
+    """A resumed run's progress.csv keeps the rows of the epochs its checkpoint holds (SB3's CSV writer starts a
+    new file): later rows of the killed run, trained again now, are dropped."""
+    lines = earlier.splitlines()
+    header = lines[0].split(",")
+    column = header.index("rollout/epoch") if "rollout/epoch" in header else None
+    parsed = list(csv.reader(lines[1:]))
+    rows = [line for line, cells in zip(lines[1:], parsed, strict=True)
+            if column is None or float(cells[column] or 0) < epochs]
+    for fmt in logger.output_formats:
+        if isinstance(fmt, CSVOutputFormat):
+            fmt.keys = header
+            fmt.file.write("\n".join([lines[0], *rows]) + "\n")
+            fmt.file.flush()
+
+
+def claim_output_dir(out: Path, overwrite: bool, main: bool) -> None:
+    """A fresh run's folder must be empty: a run written into an earlier one would mix their metrics, pictures and
+    checkpoints (and a later --resume auto would pick the wrong one). With ``overwrite`` rank 0 empties it."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise FileExistsError(f"output_dir {out} already holds a run ({found}): continue it with --resume auto, "
+                              "start afresh with --overwrite (deletes it), or choose another --output-dir")
+    if main:
+        for path in out.iterdir():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, resumed: bool) -> EvaluationResult:
     """The untrained model's evaluation, kept in before.npz so a resumed job reuses it."""
     path = out / "before.npz"
@@ -188,8 +220,12 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
     ranks = Ranks.current()
     main = is_writer()  # rank 0 (or the only process): it evaluates, logs and writes
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    if not cfg.resume:  # (--resume auto with no checkpoint yet restarts that run in its folder)
+        claim_output_dir(out, cfg.overwrite, main)
+    if ranks:
+        ranks.barrier()  # every rank has looked at the folder before rank 0 writes into it
+    out.mkdir(parents=True, exist_ok=True)
 
     env = build_env(cfg)
     agent = build_agent(cfg, env)
@@ -205,7 +241,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
         if main:
             print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
     formats = ["csv", "tensorboard"] if cfg.tensorboard else ["csv"]
+    earlier = (out / "logs" / "progress.csv").read_text(encoding="utf-8") if resume_from is not None and (
+        out / "logs" / "progress.csv").is_file() else ""
     agent.set_logger(configure(str(out / "logs"), formats) if main else Logger(folder=None, output_formats=[]))
+    if main and earlier:
+        continue_progress_csv(agent.logger, earlier, agent.num_epochs)
     conditioning = schedule_conditioning(env.unwrapped.schedule)  # logged with the first epoch (ddpo diagnose)
     for k, ratio in enumerate(conditioning.ratio_to_median):
         agent.logger.record(f"steps/sensitivity_to_median_k{k:02d}", float(ratio), exclude=("stdout", "log"))
@@ -227,7 +267,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
                                            "monitor": monitor.records if monitor else []})
     own: list[BaseCallback] = [progress, *([monitor] if monitor else []), checkpoints]
     if grids:
-        own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every))
+        own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every, final_epoch=cfg.epochs))
     remaining = cfg.epochs - agent.num_epochs
     start = time.perf_counter()
     if remaining > 0:
