@@ -137,6 +137,11 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.ema = (EMA(self.policy.trainable_parameters(), self.config.ema_decay, self.config.ema_update_interval)
                     if self.config.ema_decay > 0 else None)
 
+    @property
+    def num_updates(self) -> int:
+        """Optimizer steps taken (SB3's ``_n_updates``), across resumes."""
+        return self._n_updates
+
     def reseed_rank(self, epoch: int) -> None:
         """Data parallel: this rank's own env seeds (env i of rank r gets seed + r·num_envs + i, as env r·num_envs + i
         of one process would) and sampling noise; at ``epoch`` > 0 (a resume, with any number of ranks) both are

@@ -198,7 +198,12 @@ class DiffusionPolicy(BasePolicy):
 
     # ------------------------------------------------------------------------------------------- math
 
-    def _unpack(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def has_reference(self) -> bool:
+        """Whether the base model π_ref is at hand: the LoRA adapter switched off, or a kept frozen copy."""
+        return self.lora_rank > 0 or self._reference_unet is not None
+
+    def unpack(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         latents = obs["latent"].to(torch.float32)
         timesteps = obs["timestep"].reshape(-1).round().to(torch.int64)
         prompt_ids = obs["prompt_id"].reshape(-1).round().to(torch.int64)
@@ -209,13 +214,13 @@ class DiffusionPolicy(BasePolicy):
         backend = self._env.backend
         embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy())
         network_timesteps = self.schedule.model_timesteps(timesteps).to(latents.device)
-        with self._autocast():
+        with self.autocast():
             out = guided_model_output(
                 backend, latents, network_timesteps, embeds, self._env.negative_prompt_embeds(), self.guidance_scale,
             )
         return out.float()
 
-    def _autocast(self):
+    def autocast(self):
         dtype = self._env.backend.dtype
         if dtype == torch.float32:
             return contextlib.nullcontext()
@@ -225,7 +230,7 @@ class DiffusionPolicy(BasePolicy):
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None, deterministic: bool = False
     ) -> DDIMStepOutput:
         """The DDIM step at ``obs``: sample x_{t-1} (or take the mean if deterministic), or score ``actions``."""
-        latents, timesteps, prompt_ids = self._unpack(obs)
+        latents, timesteps, prompt_ids = self.unpack(obs)
         model_output = self.model_output(latents, timesteps, prompt_ids)
         if actions is not None:
             taken = actions.reshape(latents.shape).float()
@@ -253,12 +258,12 @@ class DiffusionPolicy(BasePolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(values (B, 1) = 0, log_prob (B,), entropy (B,)) of ``actions`` (B, C, h, w) or flat (B, C·h·w)."""
         out = self.step(obs, actions=actions)
-        _, timesteps, _ = self._unpack(obs)
+        _, timesteps, _ = self.unpack(obs)
         return self.predict_values(obs), out.log_prob, self.entropy(timesteps).to(out.log_prob.device)
 
     def predict_values(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """V(s) (B, 1): the value head's estimate, or 0 without one."""
-        latents, timesteps, prompt_ids = self._unpack(obs)
+        latents, timesteps, prompt_ids = self.unpack(obs)
         if self.value_net is None:
             return torch.zeros(latents.shape[0], 1, device=latents.device)
         embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy()).float()

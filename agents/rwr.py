@@ -101,7 +101,7 @@ class RWR(DiffusionAgent):
             x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
             target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
-        with self.policy._autocast():
+        with self.policy.autocast():
             prediction = self.diffusion_env.backend.predict(x_t, t, embeds).float()
         mse = ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
         weights = self.weights[samples]

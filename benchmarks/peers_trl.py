@@ -137,7 +137,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     world = agent.ranks.world_size if agent.ranks else 1
     if agent.ranks:
         torch.distributed.destroy_process_group()
-    return {"epoch_seconds": seconds, "optimizer_steps": agent._n_updates, "processes": world}
+    return {"epoch_seconds": seconds, "optimizer_steps": agent.num_updates, "processes": world}
 
 
 def run_process(command: list[str]) -> dict:

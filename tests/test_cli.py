@@ -68,6 +68,20 @@ def test_sample_and_eval_from_a_checkpoint(run, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert report["samples"] == 100 and report["reward"] == "jpeg_compressibility"
     assert report["reward_mean"] == pytest.approx(metrics["eval_reward_after"]["mean"], abs=1e-9)  # same set
+    assert "evaluate" in evaluation.stderr  # a progress bar over the 100 samples
+
+
+def test_sample_and_eval_take_a_run_folder_and_a_prompt_file(run, tmp_path):
+    out, _ = run
+    (tmp_path / "prompts.txt").write_text("a handwritten digit 7\n\na scribbled two\n")
+    evaluation = ddpo("eval", "--checkpoint", str(out), "--prompt-file", str(tmp_path / "prompts.txt"),
+                      "--per-prompt", "3")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    report = json.loads(evaluation.stdout)
+    assert report["checkpoint"] == str(out / "checkpoints" / "epoch-000002")  # the run's newest checkpoint
+    assert report["samples"] == 6 and list(report["per_prompt"]) == ["a handwritten digit 7", "a scribbled two"]
+    nowhere = ddpo("sample", "--checkpoint", str(tmp_path))
+    assert nowhere.returncode == 2 and f"{tmp_path} holds no checkpoint: pass a run folder" in nowhere.stderr
 
 
 def test_config_file_then_flags_win(tmp_path):

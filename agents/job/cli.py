@@ -145,7 +145,22 @@ def saved_job(checkpoint: str | Path) -> dict[str, Any]:
     return {k: v for k, v in saved.items() if k in known}
 
 
-def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, TrainConfig, Any]:
+def resolve_checkpoint(path: str) -> Path:
+    """A checkpoint folder, or the newest checkpoint of a run folder (or of its checkpoints/ folder)."""
+    from agents.job.checkpoint import latest_checkpoint
+
+    folder = Path(path)
+    if (folder / "meta.json").is_file():
+        return folder
+    for root in (folder / "checkpoints", folder):
+        newest = latest_checkpoint(root) if root.is_dir() else None
+        if newest is not None:
+            return newest
+    raise FileNotFoundError(f"{path} holds no checkpoint: pass a run folder (e.g. runs/train), its checkpoints/ "
+                            "folder or one checkpoint (…/checkpoints/epoch-000010)")
+
+
+def policy_from_checkpoint(checkpoint: Path, device: str | None) -> tuple[Any, TrainConfig, Any]:
     """(agent with the checkpoint's trained weights, its job config, its env) for sampling and evaluation."""
     from agents.job.checkpoint import load_weights
     from agents.job.train import build_agent, build_env
@@ -157,20 +172,38 @@ def policy_from_checkpoint(checkpoint: str, device: str | None) -> tuple[Any, Tr
     return agent, cfg, env
 
 
+def chosen_prompts(args: argparse.Namespace) -> list[str] | None:
+    """--prompts (comma-separated) or --prompt-file (one per line), each --per-prompt times; None: the defaults."""
+    if args.prompts and args.prompt_file:
+        raise ValueError("give --prompts or --prompt-file, not both")
+    if args.prompt_file:
+        file = Path(args.prompt_file)
+        if not file.is_file():
+            raise FileNotFoundError(f"prompt file {args.prompt_file!r} does not exist")
+        prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif args.prompts:
+        prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    else:
+        return None
+    if not prompts:
+        raise ValueError("no prompts given: --prompts 'a, b' or a --prompt-file with one prompt per line")
+    return [p for p in prompts for _ in range(args.per_prompt)]
+
+
 def sample(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from agents.job.evaluation import evaluate_policy
     from agents.job.train import build_env, evaluation_prompts
 
-    agent, cfg, env = policy_from_checkpoint(args.checkpoint, args.device)
-    prompts = [p.strip() for p in args.prompts.split(",")] if args.prompts else evaluation_prompts(env)[::10]
-    prompts = [p for p in prompts for _ in range(args.per_prompt)]
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    agent, cfg, env = policy_from_checkpoint(checkpoint, args.device)
+    prompts = chosen_prompts(args) or [p for p in evaluation_prompts(env)[::10] for _ in range(args.per_prompt)]
     eval_env = build_env(cfg, num_envs=min(len(prompts), 25), model=env.unwrapped.backend)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed, progress=True)
     cols = args.per_prompt if args.per_prompt > 1 else min(len(prompts), 8)
     Image.fromarray(result.grid(cols)).save(args.output)
-    print(f"{len(prompts)} samples from {args.checkpoint}: reward {result.rewards.mean():.4f} ± "
+    print(f"{len(prompts)} samples from {checkpoint}: reward {result.rewards.mean():.4f} ± "
           f"{result.rewards.std():.4f}\n  {args.output}")
 
 
@@ -178,11 +211,12 @@ def evaluate(args: argparse.Namespace) -> None:
     from agents.job.evaluation import evaluate_policy
     from agents.job.train import build_env, evaluation_prompts
 
-    agent, cfg, env = policy_from_checkpoint(args.checkpoint, args.device)
-    prompts = evaluation_prompts(env)
-    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed)
-    report = {"checkpoint": str(args.checkpoint), "reward": cfg.reward, "samples": len(prompts),
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    agent, cfg, env = policy_from_checkpoint(checkpoint, args.device)
+    prompts = chosen_prompts(args) or evaluation_prompts(env)
+    eval_env = build_env(cfg, num_envs=min(len(prompts), 25), model=env.unwrapped.backend)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed, progress=True)
+    report = {"checkpoint": str(checkpoint), "reward": cfg.reward, "samples": len(prompts),
               "reward_mean": float(result.rewards.mean()), "reward_std": float(result.rewards.std()),
               "per_prompt": {p: float(np.mean(result.rewards[[q == p for q in prompts]]))
                              for p in dict.fromkeys(prompts)}}
@@ -208,14 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("sample", "a captioned grid of samples from a checkpoint"),
                        ("eval", "the reward of a checkpoint on the fixed evaluation prompts and seeds")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--checkpoint", required=True, help="a checkpoint folder (…/checkpoints/epoch-NNNNNN)")
+        sub.add_argument("--checkpoint", required=True, metavar="PATH",
+                         help="a run folder (its newest checkpoint) or a checkpoint (…/checkpoints/epoch-NNNNNN)")
         sub.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of x_T and the sampling noise")
         sub.add_argument("--device", default=None, help="override the saved run's device")
+        default_prompts = "ten of the model's" if name == "sample" else "the 100 fixed evaluation prompts"
+        sub.add_argument("--prompts", default="", help=f"comma-separated prompts (default: {default_prompts})")
+        sub.add_argument("--prompt-file", default="", help="a text file with one prompt per line")
         if name == "sample":
-            sub.add_argument("--prompts", default="", help="comma-separated prompts (default: ten of the model's)")
             sub.add_argument("--per-prompt", type=int, default=1, help="samples per prompt (one row each)")
             sub.add_argument("--output", default="samples.png", help="where the grid PNG goes")
         else:
+            sub.add_argument("--per-prompt", type=int, default=10, help="samples per given prompt (seeds)")
             sub.add_argument("--output", default="", help="also write the report as JSON here")
     return parser
 

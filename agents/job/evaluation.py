@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from stable_baselines3.common.utils import obs_as_tensor
+from tqdm import tqdm
 
 from agents.kl import gaussian_kl
 from agents.policy import DiffusionPolicy
@@ -29,7 +30,7 @@ class EvaluationResult(NamedTuple):
 @torch.no_grad()
 def evaluate_policy(
     policy: DiffusionPolicy, env: Any, prompts: list[str], seed: int = 0, deterministic: bool = False,
-    kl: bool = False, ode: bool = False,
+    kl: bool = False, ode: bool = False, progress: bool = False,
 ) -> EvaluationResult:
     """Sample one image per prompt with ``policy`` on ``env`` (a DenoisingDiffusion vector env, possibly
     reward-wrapped, sharing the policy's model), with x_T and the policy noise fixed by ``seed``. With ``kl``, also
@@ -38,13 +39,14 @@ def evaluate_policy(
     η = 0, or a flow model's Euler step), which keeps x_T's variety.
 
     Use an env other than the training env: resetting with a seed restarts its generators. The policy's own noise
-    generator is left as it was.
+    generator is left as it was. ``progress`` shows a bar over the samples.
     """
     num_envs = env.num_envs
     saved = policy.noise_generator.get_state()
     policy.noise_generator.manual_seed(seed)
     policy.set_training_mode(False)
     images, rewards, kls = [], [], []
+    bar = tqdm(total=len(prompts), desc="evaluate", unit="sample", disable=not progress, leave=False)
     try:
         for first in range(0, len(prompts), num_envs):
             batch = list(prompts[first : first + num_envs])
@@ -62,14 +64,16 @@ def evaluate_policy(
                     steps += 1
                 action = out.prev_sample
                 if ode:
-                    latents, timesteps, _ = policy._unpack(obs_tensor)
+                    latents, timesteps, _ = policy.unpack(obs_tensor)
                     action = policy.schedule.ode_step(out, timesteps, latents)
                 obs, reward, terminated, _, info = env.step(action)
                 total += reward
             images.append(info["image"][:n])
             rewards.append(total[:n])
             kls.append((kl_sum / max(steps, 1)).numpy()[:n])
+            bar.update(n)
     finally:
+        bar.close()
         policy.noise_generator.set_state(saved)
     return EvaluationResult(np.concatenate(images), np.concatenate(rewards), list(prompts),
                             np.concatenate(kls) if kl else None)

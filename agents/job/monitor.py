@@ -78,7 +78,7 @@ class HeldOutMonitor(EpochEndCallback):
 
     def evaluate(self) -> dict[str, Any]:
         model = self.model
-        record: dict[str, Any] = {"epoch": model.num_epochs, "updates": model._n_updates,
+        record: dict[str, Any] = {"epoch": model.num_epochs, "updates": model.num_updates,
                                   "samples": model.num_epochs * model.config.samples_per_epoch}
         with model.ema_weights():
             for name, prompts in self.prompt_sets.items():
@@ -92,7 +92,7 @@ class HeldOutMonitor(EpochEndCallback):
         return record
 
     def _on_training_start(self) -> None:
-        if self.model.policy.lora_rank <= 0 and self.model.policy._reference_unet is None and self.model._n_updates:
+        if not self.model.policy.has_reference and self.model.num_epochs:
             raise RuntimeError("the monitor needs the base model of this full fine-tune: call "
                                "agent.policy.keep_reference() on the fresh agent, before loading trained weights")
         self.model.policy.keep_reference()
@@ -100,7 +100,7 @@ class HeldOutMonitor(EpochEndCallback):
             self.evaluate()
 
     def on_epoch_end(self) -> None:
-        if self.model._n_updates // self.every > self.records[-1]["updates"] // self.every:
+        if self.model.num_updates // self.every > self.records[-1]["updates"] // self.every:
             self.evaluate()
 
 

@@ -204,7 +204,7 @@ def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, r
     if resumed and path.is_file():
         saved = np.load(path)
         return EvaluationResult(saved["images"], saved["rewards"], prompts)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED, progress=True)
     np.savez(path, images=result.images, rewards=result.rewards)
     return result
 
@@ -281,8 +281,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
         return TrainResult(metrics, None, None, agent)
     with agent.ema_weights():  # the EMA weights when ema_decay > 0
         # with LoRA the base model is the adapter switched off: the KL to it along the evaluation trajectories is cheap
-        after = (evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED, kl=agent.policy.lora_rank > 0)
-                 if evaluate else None)
+        after = (evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED, kl=agent.policy.lora_rank > 0,
+                                 progress=True) if evaluate else None)
         exported = export_weights(agent.policy, out)
     plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
                  None if after is None else float(after.rewards.mean()), out / "reward_curve.png",
