@@ -125,6 +125,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
+        self.rollout_terms: dict[str, float] = {}  # the last rollout's mean score per reward term
         self._sampling_seconds = 0.0
         self.global_advantages = torch.zeros(self.config.samples_per_epoch)  # every rank's, in rank order
         if self.ranks:
@@ -161,6 +162,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.buffer.reset()
         callback.on_rollout_start()
         num_envs, start = env.num_envs, time.perf_counter()
+        terms: dict[str, list[float]] = {}
         for first in range(0, self.rank_samples, num_envs):
             rows = slice(first, first + num_envs)
             obs = self._last_obs
@@ -185,22 +187,28 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
                     f"an episode did not end after {self.num_steps} steps: is the env a DenoisingDiffusion env?"
                 )
             self.buffer.add_episodes(rows, prompt_ids, self.diffusion_env.prompt_strings(prompt_ids), returns)
+            for info in infos:  # each reward term's raw score, as the reward wrappers report it
+                for key, value in info.items():
+                    if key.startswith("reward_"):
+                        terms.setdefault(key.removeprefix("reward_"), []).append(float(value))
             self._last_obs = obs
-        self._compute_advantages(self.buffer.non_finite())
+        self._compute_advantages(self.buffer.non_finite(), terms)
         self._sampling_seconds = time.perf_counter() - start
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
 
-    def _compute_advantages(self, problem: str | None = None) -> None:
+    def _compute_advantages(self, problem: str | None = None, terms: dict[str, list[float]] | None = None) -> None:
         """Advantages from the rewards of the whole rollout (every rank's, gathered in rank order); raises
-        FloatingPointError, on every rank alike, for a non-finite latent, log-prob (``problem``) or reward."""
-        rewards, prompts = self.buffer.rewards, self.buffer.prompts
+        FloatingPointError, on every rank alike, for a non-finite latent, log-prob (``problem``) or reward. Each
+        reward term's mean score (``terms``) is logged as rollout/reward_<name>."""
+        rewards, prompts, terms = self.buffer.rewards, self.buffer.prompts, terms or {}
         if self.ranks:
-            parts = self.ranks.gather((rewards, prompts, problem))
+            parts = self.ranks.gather((rewards, prompts, problem, terms))
             problem = "; ".join(f"rank {r}: {p[2]}" for r, p in enumerate(parts) if p[2]) or None
             rewards = np.concatenate([p[0] for p in parts])
             prompts = [prompt for p in parts for prompt in p[1]]
+            terms = {name: [v for p in parts for v in p[3].get(name, [])] for name in terms}
         if problem:
             raise FloatingPointError(problem)
         if not np.isfinite(rewards).all():
@@ -214,6 +222,10 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.rollout_rewards = rewards
         self.global_advantages = torch.as_tensor(advantages, dtype=torch.float32, device=self.device)
         self.buffer.set_advantages(advantages[self.rank_rows()])
+        self.rollout_terms = {name: float(np.mean(values)) for name, values in terms.items()}
+        if len(self.rollout_terms) > 1:  # a weighted sum: each term's own mean score
+            for name, value in self.rollout_terms.items():
+                self.logger.record(f"rollout/reward_{name}", value)
         self.logger.record("rollout/reward_mean", float(rewards.mean()))
         self.logger.record("rollout/reward_std", float(rewards.std()))
         self.logger.record("rollout/epoch", self.num_epochs)

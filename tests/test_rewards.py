@@ -149,9 +149,11 @@ def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
     np.testing.assert_allclose(info["reward_jpeg_compressibility"], -sizes)
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"beauty": 1.0})
-    assert str(e.value) == ("weighted_sum: unknown or unweighted reward(s) ['beauty']: use names from "
-                            "['aesthetic', 'alignment', 'digit_alignment', 'digit_margin', 'jpeg_compressibility', "
-                            "'jpeg_incompressibility']")
+    assert str(e.value) == ("unknown reward 'beauty': use one of ['aesthetic', 'alignment', 'digit_alignment', "
+                            "'digit_margin', 'jpeg_compressibility', 'jpeg_incompressibility'] or an import path "
+                            "package.module:function")
+    with pytest.raises(ValueError, match=r"reward 'nowhere\.module:f' cannot be imported"):
+        weighted_sum(venv, {"nowhere.module:f": 1.0})
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"jpeg_compressibility": 0})
     assert str(e.value) == "weighted_sum: the weight of 'jpeg_compressibility' must be a finite non-zero number, got 0"
@@ -225,3 +227,19 @@ def test_the_spec_of_a_wrapped_env_rebuilds_it_with_its_rewards():
     assert rebuilt_reward == reward != 0
     assert rebuilt_info["reward_jpeg_compressibility"] == info["reward_jpeg_compressibility"]
     assert rebuilt_info["reward_jpeg_incompressibility"] == info["reward_jpeg_incompressibility"]
+
+
+def brightness(images, prompts):  # a user's reward, importable as tests.test_rewards:brightness
+    return images.astype(np.float64).mean(axis=(1, 2, 3)) / 255
+
+
+def test_weighted_sum_takes_a_users_function_by_name_or_import_path():
+    from rewards import weighted_sum
+
+    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY)
+    env = weighted_sum(venv, {"jpeg_compressibility": 1.0, "tests.test_rewards:brightness": 3.0, "mine": -1.0},
+                       custom={"mine": brightness})
+    reward, _, info = run(env)[-1]
+    np.testing.assert_allclose(info["reward_brightness"], brightness(info["image"], []))
+    np.testing.assert_allclose(info["reward_mine"], info["reward_brightness"])
+    np.testing.assert_allclose(reward, info["reward_jpeg_compressibility"] + 2.0 * info["reward_brightness"])

@@ -1,6 +1,9 @@
 """The training job on the embedded model: what a user reads after it (agreement, gain, labelled before/after)."""
 
+import json
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from agents.job.train import TrainConfig, train
@@ -43,3 +46,25 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp
     train(TrainConfig.from_flat({**flat, "seed": 1, "overwrite": True}))
     assert not (tmp_path / "notes.txt").exists()
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["seed"] == 1
+
+
+def test_a_users_reward_goes_through_the_job_alone_or_in_a_weighted_sum(tmp_path):
+    import csv
+
+    from agents.job.cli import main
+    from tests.test_rewards import brightness
+
+    flags = ["--model", "tiny", "--num-steps", "2", "--epochs", "1", "--samples-per-epoch", "4", "--num-envs", "4",
+             "--batch-size", "4", "--device", "cpu", "--no-tensorboard", "--image-every", "0"]
+    main(["train", *flags, "--reward", "jpeg_compressibility=1,tests.test_rewards:brightness=0.5",
+          "--output-dir", str(tmp_path / "cli")])
+    epoch = json.loads((tmp_path / "cli" / "metrics.json").read_text())["epochs"][0]
+    total = epoch["reward_jpeg_compressibility"] + 0.5 * epoch["reward_brightness"]
+    assert epoch["reward_mean"] == pytest.approx(total)  # each term logged, and they add up
+    rows = list(csv.DictReader((tmp_path / "cli" / "logs" / "progress.csv").read_text().splitlines()))
+    assert float(rows[0]["rollout/reward_brightness"]) == pytest.approx(epoch["reward_brightness"])
+
+    flat = dict(model="tiny", num_steps=2, epochs=1, samples_per_epoch=4, num_envs=4, batch_size=4, device="cpu",
+                tensorboard=False, image_every=0, output_dir=str(tmp_path / "api"), reward="mine")
+    metrics = train(TrainConfig.from_flat(flat), rewards={"mine": brightness}).metrics
+    assert 0 < metrics["eval_reward_before"]["mean"] < 1  # the evaluation scores with the user's reward too

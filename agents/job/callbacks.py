@@ -36,6 +36,8 @@ class EpochProgress(EpochEndCallback):
     def _on_rollout_end(self) -> None:
         rewards = self.model.rollout_rewards  # every rank's
         self.history.append({"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())})
+        if len(self.model.rollout_terms) > 1:  # a weighted sum: each term's mean score
+            self.history[-1].update({f"reward_{k}": v for k, v in self.model.rollout_terms.items()})
 
     def on_epoch_end(self) -> None:
         logged = self.model.logger.name_to_value  # this epoch's records, not yet dumped

@@ -34,7 +34,8 @@ class TrainConfig:
     agent: str = "ddpo-is"
     """ddpo-is | ddpo-sf | rwr | rwr-sparse."""
     reward: str = "jpeg_compressibility"
-    """A reward name, or a weighted sum such as 'jpeg_compressibility=1,digit_alignment=2'."""
+    """A reward: a built-in name, your own as package.module:function (fn(images, prompts) -> rewards, or a
+    TerminalReward subclass), or a weighted sum such as 'jpeg_compressibility=1,mypkg.rewards:sharp=2'."""
     reward_options: dict = field(default_factory=dict)
     """Per-reward constructor arguments, e.g. {"aesthetic": {"clip_model": "...", "mlp_weights": "..."}} (JSON)."""
     jpeg_upscale: int = 4

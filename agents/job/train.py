@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,7 +48,8 @@ from ddpo_env.diagnose import schedule_conditioning
 from ddpo_env.images import save_side_by_side
 from ddpo_env.models.digits import HELDOUT_TEMPLATES, prompt_for
 from ddpo_env.prompts import PromptSource
-from rewards import REWARDS, digit_agreement, make_reward
+from rewards import REWARDS, digit_agreement
+from rewards.combine import resolve_reward, weighted_sum
 
 EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
 
@@ -60,8 +61,10 @@ class TrainResult(NamedTuple):
     agent: Any
 
 
-def parse_rewards(spec: str) -> dict[str, float]:
-    """'name' → {name: 1.0}; 'a=1,b=-0.5' → {a: 1.0, b: -0.5}; unknown names and bad weights are errors."""
+def parse_rewards(spec: str, custom: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """'name' → {name: 1.0}; 'a=1,b=-0.5' → {a: 1.0, b: -0.5}. A name is a built-in reward, a key of ``custom``
+    or an import path package.module:function (:func:`rewards.combine.resolve_reward`); unknown names and bad
+    weights are errors."""
     weights: dict[str, float] = {}
     for part in spec.split(","):
         name, _, weight = part.strip().partition("=")
@@ -69,17 +72,18 @@ def parse_rewards(spec: str) -> dict[str, float]:
             value = float(weight) if weight else 1.0
         except ValueError:
             value = math.nan
-        if name not in REWARDS or not math.isfinite(value) or value == 0:
+        if not name or not math.isfinite(value) or value == 0:
             raise ValueError(
-                f"bad reward {part.strip()!r} in {spec!r}: use a name from {sorted(REWARDS)}, optionally "
-                "=weight (finite, non-zero), comma-separated"
+                f"bad reward {part.strip()!r} in {spec!r}: use a name from {sorted(REWARDS)} or "
+                "package.module:function, optionally =weight (finite, non-zero), comma-separated"
             )
+        resolve_reward(name, custom)
         weights[name] = value
     return weights
 
 
-def validate(cfg: TrainConfig) -> None:
-    unknown = sorted(set(cfg.reward_options) - set(parse_rewards(cfg.reward)))
+def validate(cfg: TrainConfig, custom: Mapping[str, Any] | None = None) -> None:
+    unknown = sorted(set(cfg.reward_options) - set(parse_rewards(cfg.reward, custom)))
     if unknown:
         raise ValueError(f"reward_options for {unknown}, which are not in reward={cfg.reward!r}")
     for name in ("epochs", "num_envs"):
@@ -90,17 +94,18 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
 
-def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None) -> Any:
+def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None,
+              rewards: Mapping[str, Any] | None = None) -> Any:
     """The reward-wrapped vector env of the job (``num_envs``/``model``: an evaluation env of another size reusing a
-    built backend, e.g. the training env's, with one prompt per env)."""
+    built backend, e.g. the training env's, with one prompt per env; ``rewards``: your own rewards by name)."""
     env_config = cfg.env if num_envs is None else dataclasses.replace(cfg.env, group_size=1)
     if model is not None:
         env_config = dataclasses.replace(env_config, model=model)
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs or cfg.num_envs, config=env_config)
-    for name, weight in parse_rewards(cfg.reward).items():
-        options = {"upscale": cfg.jpeg_upscale} if name.startswith("jpeg") else {}
-        env = make_reward(name, env, weight=weight, **{**options, **cfg.reward_options.get(name, {})})
-    return env
+    weights = parse_rewards(cfg.reward, rewards)
+    options = {name: {**({"upscale": cfg.jpeg_upscale} if name.startswith("jpeg") else {}),
+                      **cfg.reward_options.get(name, {})} for name in weights}
+    return weighted_sum(env, weights, {k: v for k, v in options.items() if v}, custom=rewards)
 
 
 def build_agent(cfg: TrainConfig, env: Any) -> Any:
@@ -209,10 +214,14 @@ def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, r
     return result
 
 
-def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
+def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
+          rewards: Mapping[str, Any] | None = None) -> TrainResult:
     """Run the job described by ``cfg`` (resuming it when ``cfg.resume`` says so); returns its metrics (also in
-    metrics.json), its evaluations and the agent. ``callbacks`` run after the job's own."""
-    validate(cfg)
+    metrics.json), its evaluations and the agent. ``callbacks`` run after the job's own. ``rewards`` names your own
+    rewards (a TerminalReward subclass or a function fn(images, prompts) -> rewards) for ``cfg.reward`` to use,
+    e.g. ``train(cfg.replace(reward="mine,jpeg_compressibility=0.5"), rewards={"mine": fn})``; an importable one
+    needs no entry: ``reward="package.module:function"``."""
+    validate(cfg, rewards)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one rank of many
@@ -227,7 +236,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
         ranks.barrier()  # every rank has looked at the folder before rank 0 writes into it
     out.mkdir(parents=True, exist_ok=True)
 
-    env = build_env(cfg)
+    env = build_env(cfg, rewards=rewards)
     agent = build_agent(cfg, env)
     monitoring = main and cfg.monitor_every > 0
     if monitoring:
@@ -252,7 +261,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = ()) -> TrainResu
 
     grids = main and cfg.tensorboard and cfg.image_every > 0
     evaluate = main and cfg.evaluate
-    eval_env = build_env(cfg, num_envs=25, model=env.unwrapped.backend) if evaluate or grids or monitoring else None
+    eval_env = (build_env(cfg, num_envs=25, model=env.unwrapped.backend, rewards=rewards)
+                if evaluate or grids or monitoring else None)
     prompts = evaluation_prompts(env)
     before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if evaluate else None
     if ranks:
