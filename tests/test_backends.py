@@ -101,3 +101,12 @@ def test_env_rollout_equals_diffusers_sampling_loop(guidance_scale, prediction_t
     # float32 rounding through 5 UNet calls on latents of magnitude ~10 (random weights): relative 1e-5
     np.testing.assert_allclose(obs["latent"], latents.numpy(), rtol=1e-5, atol=1e-5)
     assert np.abs(info["image"].astype(int) - image.astype(int)).max() <= 1
+
+
+def test_the_tiny_model_conditions_differently_on_prompts_that_differ_late():
+    import gymnasium as gym
+
+    env = gym.make_vec("DenoisingDiffusion-v0", num_envs=2, model="tiny", num_steps=2,
+                       prompts=["a handwritten digit 3", "a handwritten digit 8, drawn with thick strokes"])
+    embeds = env.unwrapped.prompt_embeds([1, 2])
+    assert (embeds[0] - embeds[1]).abs().max() > 0.1  # they differ only after 19 characters

@@ -24,8 +24,9 @@ SD_SCHEDULER_CONFIG: dict = {
 }
 
 
-def tiny_tokenizer(model_max_length: int = 16):
-    """A CLIP BPE tokenizer with one token per printable ASCII character (no merges), built without files."""
+def tiny_tokenizer(model_max_length: int = 77):
+    """A CLIP BPE tokenizer with one token per printable ASCII character (no merges), built without files; 77
+    tokens like CLIP's, so that prompts that differ after their first words still condition differently."""
     from transformers import CLIPTokenizer
 
     chars = [chr(i) for i in range(33, 127)]
