@@ -7,13 +7,13 @@ touches no GPU and downloads nothing; models load when an env is made.
 from gymnasium.envs.registration import register, registry
 
 from ddpo_env.backends import DiffusionBackend, StableDiffusionBackend, TinyBackend, load_backend
+from ddpo_env.backends.sd3 import StableDiffusion3Backend
 from ddpo_env.config import EnvConfig
 from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, ddim_step, gaussian_log_prob
 from ddpo_env.env import DenoisingDiffusionEnv
 from ddpo_env.flow import FlowMatchSchedule, flow_sde_step
 from ddpo_env.prompts import PromptSource, PromptTable
 from ddpo_env.sampler import DDIMSampler, guided_model_output
-from ddpo_env.sd3 import StableDiffusion3Backend
 from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
 __version__ = "0.1.0"

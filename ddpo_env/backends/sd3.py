@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from ddpo_env.backends import DiffusionBackend, StableDiffusionBackend
+from ddpo_env.backends.base import DiffusionBackend
+from ddpo_env.backends.sd import StableDiffusionBackend
 
 
 class StableDiffusion3Backend(DiffusionBackend):
