@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ddpo-env-installed
 TORCH_INDEX_URL ?=
 TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: venv test lint train
+.PHONY: venv test test-quick lint train
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# everything but the tests marked slow (processes, torchrun, compile, benchmark scripts)
+test-quick: lint
+	$(PY) -m pytest -q -m "not slow"
 
 # DDPO-IS on the embedded default model, JPEG compressibility (configs/make_train.toml): about 10 minutes on 2 CPU
 # cores; PNGs, metrics and checkpoints in runs/train

@@ -37,7 +37,27 @@ class Recorder(KVWriter):
         pass
 
 
+#: Whole modules that start processes, compile or run benchmark scripts.
+SLOW_MODULES = {"test_benchmarks", "test_compile", "test_distributed"}
+#: What marks a test that starts a process: calls of these, or the CLI module's trained-run fixture.
+SLOW_CALLS = ("subprocess.", "run_python(", "ddpo(")
+
+
+def _is_slow(item) -> bool:
+    import inspect
+
+    module = item.module.__name__.rpartition(".")[2]
+    if module in SLOW_MODULES or (module == "test_cli" and "run" in item.fixturenames):
+        return True
+    return any(call in inspect.getsource(item.function) for call in SLOW_CALLS)
+
+
 def pytest_collection_modifyitems(config, items):
+    """``slow``: tests that start processes (CLI, torchrun, a server, a SIGKILL), compile or run benchmark scripts
+    (``make test-quick`` leaves them out; ``make test`` runs everything). ``gpu`` tests skip without a GPU."""
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
