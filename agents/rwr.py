@@ -18,7 +18,6 @@ import torch
 from agents.base import DiffusionAgent
 from agents.config import RWRConfig, SparseRWRConfig
 from agents.kl import approx_kl
-from ddpo_env.flow import FlowMatchSchedule
 
 
 def rwr_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,31 +35,11 @@ def sparse_rwr_weights(rewards: torch.Tensor, top_fraction: float) -> torch.Tens
     return weights
 
 
-def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str):
-    """What the network should predict for x_t = √ᾱ x_0 + √(1−ᾱ) ε."""
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
-    return x0
-
-
 class RWR(DiffusionAgent):
     """Reward-weighted regression on final samples."""
 
     config_class: ClassVar[type[RWRConfig]] = RWRConfig
     config: RWRConfig
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        from diffusers import DDIMScheduler
-
-        self.flow = isinstance(self.diffusion_env.schedule, FlowMatchSchedule)
-        if self.flow:  # flow matching: x_σ = (1 − σ)x₀ + σε, target v = ε − x₀ (FlowMatchSchedule.training_pair)
-            return
-        scheduler = DDIMScheduler.from_config(self.diffusion_env.scheduler_config)
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
-        self.prediction_type = scheduler.config.prediction_type
 
     def sample_weights(self) -> torch.Tensor:
         """The weights of the whole rollout (every rank's samples)."""
@@ -91,15 +70,7 @@ class RWR(DiffusionAgent):
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         x0 = self.buffer.final_samples()[samples]
         g = self.loss_generator()
-        if self.flow:
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
-            x_t, t, target = self.diffusion_env.schedule.training_pair(x0, noise, g)
-        else:
-            t = torch.randint(len(self.alphas_cumprod), (len(samples),), generator=g).to(self.device)
-            noise = torch.randn(x0.shape, generator=g).to(self.device)
-            alpha_prod = self.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
-            x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
-            target = diffusion_target(x0, noise, alpha_prod, self.prediction_type)
+        x_t, t, target = self.diffusion_env.schedule.training_pair(x0, g)  # the model's own training loss
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
         with self.policy.autocast():
             prediction = self.diffusion_env.backend.predict(x_t, t, embeds).float()

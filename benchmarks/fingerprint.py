@@ -32,6 +32,7 @@ AGENT_RUNS: dict[str, dict[str, Any]] = {
     "rwr": {"agent": "rwr", "reward": "jpeg_incompressibility"},
     "rwr-sparse": {"agent": "rwr-sparse", "reward": "jpeg_incompressibility"},
     "ddpo-is-lora": {"agent": "ddpo-is", "reward": "jpeg_compressibility", "lora_rank": 2},
+    "rwr-flow": {"agent": "rwr", "reward": "jpeg_incompressibility", "model": "tiny-sd3"},  # flow matching's loss
 }
 TIMING_KEYS = ("seconds", "per_s", "fps", "minutes", "output_dir")  # and the scratch folder
 

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ddpo_env.schedule import check_eta, match_step_index, randn_like
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: Relative size of float64 rounding accepted in 1 − ᾱ_{t'} − (ησ_t)² ≥ 0.
 _ROUNDING = 1e-9
@@ -73,6 +75,7 @@ class DDIMSchedule:
         clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value:
             the scheduler's treatment of x̂₀, copied from its config.
         num_train_timesteps: length of the training noise schedule (1000 for Stable Diffusion).
+        alphas_cumprod: ᾱ_t for every training timestep t (float32), for :meth:`training_pair`.
     """
 
     timesteps: torch.Tensor
@@ -89,6 +92,7 @@ class DDIMSchedule:
     dynamic_thresholding_ratio: float
     sample_max_value: float
     num_train_timesteps: int
+    alphas_cumprod: torch.Tensor | None = None  # ᾱ over all num_train_timesteps (float32), for training_pair
 
     @property
     def num_steps(self) -> int:
@@ -105,11 +109,8 @@ class DDIMSchedule:
         """
         from diffusers import DDIMScheduler
 
-        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
-            raise ValueError(
-                f"eta must be > 0, got {eta!r}: with eta=0 the denoising step is deterministic and has "
-                "no log-probability (DDPO uses eta=1.0)"
-            )
+        check_eta(eta, f"eta must be > 0, got {eta!r}: with eta=0 the denoising step is deterministic and has "
+                  "no log-probability (DDPO uses eta=1.0)")
         scheduler = DDIMScheduler.from_config(config)
         c = scheduler.config
         if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= c.num_train_timesteps:
@@ -166,19 +167,12 @@ class DDIMSchedule:
             dynamic_thresholding_ratio=float(c.dynamic_thresholding_ratio),
             sample_max_value=float(c.sample_max_value),
             num_train_timesteps=int(c.num_train_timesteps),
+            alphas_cumprod=scheduler.alphas_cumprod.to(torch.float32),
         )
 
     def step_index(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Map timesteps τ (any shape, int) to step indices k; raises ValueError for a timestep not in the schedule."""
-        t = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
-        match = t.reshape(-1, 1) == self.timesteps.reshape(1, -1)
-        if not bool(match.any(dim=1).all()):
-            bad = t.reshape(-1)[~match.any(dim=1)].unique().tolist()
-            raise ValueError(
-                f"timesteps {bad} are not in this schedule {self.timesteps.tolist()}: "
-                "was the observation produced by an env with the same num_steps and scheduler?"
-            )
-        return match.to(torch.int64).argmax(dim=1).reshape(t.shape)
+        return match_step_index(timesteps, self.timesteps, "schedule")
 
     @property
     def max_timestep(self) -> int:
@@ -205,6 +199,24 @@ class DDIMSchedule:
         x0 = out.pred_original_sample.to(sample.dtype)
         pred_epsilon = (sample - alpha_prod_t**0.5 * x0) / (1 - alpha_prod_t) ** 0.5
         return alpha_prod_t_prev**0.5 * x0 + (1 - alpha_prod_t_prev) ** 0.5 * pred_epsilon
+
+    def training_pair(self, x0: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, t, the network's target) at t ~ U{0..N−1} per sample: the denoising loss's
+        inputs (reward-weighted regression trains on them); the target is ε, v or x₀ by prediction type."""
+        if self.alphas_cumprod is None:
+            raise ValueError("this schedule was built without alphas_cumprod: use DDIMSchedule.from_scheduler_config")
+        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        alpha_prod = self.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
+        x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
+        else:
+            target = x0
+        return x_t, t, target
 
     def coefficients(
         self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype
@@ -294,7 +306,7 @@ def ddim_step(
     mean = alpha_prod_t_prev ** (0.5) * pred_original_sample + pred_sample_direction
     if prev_sample is None:
         if noise is None:
-            noise = _randn_like(mean, generator)
+            noise = randn_like(mean, generator)
         prev_sample = mean + std_dev_t * noise
     return DDIMStepOutput(
         prev_sample=prev_sample,
@@ -321,15 +333,3 @@ def classifier_free_guidance(
 ) -> torch.Tensor:
     """ε̂ = ε_u + w·(ε_c − ε_u): the guided prediction, used alike in sampling and training."""
     return uncond_output + guidance_scale * (cond_output - uncond_output)
-
-
-def _randn_like(
-    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
-) -> torch.Tensor:
-    if isinstance(generator, list):
-        if len(generator) != like.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}: pass one per sample")
-        return torch.stack(
-            [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
-        ).to(like.device)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

@@ -21,13 +21,13 @@ x̂₀ = x − σ·v.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, _randn_like, gaussian_log_prob
+from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, gaussian_log_prob
+from ddpo_env.schedule import check_eta, match_step_index, randn_like
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
@@ -65,7 +65,7 @@ def flow_sde_step(
     std = std_dev_t * torch.sqrt(-d_sigma)
     if prev_sample is None:
         if noise is None:
-            noise = _randn_like(mean, generator)
+            noise = randn_like(mean, generator)
         prev_sample = mean + std * noise.to(dtype)
     prev_sample = prev_sample.to(dtype)
     return DDIMStepOutput(
@@ -111,9 +111,8 @@ class FlowMatchSchedule:
         """``config``: a FlowMatchEulerDiscreteScheduler config; ``eta``: the SDE noise level a > 0."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
-            raise ValueError(f"eta (the flow SDE's noise level a) must be > 0, got {eta!r}: with 0 the step is the "
-                             "deterministic Euler step and has no log-probability (Flow-GRPO uses 0.7)")
+        check_eta(eta, f"eta (the flow SDE's noise level a) must be > 0, got {eta!r}: with 0 the step is the "
+                  "deterministic Euler step and has no log-probability (Flow-GRPO uses 0.7)")
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
         c = scheduler.config
         if c.use_dynamic_shifting:
@@ -136,13 +135,7 @@ class FlowMatchSchedule:
                    num_train_timesteps=int(c.num_train_timesteps), sigma_max=sigma_max)
 
     def step_index(self, timesteps: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(timesteps, dtype=torch.int64).cpu().reshape(-1)
-        match = t[:, None] == self.timesteps[None]
-        if not bool(match.any(dim=1).all()):
-            bad = t[~match.any(dim=1)].unique().tolist()
-            raise ValueError(f"timesteps {bad} are not in this flow schedule {self.timesteps.tolist()}: was the "
-                             "observation produced by an env with the same num_steps and scheduler?")
-        return match.to(torch.int64).argmax(dim=1)
+        return match_step_index(timesteps, self.timesteps, "flow schedule").reshape(-1)
 
     def _per_sample(self, values: torch.Tensor, timesteps: torch.Tensor, ndim: int, device: Any) -> torch.Tensor:
         return values[self.step_index(timesteps)].reshape((-1,) + (1,) * (ndim - 1)).to(device)
@@ -170,10 +163,11 @@ class FlowMatchSchedule:
         velocity = (sample - out.pred_original_sample.to(sample.dtype)) / sigma
         return sample + (sigma_prev - sigma) * velocity
 
-    def training_pair(self, x0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator
+    def training_pair(self, x0: torch.Tensor, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_σ, network timestep σ·N, target v = ε − x₀) at σ ~ U(0, 1) per sample: the flow-matching loss's
-        inputs (reward-weighted regression trains on it)."""
+        """(x_σ = (1−σ)·x₀ + σ·ε, network timestep σ·N, target v = ε − x₀) at σ ~ U(0, 1) per sample: the
+        flow-matching loss's inputs (reward-weighted regression trains on them)."""
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         sigma = torch.rand(x0.shape[0], generator=generator).to(x0.device)
         s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
         return (1 - s) * x0 + s * noise, sigma * self.num_train_timesteps, noise - x0
