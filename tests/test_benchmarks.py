@@ -174,7 +174,7 @@ def test_the_pipeline_folder_shared_with_trl_loads_the_same_weights_here(tmp_pat
     assert (tmp_path / "tokenizer" / "vocab.json").exists() and (tmp_path / "tokenizer" / "merges.txt").exists()
     loaded, original = load_backend(str(tmp_path), "cpu"), build_tiny_pipeline(0, sample_size=8)
     reference = original.text_encoder(original.tokenizer(prompts, return_tensors="pt", padding="max_length",
-                                                         max_length=16).input_ids)[0]
+                                                         max_length=original.tokenizer.model_max_length).input_ids)[0]
     torch.testing.assert_close(loaded.encode_prompts(prompts), reference, rtol=0, atol=0)
     for a, b in zip(loaded.unet.state_dict().values(), original.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b)
