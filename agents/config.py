@@ -47,9 +47,9 @@ class AgentConfig:
     """Denoising steps of each sample evaluated in one forward/backward pass (0: all trained steps): the same
     gradient, since one optimizer step sums all of them anyway; fewer, larger network calls and more memory."""
     grad_workers: int = 1
-    """Threads computing the backward passes of one update concurrently, one torch thread each (CPU: 2 on 2 cores
-    beat 1 pass on 2 threads with steps_per_pass=1; processes beat both, see README; keep 1 on a GPU).
-    Reproducible run to run for a given value."""
+    """Threads computing the backward passes of one update concurrently, one torch thread each (for CPUs; one
+    process per core is usually faster still, docs/training.md; keep 1 on a GPU). Reproducible run to run for a
+    given value."""
     compile_sampling: bool = False
     """torch.compile the network for the passes that record no gradient (sampling, evaluation, the KL reference;
     training passes stay eager): each batch shape compiles once on first use (tens of seconds on a CPU)."""

@@ -1,7 +1,6 @@
 """The backward passes of one update on worker threads, for CPUs.
 
-A small diffusion model's convolutions use two cores poorly from one pass (on 2 cores, one pass with 2 torch
-threads took 1.3× longer than two concurrent passes with 1 thread each: ``benchmarks/results/peers_trl.md``).
+A small diffusion model's convolutions use several cores poorly from one pass (docs/benchmarks.md measures it).
 The passes whose gradients add up to one optimizer step are independent, so ``grad_workers`` threads each run a
 contiguous share of them with one torch thread, and the shares' gradients are summed in worker order — the same
 sum as sequential accumulation up to float rounding, and reproducible run to run.

@@ -54,9 +54,8 @@ UNET_CONFIG: dict = {
     "norm_num_groups": 16,
 }
 #: Stable Diffusion's own noise schedule and spacing ("scaled_linear" β from 0.00085 to 0.012, "leading" timesteps
-#: with steps_offset 1), x̂₀ clipped to [-1, 1] as fits pixel space: no step of an episode of 1..50 steps is more than
-#: 8× as sensitive to the network output as the median step (docs/step_conditioning.md). The cosine schedule with
-#: trailing spacing used before sent the first step through ᾱ ≈ 2e-9 (~2000× the median) and the last through σ ≈ 0.006.
+#: with steps_offset 1), x̂₀ clipped to [-1, 1] as fits pixel space, chosen so that no step of an episode is far more
+#: sensitive to the network output than the others (docs/step_conditioning.md, tests/test_diagnose.py).
 SCHEDULER_CONFIG: dict = {**SD_SCHEDULER_CONFIG, "clip_sample": True, "clip_sample_range": 1.0}
 
 
