@@ -119,8 +119,9 @@ def test_help_shows_each_fields_docstring():
     (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['ddpo-is', 'ddpo-sf', "
                                   "'rwr', 'rwr-sparse']"),
     (["train", "--config", "nowhere.json"], "ddpo train: error: config file 'nowhere.json' does not exist"),
-    (["sample", "--checkpoint", "nowhere"], "ddpo sample: error: nowhere is not a checkpoint (no meta.json): pass a "
-                                            "folder like <run>/checkpoints/epoch-000010"),
+    (["sample", "--checkpoint", "nowhere"], "ddpo sample: error: nowhere holds no checkpoint: pass a run folder "
+                                            "(e.g. runs/train), its checkpoints/ folder or one checkpoint "
+                                            "(…/checkpoints/epoch-000010)"),
 ])
 def test_bad_input_is_one_clear_line_without_a_traceback(tmp_path, args, message):
     result = ddpo(*args, *(["--output-dir", str(tmp_path)] if args[0] == "train" else []))
@@ -200,11 +201,11 @@ def test_every_env_and_agent_field_is_a_flag_that_reaches_its_place():
     assert len(checked) > 60
 
 
-def test_readme_beyond_ddpo_flags_reach_the_job_config():
+def test_documented_beyond_ddpo_flags_reach_the_job_config():
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
     line = re.search(r"^ddpo train (--kl-coef .*)$", readme, re.M).group(1)
     cfg = job_config(build_parser().parse_args(["train", *line.split()]))
     a = cfg.algorithm
