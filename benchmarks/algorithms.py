@@ -108,11 +108,11 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str])
     the diagnostics (means over seeds)."""
     table: dict[str, dict[str, Any]] = {}
     for reward in rewards:
-        table[reward] = {}
         for agent in agents:
             mine = [r for r in runs if r["agent"] == agent and r["reward"] == reward]
-            if not mine:
+            if not mine:  # (an unfinished benchmark: not run yet)
                 continue
+            table.setdefault(reward, {})
             after = np.array([np.mean(r["eval_after"]) for r in mine])
             before = np.array([np.mean(r["eval_before"]) for r in mine])
             initial_std = np.mean([np.std(r["eval_before"]) for r in mine])
@@ -200,6 +200,10 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
                 f"| {_cell(r['effective_sample_size'], '.1f')} | {_cell(r['agreement_after'], '.0%')} | "
                 + ", ".join(f"{g:+.2f}" for g in r["gain_in_initial_std_per_seed"])
                 + f" | {r['minutes_per_run']:.1f} |")
+    if env_info.get("runs_missing"):
+        lines.insert(2, f"**Partial: {env_info['runs_planned'] - env_info['runs_missing']} of "
+                        f"{env_info['runs_planned']} runs finished** (`--resume` runs the rest; a cell's seeds are "
+                        "counted in its row below).\n")
     if "wall_minutes" in env_info:
         lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
                      "invocation.")
@@ -265,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--resume", action="store_true", help="keep finished runs from the results JSON")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the table, plot and summary from the runs in the results JSON (e.g. "
+                             "of an unfinished benchmark; --resume later runs the rest)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     parser.add_argument("--name", default=None, help="results file stem (default: algorithms, algorithms_sweep)")
     args = parser.parse_args(argv)
@@ -293,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     json_path = results_dir / f"{name}.json"
     done: dict[str, dict[str, Any]] = {}
-    if args.resume and json_path.exists():
+    saved_env = None
+    if (args.resume or args.report_only) and json_path.exists():
+        saved_env = json.loads(json_path.read_text())["environment"]
         done = {run_key(r["agent"], r["reward"], r["seed"], r["learning_rate"]): r
                 for r in json.loads(json_path.read_text())["runs"]}
     if args.sweep:
@@ -304,6 +313,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     jobs = [TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, {}), "agent": a, "reward": r, "seed": s,
                                    "learning_rate": lr}).to_flat()
             for a, r, s, lr in grid if run_key(a, r, s, lr) not in done]
+    env_info["runs_missing"], env_info["runs_planned"] = len(jobs), len(grid)
+    if args.report_only:
+        env_info = {**(saved_env or env_info), "runs_missing": len(jobs), "runs_planned": len(grid),
+                    "report_command": env_info["command"]}
+        jobs = []
     print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
 
     def save() -> dict[str, Any]:
@@ -323,8 +337,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"seed {run['seed']} lr {run['learning_rate']:g}: eval {np.mean(run['eval_before']):.3f} → "
                   f"{np.mean(run['eval_after']):.3f}", flush=True)
             data = save()
-    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # this invocation's runs
-    env_info["runs_timed"] = len(jobs)
+    if jobs:
+        env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # this invocation's runs
+        env_info["runs_timed"] = len(jobs)
+        env_info["runs_missing"] = 0
     data = save()
     if args.sweep:
         text = sweep_markdown(data["table"], env_info, settings, best_rates(json_path))

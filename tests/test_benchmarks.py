@@ -37,6 +37,10 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     assert "| jpeg_compressibility | DDPO-IS | 0.003 | 2 |" in md  # lr, optimizer steps per run
     again = algorithms.main([*argv, "--resume"])  # nothing left to run: the same runs come back
     assert again["runs"] == data["runs"]
+    # an unfinished benchmark (2 seeds planned, 1 run): the report says so and runs nothing
+    report = algorithms.main([*argv[:7], "2", *argv[8:], "--report-only"])
+    assert report["runs"] == data["runs"]
+    assert "**Partial: 2 of 4 runs finished**" in (tmp_path / "algorithms.md").read_text()
 
 
 def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path):
