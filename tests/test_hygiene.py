@@ -25,8 +25,11 @@ def test_gpu_tests_are_marked_and_skipped_without_a_gpu(monkeypatch):
     assert [m.name for m in marks] == ["gpu"]  # the whole module
 
     class Item:
+        module, fixturenames = test_gpu, []  # what the slow marker looks at
+
         def __init__(self, keywords):
             self.keywords, self.markers = keywords, []
+            self.function = lambda: None
 
         def add_marker(self, marker):
             self.markers.append(marker)
