@@ -74,6 +74,14 @@ class AgentState:
         return {"model": env.backend.name, "num_envs": env.num_envs, "num_steps": env.num_steps,
                 "latent_shape": list(env.latent_shape)}
 
+    def check_env_signature(self, found: dict[str, Any], source: Any,
+                            fix: str = "build the env with the saved run's settings") -> None:
+        """Refuse a state saved (in ``source``) with another env than this agent's, naming the differences."""
+        expected = self.env_signature()
+        if found != expected:
+            diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+            raise ValueError(f"{source} was saved with a different env: {diff} (saved, here): {fix}")
+
     def state_dict(self, include_env: bool = True) -> dict[str, Any]:
         """The agent's whole state as tensors, numpy arrays and plain Python (see the module docstring); without
         ``include_env``, the env's state and the last observation are left out."""
@@ -184,11 +192,7 @@ class AgentState:
             raise ValueError(f"{path} holds a {meta['agent']}, not a {cls.__name__}: load it with "
                              f"{meta['agent']}.load")
         agent = saved(env, config=saved.config_class(**{**meta["config"], **kwargs}))
-        found, expected = meta["env"], agent.env_signature()
-        if found != expected:
-            diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-            raise ValueError(f"{path} was saved with a different env: {diff} (saved, here): build the env with the "
-                             "saved run's settings")
+        agent.check_env_signature(meta["env"], path)
         agent.load_state_dict(torch_to_numpy(state))
         return agent
 

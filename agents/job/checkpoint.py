@@ -171,11 +171,7 @@ def load_checkpoint(agent: Any, path: str | os.PathLike) -> dict[str, Any]:
     agent class and lora_rank). Returns the checkpoint's meta."""
     path = Path(path)
     meta = read_meta(path)
-    expected, found = agent.env_signature(), meta["env"]
-    if found != expected:
-        diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-        raise ValueError(f"checkpoint {path} was saved with a different env: {diff} (saved, here): build the agent "
-                         "with the saved run's config")
+    agent.check_env_signature(meta["env"], f"checkpoint {path}", "build the agent with the saved run's config")
     if meta["agent"] != type(agent).__name__:
         raise ValueError(f"checkpoint {path} holds a {meta['agent']}, not a {type(agent).__name__}")
     from safetensors.torch import load_file
