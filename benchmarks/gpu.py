@@ -30,7 +30,7 @@ from benchmarks.bare_ddpo import BareConfig, BareDDPO, synchronize
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 from ddpo_env.backends import load_backend
 from ddpo_env.ddim import DDIMSchedule
-from rewards import JpegCompressibility
+from rewards import JpegCompressibility, VectorTerminalReward
 from rewards.jpeg import jpeg_size_kb
 
 # SD 1.5's unet/vae/text_encoder config.json values; "tiny" keeps the block structure at a fraction of the width.
@@ -90,7 +90,7 @@ def peak_gb(device: torch.device) -> float | None:
 def run_ours(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: dict[str, Any]) -> dict[str, Any]:
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=s["sample_batch"], model=pipeline, device=device,
                        dtype=s["dtype"], num_steps=s["num_steps"], guidance_scale=s["guidance_scale"])
-    env = JpegCompressibility(env)
+    env = VectorTerminalReward(env, JpegCompressibility())
     agent = DDPO_IS(env, samples_per_epoch=s["samples_per_epoch"], batch_size=s["batch_size"],
                     lora_rank=s["lora_rank"], per_prompt_stat_tracking=False)
     agent.set_logger(Logger(folder=None, output_formats=[]))

@@ -115,7 +115,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     import ddpo_env  # noqa: F401
     from agents import DDPO_IS
     from agents.distributed import init_from_environment
-    from rewards import JpegCompressibility
+    from rewards import JpegCompressibility, VectorTerminalReward
 
     torch.set_num_threads(threads)
     init_from_environment("cpu")  # launched by torchrun: one rank of a data-parallel job
@@ -124,7 +124,7 @@ def run_ours(model: str, prompts: list[str], epochs: int, threads: int, override
     overrides = {k: v for k, v in overrides.items() if k not in ENV_SETTINGS}
     env = gym.make_vec("DenoisingDiffusion-v0", num_envs=c["sample_batch_size"], model=model, prompts=prompts,
                        num_steps=c["num_steps"], guidance_scale=c["guidance_scale"], device="cpu", **env_settings)
-    env = JpegCompressibility(env)
+    env = VectorTerminalReward(env, JpegCompressibility())
     agent = DDPO_IS(env, samples_per_epoch=c["samples_per_epoch"], batch_size=c["train_batch_size"],
                     lora_rank=c["lora_rank"], learning_rate=c["learning_rate"], clip_range=c["clip_range"],
                     per_prompt_stat_tracking=False, **overrides)

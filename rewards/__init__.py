@@ -1,16 +1,22 @@
-"""Rewards as env wrappers over DenoisingDiffusion-v0: they score the terminal image in ``info["image"]`` and add
-the score to the reward. ``env = JpegCompressibility(gym.make_vec(...))``. Imports ``ddpo_env``, never ``agents``.
+"""Rewards for DenoisingDiffusion-v0: plain scorers that rate the terminal image (``scorer(images, prompts)``) and
+thin wrappers that add a scorer's score to the env's reward at the last step, in Gymnasium's two forms.
+
+    env = VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=16), JpegCompressibility(upscale=4))
+    env = add_reward(gym.make("DenoisingDiffusion-v0"), "digit_margin")     # by name; single or vector env
+
+Imports ``ddpo_env``, never ``agents``.
 """
 
 from rewards.aesthetic import AestheticScore
-from rewards.alignment import AlignmentScorer, PromptAlignment
-from rewards.base import RewardError, SingleEnvReward, TerminalReward
-from rewards.callable import CallableReward, from_callable
-from rewards.combine import weighted_sum
+from rewards.alignment import AlignmentConfig, AlignmentScorer, PromptAlignment
+from rewards.combine import add_reward, make_scorer, resolve_reward, weighted_sum
 from rewards.digits import DigitAlignment, DigitMargin, digit_agreement, prompted_digit
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
+from rewards.scorer import FunctionScorer, RewardError, Scorer, checked_scores
+from rewards.wrappers import TerminalReward, VectorTerminalReward, from_callable, wrap_reward
 
-REWARDS: dict[str, type[TerminalReward]] = {
+#: The built-in scorers by name (``add_reward(env, name, **options)``, ``ddpo train --reward name``).
+REWARDS: dict[str, type[Scorer]] = {
     "jpeg_compressibility": JpegCompressibility,
     "jpeg_incompressibility": JpegIncompressibility,
     "digit_alignment": DigitAlignment,
@@ -19,31 +25,29 @@ REWARDS: dict[str, type[TerminalReward]] = {
     "alignment": PromptAlignment,
 }
 
-
-def make_reward(name: str, env, **kwargs) -> TerminalReward:
-    """Wrap ``env`` with the reward called ``name`` (see ``REWARDS``)."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}: use one of {sorted(REWARDS)}")
-    return REWARDS[name](env, **kwargs)
-
-
 __all__ = [
     "REWARDS",
     "AestheticScore",
+    "AlignmentConfig",
     "AlignmentScorer",
-    "CallableReward",
     "DigitAlignment",
     "DigitMargin",
+    "FunctionScorer",
     "JpegCompressibility",
     "JpegIncompressibility",
     "PromptAlignment",
     "RewardError",
-    "SingleEnvReward",
+    "Scorer",
     "TerminalReward",
+    "VectorTerminalReward",
+    "add_reward",
+    "checked_scores",
     "digit_agreement",
     "from_callable",
     "jpeg_size_kb",
-    "make_reward",
+    "make_scorer",
     "prompted_digit",
+    "resolve_reward",
     "weighted_sum",
+    "wrap_reward",
 ]

@@ -12,13 +12,12 @@ random MLP of the real shape.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from rewards.base import TerminalReward
+from rewards.scorer import Scorer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -75,33 +74,22 @@ def load_mlp(path: str | os.PathLike, embed_dim: int) -> AestheticMLP:
     return mlp.eval()
 
 
-class AestheticScore(TerminalReward):
+class AestheticScore(Scorer):
     """Reward = LAION aesthetic score of the terminal image (about 1–10 on real photos).
 
     Args:
-        env: the env to wrap.
         clip_model: a local folder or hub id of a transformers ``CLIPModel`` (ViT-L/14 for the real predictor).
         mlp_weights: path of the predictor head's weights.
-        device: where CLIP and the head run (default: the env's device).
+        device: where CLIP and the head run ("cpu" when None; wrapped by name, the env's device).
         batch_size: images per CLIP forward.
     """
 
     name = "aesthetic"
 
-    def __init__(
-        self,
-        env: Any,
-        *,
-        clip_model: str,
-        mlp_weights: str,
-        device: str | None = None,
-        batch_size: int = 32,
-        weight: float = 1.0,
-    ) -> None:
+    def __init__(self, *, clip_model: str, mlp_weights: str, device: str | None = None, batch_size: int = 32) -> None:
         from transformers import CLIPModel
 
-        if device is None:
-            device = str(env.unwrapped.device) if env is not None and hasattr(env.unwrapped, "device") else "cpu"
+        device = device or "cpu"
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"aesthetic: batch_size must be a positive int, got {batch_size!r}")
         try:
@@ -115,9 +103,8 @@ class AestheticScore(TerminalReward):
         self.projection = clip.visual_projection.to(device).eval().requires_grad_(False)
         self.image_size = int(clip.config.vision_config.image_size)
         self.mlp = load_mlp(mlp_weights, clip.config.projection_dim).to(device)
+        self.clip_model, self.mlp_weights = clip_model, mlp_weights
         self.device, self.batch_size = device, batch_size
-        super().__init__(env, weight=weight, clip_model=clip_model, mlp_weights=mlp_weights, device=device,
-                         batch_size=batch_size)
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
@@ -127,7 +114,10 @@ class AestheticScore(TerminalReward):
         return embeddings / embeddings.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
-    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         scores = [self.mlp(self.embed(images[i : i + self.batch_size])).squeeze(1)
                   for i in range(0, len(images), self.batch_size)]
         return torch.cat(scores).cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"AestheticScore(clip_model={self.clip_model!r}, mlp_weights={self.mlp_weights!r})"

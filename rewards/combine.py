@@ -1,25 +1,29 @@
-"""Several rewards at once, built-in or your own: ``weighted_sum(env, {"jpeg_compressibility": 1.0,
-"mypackage.rewards:sharpness": 0.5})``.
+"""Rewards by name, and several at once: ``add_reward(env, "jpeg_compressibility", upscale=4)``,
+``weighted_sum(env, {"jpeg_compressibility": 1.0, "mypackage.rewards:sharpness": 0.5})``.
 
-Reward wrappers add ``weight × score`` to the env's reward, so stacking them is a weighted sum; each score stays
-visible in ``info["reward_<name>"]`` (and an agent logs each as ``rollout/reward_<name>``).
+Wrappers add ``weight × score`` to the env's reward, so stacking them is a weighted sum; each score stays visible in
+``info["reward_<name>"]`` (and an agent logs each as ``rollout/reward_<name>``).
 
-A term is named by a key of ``rewards.REWARDS``, by an import path ``package.module:attribute``, or by a key of
-``custom`` (name → object). The object is a :class:`~rewards.base.TerminalReward` subclass (built as
-``cls(env, weight=w, **options)``) or a function ``fn(images, prompts) -> (B,) floats`` (wrapped with
-:func:`~rewards.callable.from_callable`, named after the term).
+A reward is named by a key of ``rewards.REWARDS``, by an import path ``package.module:attribute``, or by a key of
+``custom`` (name → object). The object is a scorer class (built as ``cls(**options)``; a ``device`` it takes
+defaults to the env's), a scorer object, or a function ``fn(images, prompts) -> (B,) floats`` (named after the
+term).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
 
+from rewards.scorer import FunctionScorer
+from rewards.wrappers import wrap_reward
+
 
 def resolve_reward(name: str, custom: Mapping[str, Any] | None = None) -> Any:
-    """The reward class or function a term ``name`` stands for (see the module docstring)."""
+    """The scorer class, object or function a reward ``name`` stands for (see the module docstring)."""
     from rewards import REWARDS
 
     if custom and name in custom:
@@ -37,21 +41,37 @@ def resolve_reward(name: str, custom: Mapping[str, Any] | None = None) -> Any:
     raise ValueError(f"unknown reward {name!r}: use one of {known} or an import path package.module:function")
 
 
-def add_reward(env: Any, name: str, weight: float = 1.0, options: Mapping[str, Any] | None = None,
-               custom: Mapping[str, Any] | None = None) -> Any:
-    """``env`` wrapped with the term ``name`` at ``weight``."""
-    from rewards.base import TerminalReward
-    from rewards.callable import from_callable
-
-    reward = resolve_reward(name, custom)
-    if isinstance(reward, type) and issubclass(reward, TerminalReward):
-        return reward(env, weight=weight, **(options or {}))
+def make_scorer(reward: Any, env: Any = None, options: Mapping[str, Any] | None = None,
+                name: str | None = None) -> Any:
+    """A scorer from a scorer class (built with ``options``; ``device`` from ``env`` when the class takes one and
+    ``options`` lack it), a scorer object or a function (named ``name``)."""
+    label = name or getattr(reward, "__name__", type(reward).__name__)
+    if isinstance(reward, type):
+        options = dict(options or {})
+        parameters = inspect.signature(reward).parameters
+        if "device" in parameters and "device" not in options and hasattr(getattr(env, "unwrapped", None), "device"):
+            options["device"] = str(env.unwrapped.device)
+        return reward(**options)
+    if options:
+        raise ValueError(f"reward {label!r} is {'a function' if inspect.isfunction(reward) else 'a scorer object'}: "
+                         f"it takes no options (got {sorted(options)})")
+    if inspect.isfunction(reward) or (name and not hasattr(reward, "name") and callable(reward)):
+        return FunctionScorer(reward, name)
     if callable(reward):
-        if options:
-            raise ValueError(f"reward {name!r} is a function: it takes no options (got {sorted(options)})")
-        return from_callable(env, reward, name=name.rpartition(":")[2], weight=weight)
-    raise TypeError(f"reward {name!r} is a {type(reward).__name__}: give a TerminalReward subclass or a function "
-                    "fn(images, prompts) -> rewards")
+        return reward
+    raise TypeError(f"reward {label!r} is a {type(reward).__name__}: give a scorer class, a scorer object or a "
+                    "function fn(images, prompts) -> rewards")
+
+
+def add_reward(env: Any, reward: Any, weight: float = 1.0, *, custom: Mapping[str, Any] | None = None,
+               **options: Any) -> Any:
+    """``env`` wrapped with ``reward`` at ``weight``: a name (see the module docstring), a scorer class, a scorer
+    object or a function; ``options`` build a scorer class, e.g. ``add_reward(env, "jpeg_compressibility",
+    upscale=4)``."""
+    if isinstance(reward, str):
+        return wrap_reward(env, make_scorer(resolve_reward(reward, custom), env, options,
+                                            name=reward.rpartition(":")[2]), weight)
+    return wrap_reward(env, make_scorer(reward, env, options), weight)
 
 
 def weighted_sum(env: Any, weights: dict[str, float], options: dict[str, dict] | None = None,
@@ -59,10 +79,10 @@ def weighted_sum(env: Any, weights: dict[str, float], options: dict[str, dict] |
     """Wrap ``env`` with every reward named in ``weights``, each with its weight.
 
     Args:
-        weights: term (a built-in name, ``package.module:function`` or a key of ``custom``) → weight (non-zero,
+        weights: reward (a built-in name, ``package.module:function`` or a key of ``custom``) → weight (non-zero,
             finite).
-        options: term → constructor keyword arguments, e.g. {"jpeg_compressibility": {"upscale": 4}}.
-        custom: your own rewards by name: a TerminalReward subclass or a function fn(images, prompts).
+        options: reward → the scorer's keyword arguments, e.g. {"jpeg_compressibility": {"upscale": 4}}.
+        custom: your own rewards by name: a scorer class or object, or a function fn(images, prompts).
     """
     if not weights:
         raise ValueError("weighted_sum needs at least one reward: weights={'jpeg_compressibility': 1.0, ...}")
@@ -75,5 +95,5 @@ def weighted_sum(env: Any, weights: dict[str, float], options: dict[str, dict] |
             raise ValueError(f"weighted_sum: the weight of {name!r} must be a finite non-zero number, got {weight!r}")
         resolve_reward(name, custom)  # every term is known before any is built
     for name, weight in weights.items():
-        env = add_reward(env, name, weight, options.get(name), custom)
+        env = add_reward(env, name, weight, custom=custom, **options.get(name, {}))
     return env

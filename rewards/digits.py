@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ddpo_env.models.digits import DIGIT_WORDS
-from rewards.base import TerminalReward
+from rewards.scorer import Scorer
 
 _DIGIT = re.compile(r"(?<![0-9])[0-9](?![0-9])|\b(" + "|".join(DIGIT_WORDS) + r")\b", re.IGNORECASE)
 
@@ -32,23 +32,28 @@ def prompted_digit(prompt: str) -> int:
     return found.pop()
 
 
-class DigitAlignment(TerminalReward):
-    """Reward p_classifier(prompted digit | image) in [0, 1], with the classifier shipped with the default model."""
+class DigitAlignment(Scorer):
+    """Reward p_classifier(prompted digit | image) in [0, 1], with the classifier shipped with the default model.
+
+    Args:
+        device: where the classifier runs ("cpu" when None; wrapped by name, the env's device).
+    """
 
     name = "digit_alignment"
 
-    def __init__(self, env: Any, *, device: str | None = None, weight: float = 1.0) -> None:
+    def __init__(self, *, device: str | None = None) -> None:
         from ddpo_env.models.digit_classifier import load_classifier
 
-        if device is None:
-            device = str(env.unwrapped.device) if env is not None and hasattr(env.unwrapped, "device") else "cpu"
-        self.classifier = load_classifier(device=device)
-        super().__init__(env, weight=weight, device=device)
+        self.device = device or "cpu"
+        self.classifier = load_classifier(device=self.device)
 
-    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         digits = torch.tensor([prompted_digit(p) for p in prompts], device=self.classifier.device)
         probabilities = self.classifier.predict_proba(images)
         return probabilities.gather(1, digits[:, None]).squeeze(1).cpu().numpy()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device!r})"
 
 
 class DigitMargin(DigitAlignment):
@@ -58,7 +63,7 @@ class DigitMargin(DigitAlignment):
 
     name = "digit_margin"
 
-    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         digits = torch.tensor([prompted_digit(p) for p in prompts], device=self.classifier.device)
         return digit_margins(self.classifier, images, digits).cpu().numpy()
 

@@ -8,12 +8,11 @@ barely varies; ×4 gives the encoder room to differ (the spread of sizes grows a
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from rewards.base import TerminalReward
+from rewards.scorer import Scorer
 
 
 def jpeg_size_kb(image: np.ndarray, quality: int = 95, upscale: int = 1) -> float:
@@ -25,19 +24,21 @@ def jpeg_size_kb(image: np.ndarray, quality: int = 95, upscale: int = 1) -> floa
     return buffer.tell() / 1000.0
 
 
-class _JpegSize(TerminalReward):
+class _JpegSize(Scorer):
     sign = 1.0
 
-    def __init__(self, env: Any, *, quality: int = 95, upscale: int = 1, weight: float = 1.0) -> None:
+    def __init__(self, *, quality: int = 95, upscale: int = 1) -> None:
         if not (isinstance(quality, int) and 1 <= quality <= 100):
             raise ValueError(f"{self.name}: quality must be an int in [1, 100], got {quality!r}")
         if not (isinstance(upscale, int) and upscale >= 1):
             raise ValueError(f"{self.name}: upscale must be an int >= 1, got {upscale!r}")
         self.quality, self.upscale = quality, upscale
-        super().__init__(env, weight=weight, quality=quality, upscale=upscale)
 
-    def score(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         return np.array([self.sign * jpeg_size_kb(im, self.quality, self.upscale) for im in images])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(quality={self.quality}, upscale={self.upscale})"
 
 
 class JpegCompressibility(_JpegSize):

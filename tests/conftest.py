@@ -18,10 +18,10 @@ TINY = {"model": "tiny", "num_steps": 4, "device": "cpu"}
 
 def tiny_env(num_envs=3, **kwargs):
     """The tiny vector env with the JPEG-compressibility reward."""
-    from rewards import JpegCompressibility
+    from rewards import JpegCompressibility, VectorTerminalReward
 
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **{**TINY, **kwargs})
-    return JpegCompressibility(venv, upscale=4)
+    return VectorTerminalReward(venv, JpegCompressibility(upscale=4))
 
 
 class Recorder(KVWriter):

@@ -25,9 +25,18 @@ def seeded_action(agent, seed=123):
     return action
 
 
-def test_sb3_save_then_load_round_trips_exactly_and_the_file_is_small(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The module's baseline, trained once: DDPO-IS for 2 epochs (48 env steps: two updates, so the optimizer has
+    moments), with SB3's CheckpointCallback saving every 4 calls. Tests read it and never train it further."""
+    folder = tmp_path_factory.mktemp("sb3-checkpoints")
     agent = make_agent("ddpo-is", tiny_env(), **SMALL)
-    agent.learn(total_samples=12)  # two updates: the optimizer has moments
+    agent.learn(total_timesteps=48, callback=CheckpointCallback(save_freq=4, save_path=str(folder)))
+    return agent, folder
+
+
+def test_sb3_save_then_load_round_trips_exactly_and_the_file_is_small(trained, tmp_path):
+    agent, _ = trained
     agent.save(tmp_path / "agent")  # SB3 adds .zip
     path = tmp_path / "agent.zip"
     loaded = DDPO_IS.load(path, env=tiny_env())
@@ -60,28 +69,29 @@ def test_state_dict_round_trip_continues_training_identically():
     assert_trees_equal(agent.policy.trainable_state_dict(), twin.policy.trainable_state_dict(), "weights")
 
 
-def test_learn_counts_total_timesteps_as_env_steps():
+def test_learn_counts_total_timesteps_as_env_steps(trained):
     agent = make_agent("ddpo-is", tiny_env(), **SMALL)  # 6 episodes × 4 steps = 24 timesteps per epoch
     agent.learn(total_timesteps=25)  # rounded up to whole rollouts: 2 epochs
     assert (agent.num_epochs, agent.num_timesteps) == (2, 48)
+    # the same training as the baseline's 48 steps (whose checkpoint callback changed nothing)
+    assert_trees_equal(agent.policy.trainable_state_dict(), trained[0].policy.trainable_state_dict(), "weights")
     agent.learn(total_samples=6)
     assert agent.num_epochs == 3
     with pytest.raises(ValueError, match="not both or neither"):
         agent.learn(total_timesteps=24, total_samples=6)
 
 
-def test_checkpoint_callback_files_load(tmp_path):
-    agent = make_agent("ddpo-is", tiny_env(), **SMALL)
-    agent.learn(total_timesteps=48, callback=CheckpointCallback(save_freq=4, save_path=str(tmp_path)))
-    files = sorted(tmp_path.glob("rl_model_*_steps.zip"), key=lambda p: int(p.stem.split("_")[2]))
+def test_checkpoint_callback_files_load(trained):
+    _, folder = trained
+    files = sorted(folder.glob("rl_model_*_steps.zip"), key=lambda p: int(p.stem.split("_")[2]))
     assert len(files) >= 2
     for file in files:
         loaded = DDPO_IS.load(file, env=tiny_env())
         assert loaded.num_timesteps == int(file.stem.split("_")[2])
 
 
-def test_evaluate_policy_runs_on_the_reward_wrapped_env():
-    agent = make_agent("ddpo-is", tiny_env(), **SMALL)
+def test_evaluate_policy_runs_on_the_reward_wrapped_env(trained):
+    agent, _ = trained
     # any reward-wrapped vector env, through the adapter every agent uses (and SB3's Monitor, as SB3 asks)
     mean, std = evaluate_policy(agent, VecMonitor(SB3VecEnv(tiny_env())), n_eval_episodes=3)
     assert np.isfinite(mean) and np.isfinite(std) and mean < 0  # JPEG compressibility: minus kilobytes

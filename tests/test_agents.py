@@ -10,7 +10,7 @@ from stable_baselines3.common.logger import Logger
 
 from agents import AGENTS, DDPO_IS, DiffusionPolicy, make_agent
 from ddpo_env.sb3 import SB3VecEnv
-from rewards import JpegCompressibility, from_callable
+from rewards import JpegCompressibility, VectorTerminalReward, from_callable
 from tests.conftest import TINY, Recorder, tiny_env
 
 SMALL = {"samples_per_epoch": 6, "batch_size": 3, "seed": 0}
@@ -198,8 +198,8 @@ def test_evaluation_is_repeatable_and_leaves_the_policy_noise_untouched():
 
     env = tiny_env()
     agent = make_agent("ddpo-is", env, **SMALL)
-    eval_env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **{**TINY, "model":
-                                                                                          env.unwrapped.backend}))
+    eval_env = VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **{**TINY, "model":
+                                                 env.unwrapped.backend}), JpegCompressibility())
     state = agent.policy.noise_generator.get_state()
     a = evaluate_policy(agent.policy, eval_env, ["a", "b", "c"], seed=5)
     b = evaluate_policy(agent.policy, eval_env, ["a", "b", "c"], seed=5)

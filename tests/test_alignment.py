@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rewards.alignment import AlignmentScorer, PromptAlignment
-from rewards.base import RewardError
+from rewards import RewardError, add_reward
+from rewards.alignment import AlignmentConfig, AlignmentScorer, PromptAlignment
 from tests.conftest import TINY
 from tests.test_rewards import run
 
@@ -60,7 +60,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorer(models):
     captioner, bert, layers = models
-    return AlignmentScorer(captioner, bert, layers, max_new_tokens=6, batch_size=2)
+    return AlignmentScorer(AlignmentConfig(captioner, bert, layers, max_new_tokens=6, batch_size=2))
 
 
 def test_bertscore_recall_on_known_sentences(scorer):
@@ -78,8 +78,8 @@ def test_alignment_reward_end_to_end_equals_per_image_caption_and_bertscore(mode
     from transformers import pipeline
 
     captioner, bert, layers = models
-    env = PromptAlignment(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), captioner=captioner,
-                          bertscore_model=bert, bertscore_layers=layers, max_new_tokens=6, batch_size=2)
+    env = add_reward(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), "alignment", captioner=captioner,
+                     bertscore_model=bert, bertscore_layers=layers, max_new_tokens=6, batch_size=2)
     steps = run(env)
     assert all("reward_alignment" not in info for _, _, info in steps[:-1])
     reward, terminated, info = steps[-1]
@@ -89,10 +89,10 @@ def test_alignment_reward_end_to_end_equals_per_image_caption_and_bertscore(mode
     expected_captions = []
     for image in info["image"]:
         chat = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(image)},
-                                             {"type": "text", "text": scorer.question}]}]
+                                             {"type": "text", "text": scorer.config.question}]}]
         out = pipe(text=chat, return_full_text=False, generate_kwargs={"max_new_tokens": 6, "do_sample": False})
         expected_captions.append(out[0]["generated_text"].strip())
-    assert env.last_captions == expected_captions and all(expected_captions)
+    assert env.scorer.last_captions == expected_captions and all(expected_captions)
     references = [f"The image contains {p}" for p in info["prompt"]]
     _, recall, _ = bert_score(expected_captions, references, model_type=bert, num_layers=layers, batch_size=1)
     np.testing.assert_allclose(reward, recall.numpy(), rtol=0, atol=1e-5)
@@ -110,11 +110,11 @@ def test_alignment_served_from_another_process_equals_local(models, scorer):
         line = server.stdout.readline()
         assert line.startswith("alignment reward serving on http://127.0.0.1:"), line
         url = line.split()[-1].removesuffix("/score")
-        env = PromptAlignment(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), server=url)
+        env = add_reward(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), PromptAlignment(server=url))
         reward, _, info = run(env)[-1]
         local, captions = scorer(info["image"], list(info["prompt"]))
         np.testing.assert_array_equal(reward, local)
-        assert env.last_captions == captions
+        assert env.scorer.last_captions == captions
     finally:
         server.kill()
         server.wait()
@@ -125,16 +125,22 @@ def test_alignment_errors_name_the_fix(models, tmp_path):
     captioner, bert, layers = models
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
     with pytest.raises(FileNotFoundError, match=r"alignment: could not load a captioning model from .*missing"):
-        PromptAlignment(venv, captioner=str(tmp_path / "missing"), bertscore_model=bert, bertscore_layers=layers)
+        PromptAlignment(captioner=str(tmp_path / "missing"), bertscore_model=bert, bertscore_layers=layers)
     with pytest.raises(ValueError) as e:
-        PromptAlignment(venv)
+        PromptAlignment()
     assert str(e.value) == ("alignment: pass either captioner= (a VLM folder or hub id) or server= (a URL), "
                             "not neither")
     with pytest.raises(ValueError, match=r"alignment: bertscore_layers is needed for .*6 for a MiniLM-L6"):
-        AlignmentScorer(captioner, bert)
+        AlignmentScorer(AlignmentConfig(captioner, bert))
     with pytest.raises(ValueError, match=r"alignment: template must contain '\{prompt\}'"):
-        AlignmentScorer(captioner, bert, layers, template="The image contains")
-    env = PromptAlignment(venv, server="http://127.0.0.1:9")  # nothing listens on the discard port
+        AlignmentConfig(captioner, bert, layers, template="The image contains")
+    with pytest.raises(TypeError) as e:  # one option list: the scorer, the server and the job share it
+        PromptAlignment(captioner=captioner, max_tokens=6)
+    assert str(e.value).startswith("alignment: unknown option(s) ['max_tokens']; the options are ['batch_size', ")
+    with pytest.raises(ValueError, match=r"with server= the models and their options live in the server .* drop "
+                                         r"\['captioner'\]"):
+        PromptAlignment(server="http://127.0.0.1:9", captioner=captioner)
+    env = add_reward(venv, PromptAlignment(server="http://127.0.0.1:9"))  # nothing listens on the discard port
     with pytest.raises(RewardError, match=r"reward '\w+' raised ConnectionError: .*the scoring server at "
                                           r"http://127.0.0.1:9 did not answer") as e:
         run(env)

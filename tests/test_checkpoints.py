@@ -3,6 +3,7 @@ writes with safe rotation, recorded versions, the final epoch always saved."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,12 +56,19 @@ def assert_trees_equal(a, b, path="state"):
         assert a == b, path
 
 
-def test_save_then_load_in_a_fresh_process_is_exact(tmp_path):
+@pytest.fixture(scope="module")
+def trained_job(tmp_path_factory):
+    """The module's baseline job, trained once: 3 epochs, a checkpoint each epoch, the newest 2 kept. Tests read it
+    (copy a checkpoint before changing it) and do not train it further."""
+    folder = tmp_path_factory.mktemp("job")
+    cfg = job(folder, epochs=3, save_every=1, keep_last=2)
+    return cfg, train(cfg).agent, folder / "run" / "checkpoints"
+
+
+def test_save_then_load_in_a_fresh_process_is_exact(trained_job, tmp_path):
     """18: weights and optimizer state exactly equal; a seeded sample matches; other env shapes are refused."""
-    cfg = job(tmp_path, epochs=2)
-    result = train(cfg)
-    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
-    agent = result.agent
+    cfg, agent, root = trained_job
+    path = latest_checkpoint(root)
     eval_env = build_env(cfg, num_envs=3, model=agent.diffusion_env.backend)
     expected = evaluate_policy(agent.policy, eval_env, ["a cat", "a dog", "a bird"], seed=7).images
     np.save(tmp_path / "expected.npy", expected)
@@ -158,21 +166,19 @@ def write_json(path, values):
     return path
 
 
-def test_a_failed_write_leaves_the_last_checkpoint_and_prunes_nothing(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_the_last_checkpoint_and_prunes_nothing(trained_job, monkeypatch):
     """20: a writer failing midway: no partial checkpoint visible, the previous one loads, rotation untouched."""
-    cfg = job(tmp_path, epochs=3, save_every=1, keep_last=2)
-    agent = train(cfg).agent
-    root = tmp_path / "run" / "checkpoints"
+    cfg, agent, root = trained_job
     assert [p.name for p in list_checkpoints(root)] == ["epoch-000002", "epoch-000003"]  # keep_last 2
-    agent.num_epochs = 4
+    monkeypatch.setattr(agent, "num_epochs", 4)
 
     def broken_save(obj, path, *args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(agent, root, keep_last=1)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", broken_save)
+        with pytest.raises(OSError, match="disk full"):
+            save_checkpoint(agent, root, keep_last=1)
     assert [p.name for p in list_checkpoints(root)] == ["epoch-000002", "epoch-000003"]  # nothing pruned
     assert sorted(p.name for p in root.iterdir()) == ["epoch-000002", "epoch-000003"]  # no staging left
     fresh = build_agent(cfg, build_env(cfg))
@@ -229,11 +235,10 @@ def test_only_rank_zero_writes(tmp_path):
     assert "rank 1 wrote None" in result.stdout
 
 
-def test_checkpoint_records_versions_and_config_and_refuses_newer_formats(tmp_path):
+def test_checkpoint_records_versions_and_config_and_refuses_newer_formats(trained_job, tmp_path):
     """21."""
-    cfg = job(tmp_path, epochs=1)
-    train(cfg)
-    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    path = tmp_path / "epoch-000003"
+    shutil.copytree(latest_checkpoint(trained_job[2]), path)  # this test rewrites its meta.json
     meta = read_meta(path)
     assert meta["format_version"] == FORMAT_VERSION == 1
     assert meta["packages"]["torch"] == torch.__version__ and meta["packages"]["diffusers"]

@@ -30,7 +30,7 @@ WORKER = """
     import ddpo_env
     from agents import make_agent
     from agents.distributed import init_from_environment
-    from rewards import JpegCompressibility
+    from rewards import JpegCompressibility, VectorTerminalReward
 
     init_from_environment("cpu")
     rank = dist.get_rank()
@@ -38,8 +38,8 @@ WORKER = """
     results = {}
     for name in ("ddpo-is", "ddpo-sf", "rwr", "rwr-sparse", "ddpo-is+groups+kl+ema"):
         grpo = name == "ddpo-is+groups+kl+ema"
-        env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, group_size=2 if grpo else 1,
-                                               **tiny), upscale=2)
+        env = VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, group_size=2 if grpo else 1,
+                                                **tiny), JpegCompressibility(upscale=2))
         extra = {"top_fraction": 0.25} if name == "rwr-sparse" else {}  # 1 sample of 4: on one rank only
         extra = {"group_advantages": True, "kl_coef": 1.0, "ema_decay": 0.5} if grpo else extra
         agent = make_agent(name.split("+")[0], env, **agent_kwargs, **extra)
@@ -86,11 +86,11 @@ def one_process_update(name: str, ranks: list[dict]) -> list[torch.Tensor]:
     update, from the same start."""
     import gymnasium as gym
 
-    from rewards import JpegCompressibility
+    from rewards import JpegCompressibility, VectorTerminalReward
 
     grpo = name == "ddpo-is+groups+kl+ema"
-    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=4, group_size=2 if grpo else 1, **TINY),
-                              upscale=2)
+    env = VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=4, group_size=2 if grpo else 1, **TINY),
+                               JpegCompressibility(upscale=2))
     extra = {"group_advantages": True, "kl_coef": 1.0, "ema_decay": 0.5} if grpo else {}
     agent = make_agent(name.split("+")[0], env, **AGENT, **extra)
     agent.set_logger(Logger(folder=None, output_formats=[]))

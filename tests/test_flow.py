@@ -14,14 +14,14 @@ from ddpo_env.backends import load_backend
 from ddpo_env.flow import FlowMatchSchedule, flow_sde_step
 from ddpo_env.models.tiny import SD3_SCHEDULER_CONFIG
 from ddpo_env.sampler import guided_model_output
-from rewards import JpegCompressibility
+from rewards import JpegCompressibility, VectorTerminalReward
 
 SD3 = {"model": "tiny-sd3", "num_steps": 4, "device": "cpu"}
 
 
 def sd3_env(num_envs=4, **kwargs):
-    return JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **{**SD3, **kwargs}),
-                               upscale=4)
+    return VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=num_envs, **{**SD3, **kwargs}),
+                                JpegCompressibility(upscale=4))
 
 
 def diffusers_scheduler(num_steps):

@@ -12,6 +12,9 @@ from rewards import (
     DigitMargin,
     JpegCompressibility,
     JpegIncompressibility,
+    TerminalReward,
+    VectorTerminalReward,
+    add_reward,
     digit_agreement,
     from_callable,
     jpeg_size_kb,
@@ -52,22 +55,30 @@ def test_vector_reward_equals_the_function_per_sample_and_only_at_the_last_step(
 
 
 def test_single_env_form_and_recorded_arguments():
-    env = JpegIncompressibility(gym.make("DenoisingDiffusion-v0", **TINY), quality=80, upscale=2, weight=0.5)
+    scorer = JpegIncompressibility(quality=80, upscale=2)
+    env = TerminalReward(gym.make("DenoisingDiffusion-v0", **TINY), scorer, weight=0.5)
     steps = run(env)
     reward, terminated, info = steps[-1]
     assert terminated and reward == pytest.approx(0.5 * jpeg_size_kb(info["image"], 80, 2))
     assert info["reward_jpeg_incompressibility"] == pytest.approx(jpeg_size_kb(info["image"], 80, 2))
-    assert env._saved_kwargs["quality"] == 80 and env._saved_kwargs["weight"] == 0.5
-    venv = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY), upscale=3)
-    assert venv._saved_kwargs == {"weight": 1.0, "quality": 95, "upscale": 3}
+    recorded = env.spec.additional_wrappers[-1].kwargs
+    assert recorded["scorer"] is scorer and recorded["weight"] == 0.5  # shared like a function, never copied
+    # by name, the wrapper matching the env: options build the scorer
+    venv = add_reward(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY), "jpeg_compressibility", upscale=3)
+    assert isinstance(venv, VectorTerminalReward) and venv.weight == 1.0
+    assert (venv.scorer.quality, venv.scorer.upscale) == (95, 3)
+    single = add_reward(gym.make("DenoisingDiffusion-v0", **TINY), scorer, -2.0)
+    assert isinstance(single, TerminalReward) and single.scorer is scorer and single.weight == -2.0
+    with pytest.raises(TypeError, match=r"a reward wraps a Gymnasium env, got int"):
+        add_reward(3, scorer)
 
 
 def test_jpeg_size_matches_pillow_and_signs():
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     flat = np.zeros((16, 16, 3), dtype=np.uint8)
     assert jpeg_size_kb(image) > jpeg_size_kb(flat) > 0
-    env = JpegCompressibility(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY))
-    assert env.score(np.stack([image, flat]), ["", ""]).tolist() == [-jpeg_size_kb(image), -jpeg_size_kb(flat)]
+    scorer = JpegCompressibility()  # a plain object: no env needed
+    assert scorer(np.stack([image, flat]), ["", ""]).tolist() == [-jpeg_size_kb(image), -jpeg_size_kb(flat)]
 
 
 @pytest.mark.parametrize(
@@ -91,11 +102,16 @@ def test_bad_reward_output_raises_naming_the_reward(fn, error, message):
 def test_constructor_arguments_are_validated():
     venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
     with pytest.raises(ValueError) as e:
-        JpegCompressibility(venv, quality=0)
+        JpegCompressibility(quality=0)
     assert str(e.value) == "jpeg_compressibility: quality must be an int in [1, 100], got 0"
     with pytest.raises(ValueError) as e:
-        JpegCompressibility(venv, weight=float("inf"))
+        VectorTerminalReward(venv, JpegCompressibility(), weight=float("inf"))
     assert str(e.value) == "jpeg_compressibility: weight must be a finite number, got inf"
+    with pytest.raises(TypeError, match=r"needs a scorer: .* \(a class: build it first\)"):
+        VectorTerminalReward(venv, JpegCompressibility)
+    with pytest.raises(ValueError) as e:
+        add_reward(venv, JpegCompressibility(), upscale=2)
+    assert str(e.value) == "reward 'JpegCompressibility' is a scorer object: it takes no options (got ['upscale'])"
     with pytest.raises(TypeError) as e:
         from_callable(venv, "not a function")
     assert str(e.value) == "from_callable needs a function fn(images, prompts) -> rewards, got str"
@@ -108,12 +124,12 @@ def test_digit_alignment_scores_real_digits_high_and_refuses_unknown_prompts():
     images = ((data["heldout_images"][:20, 0] + 1) / 2 * 255).round().byte().numpy()
     rgb = np.repeat(images[..., None], 3, axis=-1)
     labels = data["heldout_labels"][:20].tolist()
-    reward = DigitAlignment(gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY))
-    right = reward.score(rgb, [f"the number {d}" for d in labels])
-    wrong = reward.score(rgb, [f"the number {(d + 1) % 10}" for d in labels])
+    reward = DigitAlignment()
+    right = reward(rgb, [f"the number {d}" for d in labels])
+    wrong = reward(rgb, [f"the number {(d + 1) % 10}" for d in labels])
     assert right.mean() > 0.9 and wrong.mean() < 0.1
-    margin = DigitMargin(gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY))
-    right_margin = margin.score(rgb, [f"the number {d}" for d in labels])
+    margin = DigitMargin()
+    right_margin = margin(rgb, [f"the number {d}" for d in labels])
     logits = margin.classifier(images_to_input(rgb)).detach()
     for i, d in enumerate(labels):  # by hand: the prompted digit's logit over the best other one
         others = [float(logits[i, j]) for j in range(10) if j != d]
@@ -121,13 +137,14 @@ def test_digit_alignment_scores_real_digits_high_and_refuses_unknown_prompts():
     assert (right_margin > 0).mean() == (right > 0.5).mean() == digit_agreement(rgb, [str(d) for d in labels])
     assert digit_agreement(rgb, ["a cat"] * len(rgb)) is None
     with pytest.raises(ValueError) as e:
-        reward.score(rgb[:1], ["a cat"])
+        reward(rgb[:1], ["a cat"])
     assert str(e.value) == ("digit_alignment cannot tell which digit the prompt 'a cat' asks for: name exactly one "
                             "digit (0-9 or zero..nine)")
 
 
 def test_digit_alignment_on_the_default_model_episode():
-    env = DigitAlignment(gym.make("DenoisingDiffusion-v0", device="cpu"))
+    env = add_reward(gym.make("DenoisingDiffusion-v0", device="cpu"), "digit_alignment")
+    assert env.scorer.device == "cpu"  # by name: the env's device
     sampler = DDIMSampler(env)
     obs, _ = env.reset(seed=0, options={"prompt": "the number four"})
     terminated = False
@@ -189,8 +206,8 @@ def test_aesthetic_score_equals_clip_embedding_through_the_mlp(tiny_clip_and_mlp
     from rewards.aesthetic import AestheticMLP, clip_pixels
 
     clip_path, head_path = tiny_clip_and_mlp
-    env = AestheticScore(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), clip_model=clip_path,
-                         mlp_weights=head_path, batch_size=2)
+    env = add_reward(gym.make_vec("DenoisingDiffusion-v0", num_envs=3, **TINY), "aesthetic", clip_model=clip_path,
+                     mlp_weights=head_path, batch_size=2)
     reward, terminated, info = run(env)[-1]
     clip = CLIPModel.from_pretrained(clip_path).eval()
     head = AestheticMLP()
@@ -200,27 +217,26 @@ def test_aesthetic_score_equals_clip_embedding_through_the_mlp(tiny_clip_and_mlp
         e = clip.visual_projection(clip.vision_model(pixel_values=clip_pixels(info["image"], 32, "cpu")).pooler_output)
         expected = head(e / e.norm(dim=-1, keepdim=True)).squeeze(1).numpy()
     np.testing.assert_allclose(reward, expected, rtol=1e-5, atol=1e-6)
-    assert env.mlp.layers[0].weight.shape == (1024, 768) and env.mlp.layers[7].weight.shape == (1, 16)
+    assert env.scorer.mlp.layers[0].weight.shape == (1024, 768) and env.scorer.mlp.layers[7].weight.shape == (1, 16)
 
 
 def test_aesthetic_names_the_fix_when_weights_are_missing(tiny_clip_and_mlp, tmp_path):
     clip_path, _ = tiny_clip_and_mlp
-    venv = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
     with pytest.raises(FileNotFoundError) as e:
-        AestheticScore(venv, clip_model=clip_path, mlp_weights=str(tmp_path / "missing.pth"))
+        AestheticScore(clip_model=clip_path, mlp_weights=str(tmp_path / "missing.pth"))
     assert str(e.value) == (
         f"aesthetic: no predictor weights at {str(tmp_path / 'missing.pth')!r}. Download the LAION aesthetic "
         "predictor's MLP (e.g. sac+logos+ava1-l14-linearMSE.pth) and pass its path as mlp_weights="
     )
     with pytest.raises(FileNotFoundError, match=r"^aesthetic: could not load a CLIP model from '/nowhere/clip'"):
-        AestheticScore(venv, clip_model="/nowhere/clip", mlp_weights="x.pth")
+        AestheticScore(clip_model="/nowhere/clip", mlp_weights="x.pth")
 
 
 def test_the_spec_of_a_wrapped_env_rebuilds_it_with_its_rewards():
     from rewards import weighted_sum
 
     env = weighted_sum(gym.make("DenoisingDiffusion-v0", **TINY), {"jpeg_incompressibility": 0.5})
-    env = JpegCompressibility(env, quality=80, upscale=2, weight=2.0)
+    env = TerminalReward(env, JpegCompressibility(quality=80, upscale=2), weight=2.0)
     rebuilt = gym.make(env.spec)
     assert [w.kwargs for w in rebuilt.spec.additional_wrappers] == [w.kwargs for w in env.spec.additional_wrappers]
     (reward, _, info), (rebuilt_reward, _, rebuilt_info) = run(env, seed=3)[-1], run(rebuilt, seed=3)[-1]

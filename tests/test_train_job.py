@@ -52,6 +52,7 @@ def test_a_users_reward_goes_through_the_job_alone_or_in_a_weighted_sum(tmp_path
     import csv
 
     from agents.job.cli import main
+    from rewards import Scorer
     from tests.test_rewards import brightness
 
     flags = ["--model", "tiny", "--num-steps", "2", "--epochs", "1", "--samples-per-epoch", "4", "--num-envs", "4",
@@ -68,3 +69,18 @@ def test_a_users_reward_goes_through_the_job_alone_or_in_a_weighted_sum(tmp_path
                 tensorboard=False, image_every=0, output_dir=str(tmp_path / "api"), reward="mine")
     metrics = train(TrainConfig.from_flat(flat), rewards={"mine": brightness}).metrics
     assert 0 < metrics["eval_reward_before"]["mean"] < 1  # the evaluation scores with the user's reward too
+
+    class Contrast(Scorer):  # a scorer class with an option, set from the job's reward_options
+        name = "contrast"
+
+        def __init__(self, *, scale: float = 1.0):
+            self.scale = scale
+
+        def __call__(self, images, prompts):
+            return self.scale * images.std(axis=(1, 2, 3))
+
+    flat.update(output_dir=str(tmp_path / "class"), reward="mine,contrast=0.5",
+                reward_options={"contrast": {"scale": 1e-3}})
+    epoch = train(TrainConfig.from_flat(flat), rewards={"mine": brightness, "contrast": Contrast}).metrics["epochs"][0]
+    assert 0 < epoch["reward_contrast"] < 0.255  # 1e-3 × a std of uint8 pixels
+    assert epoch["reward_mean"] == pytest.approx(epoch["reward_mine"] + 0.5 * epoch["reward_contrast"])

@@ -35,9 +35,9 @@ class TrainConfig:
     """ddpo-is | ddpo-sf | rwr | rwr-sparse."""
     reward: str = "jpeg_compressibility"
     """A reward: a built-in name, your own as package.module:function (fn(images, prompts) -> rewards, or a
-    TerminalReward subclass), or a weighted sum such as 'jpeg_compressibility=1,mypkg.rewards:sharp=2'."""
+    rewards.Scorer subclass), or a weighted sum such as 'jpeg_compressibility=1,mypkg.rewards:sharp=2'."""
     reward_options: dict = field(default_factory=dict)
-    """Per-reward constructor arguments, e.g. {"aesthetic": {"clip_model": "...", "mlp_weights": "..."}} (JSON)."""
+    """Per-reward scorer options, e.g. {"aesthetic": {"clip_model": "...", "mlp_weights": "..."}} (JSON)."""
     jpeg_upscale: int = 4
     """JPEG rewards: enlarge images ×k before encoding (small images need it)."""
     epochs: int = 56

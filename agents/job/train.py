@@ -218,7 +218,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
           rewards: Mapping[str, Any] | None = None) -> TrainResult:
     """Run the job described by ``cfg`` (resuming it when ``cfg.resume`` says so); returns its metrics (also in
     metrics.json), its evaluations and the agent. ``callbacks`` run after the job's own. ``rewards`` names your own
-    rewards (a TerminalReward subclass or a function fn(images, prompts) -> rewards) for ``cfg.reward`` to use,
+    rewards (a scorer class or object, or a function fn(images, prompts) -> rewards) for ``cfg.reward`` to use,
     e.g. ``train(cfg.replace(reward="mine,jpeg_compressibility=0.5"), rewards={"mine": fn})``; an importable one
     needs no entry: ``reward="package.module:function"``."""
     validate(cfg, rewards)

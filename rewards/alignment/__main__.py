@@ -1,0 +1,3 @@
+from rewards.alignment.server import main
+
+main()
