@@ -2,7 +2,7 @@
 
 Compressibility rewards small files (−kB), incompressibility large ones (+kB). Small images can be enlarged
 (nearest neighbour) before encoding: JPEG works on 8×8 blocks, so a 16×16 image has only four of them and its size
-barely varies; ×4 gives the encoder room to differ (the spread of sizes grows about 12× on the default model).
+barely varies; ×4 gives the encoder room to differ.
 """
 
 from __future__ import annotations
