@@ -48,6 +48,9 @@ class TerminalReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.utils.RecordConstructorArgs.__init__(self, scorer=scorer, weight=weight)
         gym.Wrapper.__init__(self, env)
 
+    def __str__(self) -> str:  # gym.Wrapper's repr is its str
+        return f"<TerminalReward({self.scorer!r}, weight={self.weight:g}), {self.env}>"
+
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if "image" in info:
@@ -70,6 +73,9 @@ class VectorTerminalReward(gym.vector.VectorWrapper, gym.utils.RecordConstructor
         self.weight = _checked_weight(self.name, weight)
         gym.utils.RecordConstructorArgs.__init__(self, scorer=scorer, weight=weight)
         gym.vector.VectorWrapper.__init__(self, env)
+
+    def __repr__(self) -> str:
+        return f"<VectorTerminalReward({self.scorer!r}, weight={self.weight:g}), {self.env}>"
 
     def step(self, actions: Any):
         obs, rewards, terminated, truncated, info = self.env.step(actions)

@@ -66,9 +66,12 @@ def test_single_env_form_and_recorded_arguments():
     # by name, the wrapper matching the env: options build the scorer
     venv = add_reward(gym.make_vec("DenoisingDiffusion-v0", num_envs=2, **TINY), "jpeg_compressibility", upscale=3)
     assert isinstance(venv, VectorTerminalReward) and venv.weight == 1.0
+    assert repr(venv).startswith("<VectorTerminalReward(JpegCompressibility(quality=95, upscale=3), weight=1), ")
     assert (venv.scorer.quality, venv.scorer.upscale) == (95, 3)
     single = add_reward(gym.make("DenoisingDiffusion-v0", **TINY), scorer, -2.0)
     assert isinstance(single, TerminalReward) and single.scorer is scorer and single.weight == -2.0
+    assert str(single) == repr(single) and repr(single).startswith(
+        "<TerminalReward(JpegIncompressibility(quality=80, upscale=2), weight=-2), <")
     with pytest.raises(TypeError, match=r"a reward wraps a Gymnasium env, got int"):
         add_reward(3, scorer)
 
