@@ -55,12 +55,10 @@ def make_scorer(reward: Any, env: Any = None, options: Mapping[str, Any] | None 
     if options:
         raise ValueError(f"reward {label!r} is {'a function' if inspect.isfunction(reward) else 'a scorer object'}: "
                          f"it takes no options (got {sorted(options)})")
-    if inspect.isfunction(reward) or (name and not hasattr(reward, "name") and callable(reward)):
-        return FunctionScorer(reward, name)
-    if callable(reward):
-        return reward
-    raise TypeError(f"reward {label!r} is a {type(reward).__name__}: give a scorer class, a scorer object or a "
-                    "function fn(images, prompts) -> rewards")
+    if not callable(reward):
+        raise TypeError(f"reward {label!r} is a {type(reward).__name__}: give a scorer class, a scorer object or a "
+                        "function fn(images, prompts) -> rewards")
+    return reward if hasattr(reward, "name") else FunctionScorer(reward, name)  # a function: named after its term
 
 
 def add_reward(env: Any, reward: Any, weight: float = 1.0, *, custom: Mapping[str, Any] | None = None,

@@ -44,7 +44,7 @@ class FunctionScorer(Scorer):
         if not callable(fn):
             raise TypeError(f"a reward function needs the form fn(images, prompts) -> rewards, got {type(fn).__name__}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
+        self.name = name or scorer_name(fn)
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         return self.fn(images, prompts)
