@@ -66,10 +66,10 @@ def add_reward(env: Any, reward: Any, weight: float = 1.0, *, custom: Mapping[st
     """``env`` wrapped with ``reward`` at ``weight``: a name (see the module docstring), a scorer class, a scorer
     object or a function; ``options`` build a scorer class, e.g. ``add_reward(env, "jpeg_compressibility",
     upscale=4)``."""
+    name = reward.rpartition(":")[2] if isinstance(reward, str) else None  # a function is named after its term
     if isinstance(reward, str):
-        return wrap_reward(env, make_scorer(resolve_reward(reward, custom), env, options,
-                                            name=reward.rpartition(":")[2]), weight)
-    return wrap_reward(env, make_scorer(reward, env, options), weight)
+        reward = resolve_reward(reward, custom)
+    return wrap_reward(env, make_scorer(reward, env, options, name), weight)
 
 
 def weighted_sum(env: Any, weights: dict[str, float], options: dict[str, dict] | None = None,
