@@ -4,18 +4,19 @@ DDPO-IS, DDPO-SF and RWR (sparse RWR with ``--agents``) × rewards {JPEG compres
 (``--rewards all`` adds the digit margin) × 3 seeds, each the training job of ``ddpo train``
 (:func:`agents.job.train.train`) with the same settings and the same number of samples; only the learning rate is each
 algorithm's own, chosen by a sweep run first on a separate seed (``--sweep``: JPEG compressibility, rates 1e-3, 3e-3,
-1e-2, refined per agent with ``--rates agent=rate``; writes algorithms_sweep.{json,md}). The main run takes per agent
-the rate with the best gain among those that keep ≥ 80 % of the digits readable (:data:`MIN_AGREEMENT`).
+1e-2, refined per agent with ``--rates agent=rate``; writes algorithms_sweep.{json,md}, NAME_sweep with ``--name``).
+The main run takes per agent the rate with the best gain among those that keep ≥ 80 % of the digits readable
+(:data:`MIN_AGREEMENT`).
 Reported per run: the training reward of every rollout, the fixed evaluation set (100 prompts × seeds, the same for
 every run) before and after training, the optimizer steps taken, the mean clip fraction, the KL to the base model
 along the evaluation trajectories, RWR's effective sample size and the share of digits the classifier still reads
 as prompted (what a run destroys).
 
-Settings (``cpu`` preset): the embedded model, LoRA rank 4 (the paper's method), 64 samples per rollout in
-micro-batches of 32 (≥ 32 samples per optimizer step), all steps of a sample in one pass, matmul attention,
-DDPO-IS clip 1e-3, RWR at τ = 1 (effective sample size ≈ 37 % of a rollout). Runs are independent one-thread processes
-(``--workers``); finished runs are kept in the JSON as they complete, so an interrupted benchmark continues
-(``--resume``).
+Settings (``cpu`` preset): the embedded model with 10-step episodes (``--num-steps 20``: its own 20), LoRA rank 4
+(the paper's method), 64 samples per rollout in micro-batches of 32 (≥ 32 samples per optimizer step) trained on
+every step, 3 steps per pass, matmul attention, DDPO-IS clip 1e-3, RWR at τ = 1 (effective sample size ≈ 37 % of a
+rollout). Runs are independent one-thread processes (``--workers``); finished runs are kept in the JSON as they
+complete, so an interrupted benchmark continues (``--resume``).
 ``--epochs`` makes it larger; ``--preset gpu`` runs a Stable Diffusion folder (``--model``) with the paper's settings.
 
 Writes ``benchmarks/results/algorithms.{json,md,png}`` and summary.json's ``algorithms`` (final evaluation reward
@@ -52,8 +53,11 @@ MIN_AGREEMENT = 0.8
 
 # The settings every run shares (per-agent learning rates come from the sweep).
 PRESETS: dict[str, dict[str, Any]] = {
+    # 10-step episodes (Flow-GRPO's "denoising reduction": the embedded model reads 99 % of its digits as prompted at
+    # 10 steps as at 20) halve every pass; `--num-steps 20` is the model's own episode, twice as long to run.
+    # Micro-passes of 3 steps × 32 samples: on one CPU thread a pass over all 10 steps at once is slower (cache).
     "cpu": {"model": "default", "device": "cpu", "epochs": 16, "samples_per_epoch": 64, "num_envs": 16,
-            "batch_size": 32, "lora_rank": 4, "steps_per_pass": 0, "attention": "matmul"},
+            "batch_size": 32, "lora_rank": 4, "num_steps": 10, "steps_per_pass": 3, "attention": "matmul"},
     "gpu": {"device": "cuda", "dtype": "bfloat16", "epochs": 100, "samples_per_epoch": 256, "num_envs": 32,
             "batch_size": 64, "lora_rank": 4},
 }
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
-    parser.add_argument("--num-steps", type=int, default=0, help="DDIM steps (0: the model's default)")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="DDIM steps per episode (default: the preset's; cpu: 10, gpu: the model's 50)")
     parser.add_argument("--sweep", action="store_true",
                         help=f"the learning-rate sweep: rates {SWEEP_RATES} on seed {SWEEP_SEED} (--rates to change)")
     parser.add_argument("--rates", default=",".join(str(r) for r in SWEEP_RATES),
@@ -273,9 +278,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="run nothing: write the table, plot and summary from the runs in the results JSON (e.g. "
                              "of an unfinished benchmark; --resume later runs the rest)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default=None, help="results file stem (default: algorithms, algorithms_sweep)")
+    parser.add_argument("--name", default="algorithms",
+                        help="results file stem: NAME.{json,md,png}; the sweep writes (and the main run reads) "
+                             "NAME_sweep.{json,md}")
     args = parser.parse_args(argv)
-    name = args.name or ("algorithms_sweep" if args.sweep else "algorithms")
+    name = f"{args.name}_sweep" if args.sweep else args.name
 
     settings = dict(PRESETS[args.preset])
     if args.model:
@@ -294,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rewards = (args.rewards or (SWEEP_REWARD if args.sweep else ",".join(REWARDS))).replace(
         "all", ",".join(ALL_REWARDS)).split(",")
     results_dir = Path(args.results_dir)
-    rates = {**DEFAULT_RATES, **best_rates(results_dir / "algorithms_sweep.json")}
+    rates = {**DEFAULT_RATES, **best_rates(results_dir / f"{args.name}_sweep.json")}
     env_info = environment(command_line("benchmarks.algorithms", argv))
     env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
 
@@ -350,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = data["table"]
     png = results_dir / f"{name}.png"
     plot(table, settings["samples_per_epoch"], png,
-         f"{settings['model']} model, LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
+         f"{settings['model']} model, {settings.get('num_steps', 'default')} steps, "
+         f"LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
          f"{settings['epochs']} × {settings['samples_per_epoch']} samples per run")
     text = markdown(table, env_info["command"], env_info, settings, png.name)
     (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
