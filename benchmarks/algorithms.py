@@ -178,6 +178,8 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
     lines = [
         f"# {title}\n",
         f"`{command}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
+        *([f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n"]
+          if env_info.get("report_command") else []),
         "Final reward on the fixed evaluation set (100 prompts × seeds), mean ± std over seeds; in brackets the "
         "gain over the untrained model in units of its per-sample std. Same settings and samples for all: "
         + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; learning rates per algorithm below.\n",
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     steps = {agent: row["optimizer_steps"] for per_agent in table.values() for agent, row in per_agent.items()}
     update_summary({name: (figures, "final evaluation reward, mean over seeds"),
                     f"{name}_optimizer_steps": (steps, "optimizer steps per run (equal samples per run)")},
-                   env_info, results_dir)
+                   {**env_info, "command": env_info.get("report_command", env_info["command"])}, results_dir)
     print(text)
     return data
 
