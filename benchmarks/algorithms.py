@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--num-steps", type=int, default=None,
                         help="DDIM steps per episode (default: the preset's; cpu: 10, gpu: the model's 50)")
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="override the preset's LoRA rank 4; 0 fine-tunes the whole UNet (give it its own --name "
+                             "and --sweep: its learning rates differ)")
     parser.add_argument("--sweep", action="store_true",
                         help=f"the learning-rate sweep: rates {SWEEP_RATES} on seed {SWEEP_SEED} (--rates to change)")
     parser.add_argument("--rates", default=",".join(str(r) for r in SWEEP_RATES),
@@ -296,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             settings[key] = value
     if args.num_steps:
         settings["num_steps"] = args.num_steps
+    if args.lora_rank is not None:
+        settings["lora_rank"] = args.lora_rank
     for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
         settings[key] = min(settings[key], settings["samples_per_epoch"])
     base = {**settings, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}

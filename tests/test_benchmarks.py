@@ -40,22 +40,28 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     # an unfinished benchmark (2 seeds planned, 1 run): the report says so and runs nothing
     report = algorithms.main([*argv[:7], "2", *argv[8:], "--report-only"])
     assert report["runs"] == data["runs"]
-    assert "**Partial: 2 of 4 runs finished**" in (tmp_path / "algorithms.md").read_text()
+    md = (tmp_path / "algorithms.md").read_text()
+    assert "**Partial: 2 of 4 runs finished**" in md
+    assert "written from the saved runs by `python -m benchmarks.algorithms --model tiny" in md
+    summary = json.loads((tmp_path / "summary.json").read_text())["algorithms"]
+    assert summary["command"].endswith("--report-only")  # the command that wrote these figures
 
 
 def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path):
     argv = ["--model", "tiny", "--agents", "ddpo-is", "--epochs", "1", "--samples-per-epoch", "4",
             "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path)]
+    argv += ["--name", "mine"]  # the sweep writes mine_sweep.*, which the main run mine.* reads
     sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2"])
     assert {r["seed"] for r in sweep["runs"]} == {algorithms.SWEEP_SEED}
     assert {r["learning_rate"] for r in sweep["runs"]} == {1e-4, 1e-2}
     gains = {r["learning_rate"]: np.mean(r["eval_after"]) - np.mean(r["eval_before"]) for r in sweep["runs"]}
     best = max(gains, key=gains.get)
-    assert algorithms.best_rates(tmp_path / "algorithms_sweep.json") == {"ddpo-is": best}
-    md = (tmp_path / "algorithms_sweep.md").read_text()
+    assert algorithms.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": best}
+    md = (tmp_path / "mine_sweep.md").read_text()
     assert f"| DDPO-IS | **{best:g}** |" in md and f"| DDPO-IS | {min(gains, key=gains.get):g} |" in md
-    main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility"])
+    main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility", "--lora-rank", "0"])
     assert [r["learning_rate"] for r in main["runs"]] == [best]
+    assert main["settings"]["lora_rank"] == 0 and (tmp_path / "mine.md").is_file()
 
 
 def test_sweep_rate_choice_skips_rates_that_destroy_the_digits(tmp_path):
