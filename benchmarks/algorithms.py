@@ -6,7 +6,7 @@ DDPO-IS, DDPO-SF and RWR (sparse RWR with ``--agents``) × rewards {JPEG compres
 algorithm's own, chosen by a sweep run first on a separate seed (``--sweep``: JPEG compressibility, rates 1e-3, 3e-3,
 1e-2, refined per agent with ``--rates agent=rate``; writes algorithms_sweep.{json,md}, NAME_sweep with ``--name``).
 The main run takes per agent the rate with the best gain among those that keep ≥ 80 % of the digits readable
-(:data:`MIN_AGREEMENT`).
+(``algorithms_sweep.MIN_AGREEMENT``).
 Reported per run: the training reward of every rollout, the fixed evaluation set (100 prompts × seeds, the same for
 every run) before and after training, the optimizer steps taken, the mean clip fraction, the KL to the base model
 along the evaluation trajectories, RWR's effective sample size and the share of digits the classifier still reads
@@ -38,18 +38,22 @@ from typing import Any
 import numpy as np
 
 from agents.job.train import TrainConfig
+from benchmarks.algorithms_sweep import (
+    LABELS,
+    SWEEP_RATES,
+    SWEEP_REWARD,
+    SWEEP_SEED,
+    best_rates,
+    cell,
+    parse_rates,
+    sweep_markdown,
+    sweep_table,
+)
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
 AGENTS = ("ddpo-is", "ddpo-sf", "rwr")
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility")  # the paper's Fig. 4 pair: the default invocation
 ALL_REWARDS = (*REWARDS, "digit_margin")  # --rewards all: with the prompt-dependent digit margin
-LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
-SWEEP_SEED = 100  # the learning-rate sweep's seed: never one of the reported runs' (0, 1, 2, ...)
-SWEEP_RATES = (1e-3, 3e-3, 1e-2)
-SWEEP_REWARD = "jpeg_compressibility"
-#: The main run's rate for an agent is its best sweep rate among those that keep this share of the digits readable
-#: (make train's floor): a rate that gains reward by destroying the model is not the algorithm doing better.
-MIN_AGREEMENT = 0.8
 
 # The settings every run shares (per-agent learning rates come from the sweep).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -168,10 +172,6 @@ def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, t
     plt.close(fig)
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
-
-
 def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str, Any], settings: dict[str, Any],
              png: str, title: str = "RL algorithms on diffusion") -> str:
     agents = list(dict.fromkeys(a for per_agent in table.values() for a in per_agent))
@@ -194,16 +194,16 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
     lines += ["\nPer run (means over seeds): learning rate, optimizer steps, mean clip fraction (DDPO-IS), KL to the "
               "base model along the evaluation trajectories, effective sample size of a rollout (RWR), digits the "
               "classifier reads as prompted after training (before: "
-              + _cell(_mean([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%") + ").\n",
+              + cell(_mean([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%") + ").\n",
               "| reward | agent | lr | optimizer steps | clip fraction | KL to base | ESS | digits read | "
               "gain per seed (std) | min/run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for reward, per_agent in table.items():
         for agent, r in per_agent.items():
             lines.append(
                 f"| {reward} | {LABELS.get(agent, agent)} | {r['learning_rate']:g} "
-                f"| {_cell(r['optimizer_steps'], '.0f')} | {_cell(r['clip_fraction'], '.3f')} "
-                f"| {_cell(r['kl_to_base'], '.3g')} "
-                f"| {_cell(r['effective_sample_size'], '.1f')} | {_cell(r['agreement_after'], '.0%')} | "
+                f"| {cell(r['optimizer_steps'], '.0f')} | {cell(r['clip_fraction'], '.3f')} "
+                f"| {cell(r['kl_to_base'], '.3g')} "
+                f"| {cell(r['effective_sample_size'], '.1f')} | {cell(r['agreement_after'], '.0%')} | "
                 + ", ".join(f"{g:+.2f}" for g in r["gain_in_initial_std_per_seed"])
                 + f" | {r['minutes_per_run']:.1f} |")
     if env_info.get("runs_missing"):
@@ -215,44 +215,6 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
                      "invocation.")
     lines.append(f"\n![reward vs samples]({png})\n")
     return "\n".join(lines)
-
-
-def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str, float]:
-    """Per agent, the learning rate with the best mean evaluation gain over the sweep's rewards among the rates that
-    keep at least ``min_agreement`` of the digits readable (default :data:`MIN_AGREEMENT`; rates without a digit
-    measure qualify). When no rate qualifies, the one that keeps the most digits."""
-    if not sweep_json.is_file():
-        return {}
-    floor = MIN_AGREEMENT if min_agreement is None else min_agreement
-    runs = json.loads(sweep_json.read_text(encoding="utf-8"))["runs"]
-    best: dict[str, float] = {}
-    for agent in {r["agent"] for r in runs}:
-        gains: dict[float, list[float]] = {}
-        kept: dict[float, list[float]] = {}
-        for r in runs:
-            if r["agent"] == agent:
-                gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
-                gains.setdefault(r["learning_rate"], []).append(float(gain))
-                if r.get("agreement_after") is not None:
-                    kept.setdefault(r["learning_rate"], []).append(r["agreement_after"])
-        fine = [rate for rate in gains if rate not in kept or np.mean(kept[rate]) >= floor]
-        if fine:
-            best[agent] = max(fine, key=lambda k: np.mean(gains[k]))
-        else:
-            best[agent] = max(kept, key=lambda k: np.mean(kept[k]))
-    return best
-
-
-def parse_rates(text: str, agents: list[str]) -> dict[str, list[float]]:
-    """``--rates``: ``1e-3,3e-3`` (every agent) or ``ddpo-is=5e-3,rwr=1.5e-3,rwr=2e-3`` (per agent)."""
-    rates: dict[str, list[float]] = {}
-    for item in text.split(","):
-        agent, _, rate = item.rpartition("=")
-        for a in [agent] if agent else agents:
-            if a not in agents:
-                raise SystemExit(f"--rates names agent {a!r}, which is not in --agents {','.join(agents)}")
-            rates.setdefault(a, []).append(float(rate))
-    return rates
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -379,36 +341,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return data
 
 
-def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per agent × learning rate: the evaluation gain (initial stds) per reward."""
-    table: dict[str, Any] = {}
-    for r in runs:
-        gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
-        row = table.setdefault(r["agent"], {}).setdefault(str(r["learning_rate"]), {})
-        row[r["reward"]] = {"gain_in_initial_std": float(gain), "agreement_after": r.get("agreement_after"),
-                            "clip_fraction": r.get("clip_fraction"), "kl_to_base": r.get("kl_to_base")}
-    return table
-
-
-def sweep_markdown(table: dict[str, Any], env_info: dict[str, Any], settings: dict[str, Any],
-                   chosen: dict[str, float]) -> str:
-    rewards = sorted({reward for rates in table.values() for row in rates.values() for reward in row})
-    lines = [f"# Learning-rate sweep of the algorithms benchmark (seed {SWEEP_SEED})\n",
-             f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
-             "Evaluation gain in initial stds (digits read as prompted after training) per agent and learning rate; "
-             "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f". The main benchmark takes, per "
-             f"agent, the rate with the best mean gain among those that keep ≥ {MIN_AGREEMENT:.0%} of the digits "
-             "readable (**bold**).\n",
-             "| agent | lr | " + " | ".join(rewards) + " | mean gain |", "|---|---|" + "---|" * (len(rewards) + 1)]
-    for agent, rates in table.items():
-        for rate, row in sorted(rates.items(), key=lambda kv: float(kv[0])):
-            gains = [row[w]["gain_in_initial_std"] for w in rewards if w in row]
-            cells = [f"{row[w]['gain_in_initial_std']:+.2f} ({_cell(row[w]['agreement_after'], '.0%')})"
-                     if w in row else "–" for w in rewards]
-            shown = f"**{float(rate):g}**" if chosen.get(agent) == float(rate) else f"{float(rate):g}"
-            lines.append(f"| {LABELS.get(agent, agent)} | {shown} | " + " | ".join(cells)
-                         + f" | {np.mean(gains):+.2f} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import algorithms, gpu, kl_frontier, overhead, peers_trl
+from benchmarks import algorithms, algorithms_sweep, gpu, kl_frontier, overhead, peers_trl
 from benchmarks.bare_ddpo import BareConfig, BareDDPO, Timers
 from ddpo_env.backends import load_backend
 from ddpo_env.ddim import DDIMSchedule, ddim_step
@@ -52,11 +52,11 @@ def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path)
             "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path)]
     argv += ["--name", "mine"]  # the sweep writes mine_sweep.*, which the main run mine.* reads
     sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2"])
-    assert {r["seed"] for r in sweep["runs"]} == {algorithms.SWEEP_SEED}
+    assert {r["seed"] for r in sweep["runs"]} == {algorithms_sweep.SWEEP_SEED}
     assert {r["learning_rate"] for r in sweep["runs"]} == {1e-4, 1e-2}
     gains = {r["learning_rate"]: np.mean(r["eval_after"]) - np.mean(r["eval_before"]) for r in sweep["runs"]}
     best = max(gains, key=gains.get)
-    assert algorithms.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": best}
+    assert algorithms_sweep.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": best}
     md = (tmp_path / "mine_sweep.md").read_text()
     assert f"| DDPO-IS | **{best:g}** |" in md and f"| DDPO-IS | {min(gains, key=gains.get):g} |" in md
     main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility", "--lora-rank", "0"])
@@ -74,16 +74,16 @@ def test_sweep_rate_choice_skips_rates_that_destroy_the_digits(tmp_path):
             run("ddpo-sf", 1e-3, 0.1, None), run("ddpo-sf", 3e-3, 0.4, None)]  # no digit measure: best gain
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"runs": runs}))
-    assert algorithms.best_rates(path) == {"ddpo-is": 3e-3, "rwr": 1e-3, "ddpo-sf": 3e-3}
-    assert algorithms.best_rates(path, min_agreement=0.0) == {"ddpo-is": 1e-2, "rwr": 3e-3, "ddpo-sf": 3e-3}
+    assert algorithms_sweep.best_rates(path) == {"ddpo-is": 3e-3, "rwr": 1e-3, "ddpo-sf": 3e-3}
+    assert algorithms_sweep.best_rates(path, min_agreement=0.0) == {"ddpo-is": 1e-2, "rwr": 3e-3, "ddpo-sf": 3e-3}
 
 
 def test_sweep_rates_flag_takes_shared_or_per_agent_rates():
     agents = ["ddpo-is", "rwr"]
-    assert algorithms.parse_rates("1e-3,3e-3", agents) == {"ddpo-is": [1e-3, 3e-3], "rwr": [1e-3, 3e-3]}
-    assert algorithms.parse_rates("rwr=2e-3,rwr=1.5e-3", agents) == {"rwr": [2e-3, 1.5e-3]}
+    assert algorithms_sweep.parse_rates("1e-3,3e-3", agents) == {"ddpo-is": [1e-3, 3e-3], "rwr": [1e-3, 3e-3]}
+    assert algorithms_sweep.parse_rates("rwr=2e-3,rwr=1.5e-3", agents) == {"rwr": [2e-3, 1.5e-3]}
     with pytest.raises(SystemExit, match="--rates names agent 'ddpo-sf'"):
-        algorithms.parse_rates("ddpo-sf=1e-3", agents)
+        algorithms_sweep.parse_rates("ddpo-sf=1e-3", agents)
 
 
 def test_kl_frontier_benchmark_writes_frontier_held_out_curves_and_summary(tmp_path):

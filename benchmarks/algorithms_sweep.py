@@ -1,0 +1,95 @@
+"""The algorithms benchmark's learning-rate sweep (``python -m benchmarks.algorithms --sweep``): its grid, the rate it
+picks per agent for the main run, and its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
+SWEEP_SEED = 100  # the learning-rate sweep's seed: never one of the reported runs' (0, 1, 2, ...)
+SWEEP_RATES = (1e-3, 3e-3, 1e-2)
+SWEEP_REWARD = "jpeg_compressibility"
+#: The main run's rate for an agent is its best sweep rate among those that keep this share of the digits readable
+#: (make train's floor): a rate that gains reward by destroying the model is not the algorithm doing better.
+MIN_AGREEMENT = 0.8
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str, float]:
+    """Per agent, the learning rate with the best mean evaluation gain over the sweep's rewards among the rates that
+    keep at least ``min_agreement`` of the digits readable (default :data:`MIN_AGREEMENT`; rates without a digit
+    measure qualify). When no rate qualifies, the one that keeps the most digits."""
+    if not sweep_json.is_file():
+        return {}
+    floor = MIN_AGREEMENT if min_agreement is None else min_agreement
+    runs = json.loads(sweep_json.read_text(encoding="utf-8"))["runs"]
+    best: dict[str, float] = {}
+    for agent in {r["agent"] for r in runs}:
+        gains: dict[float, list[float]] = {}
+        kept: dict[float, list[float]] = {}
+        for r in runs:
+            if r["agent"] == agent:
+                gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
+                gains.setdefault(r["learning_rate"], []).append(float(gain))
+                if r.get("agreement_after") is not None:
+                    kept.setdefault(r["learning_rate"], []).append(r["agreement_after"])
+        fine = [rate for rate in gains if rate not in kept or np.mean(kept[rate]) >= floor]
+        if fine:
+            best[agent] = max(fine, key=lambda k: np.mean(gains[k]))
+        else:
+            best[agent] = max(kept, key=lambda k: np.mean(kept[k]))
+    return best
+
+
+def parse_rates(text: str, agents: list[str]) -> dict[str, list[float]]:
+    """``--rates``: ``1e-3,3e-3`` (every agent) or ``ddpo-is=5e-3,rwr=1.5e-3,rwr=2e-3`` (per agent)."""
+    rates: dict[str, list[float]] = {}
+    for item in text.split(","):
+        agent, _, rate = item.rpartition("=")
+        for a in [agent] if agent else agents:
+            if a not in agents:
+                raise SystemExit(f"--rates names agent {a!r}, which is not in --agents {','.join(agents)}")
+            rates.setdefault(a, []).append(float(rate))
+    return rates
+
+
+def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per agent × learning rate: the evaluation gain (initial stds) per reward."""
+    table: dict[str, Any] = {}
+    for r in runs:
+        gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
+        row = table.setdefault(r["agent"], {}).setdefault(str(r["learning_rate"]), {})
+        row[r["reward"]] = {"gain_in_initial_std": float(gain), "agreement_after": r.get("agreement_after"),
+                            "clip_fraction": r.get("clip_fraction"), "kl_to_base": r.get("kl_to_base")}
+    return table
+
+
+def sweep_markdown(table: dict[str, Any], env_info: dict[str, Any], settings: dict[str, Any],
+                   chosen: dict[str, float]) -> str:
+    rewards = sorted({reward for rates in table.values() for row in rates.values() for reward in row})
+    lines = [f"# Learning-rate sweep of the algorithms benchmark (seed {SWEEP_SEED})\n",
+             f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
+             *([f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n"]
+               if env_info.get("report_command") else []),
+             "Evaluation gain in initial stds (digits read as prompted after training, KL to the base model per step) "
+             "per agent and learning rate; "
+             "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f". The main benchmark takes, per "
+             f"agent, the rate with the best mean gain among those that keep ≥ {MIN_AGREEMENT:.0%} of the digits "
+             "readable (**bold**).\n",
+             "| agent | lr | " + " | ".join(rewards) + " | mean gain |", "|---|---|" + "---|" * (len(rewards) + 1)]
+    for agent, rates in table.items():
+        for rate, row in sorted(rates.items(), key=lambda kv: float(kv[0])):
+            gains = [row[w]["gain_in_initial_std"] for w in rewards if w in row]
+            cells = [f"{row[w]['gain_in_initial_std']:+.2f} ({cell(row[w]['agreement_after'], '.0%')}, "
+                     f"KL {cell(row[w]['kl_to_base'], '.2g')})" if w in row else "–" for w in rewards]
+            shown = f"**{float(rate):g}**" if chosen.get(agent) == float(rate) else f"{float(rate):g}"
+            lines.append(f"| {LABELS.get(agent, agent)} | {shown} | " + " | ".join(cells)
+                         + f" | {np.mean(gains):+.2f} |")
+    return "\n".join(lines) + "\n"
