@@ -46,6 +46,7 @@ from benchmarks.algorithms_sweep import (
     best_rates,
     cell,
     parse_rates,
+    provenance,
     sweep_markdown,
     sweep_table,
 )
@@ -177,9 +178,7 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
     agents = list(dict.fromkeys(a for per_agent in table.values() for a in per_agent))
     lines = [
         f"# {title}\n",
-        f"`{command}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
-        *([f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n"]
-          if env_info.get("report_command") else []),
+        *provenance(env_info, command),
         "Final reward on the fixed evaluation set (100 prompts × seeds), mean ± std over seeds; in brackets the "
         "gain over the untrained model in units of its per-sample std. Same settings and samples for all: "
         + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; learning rates per algorithm below.\n",

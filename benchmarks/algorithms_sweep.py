@@ -22,6 +22,16 @@ def cell(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def provenance(env_info: dict[str, Any], command: str | None = None) -> list[str]:
+    """A report's header lines: the command, date, machine and revision of its runs, and the command that wrote the
+    report when it was rewritten from saved runs (``--report-only``)."""
+    lines = [f"`{command or env_info['command']}` — {env_info['date']}, {env_info['machine']}, "
+             f"rev {env_info['git_revision']}\n"]
+    if env_info.get("report_command"):
+        lines.append(f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n")
+    return lines
+
+
 def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str, float]:
     """Per agent, the learning rate with the best mean evaluation gain over the sweep's rewards among the rates that
     keep at least ``min_agreement`` of the digits readable (default :data:`MIN_AGREEMENT`; rates without a digit
@@ -75,9 +85,7 @@ def sweep_markdown(table: dict[str, Any], env_info: dict[str, Any], settings: di
                    chosen: dict[str, float]) -> str:
     rewards = sorted({reward for rates in table.values() for row in rates.values() for reward in row})
     lines = [f"# Learning-rate sweep of the algorithms benchmark (seed {SWEEP_SEED})\n",
-             f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
-             *([f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n"]
-               if env_info.get("report_command") else []),
+             *provenance(env_info),
              "Evaluation gain in initial stds (digits read as prompted after training, KL to the base model per step) "
              "per agent and learning rate; "
              "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f". The main benchmark takes, per "
