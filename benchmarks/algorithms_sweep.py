@@ -32,6 +32,12 @@ def provenance(env_info: dict[str, Any], command: str | None = None) -> list[str
     return lines
 
 
+def run_gain(run: dict[str, Any]) -> float:
+    """A run's evaluation gain in units of the untrained model's per-sample std."""
+    before = run["eval_before"]
+    return float((np.mean(run["eval_after"]) - np.mean(before)) / max(np.std(before), 1e-12))
+
+
 def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str, float]:
     """Per agent, the learning rate with the best mean evaluation gain over the sweep's rewards among the rates that
     keep at least ``min_agreement`` of the digits readable (default :data:`MIN_AGREEMENT`; rates without a digit
@@ -46,8 +52,7 @@ def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str
         kept: dict[float, list[float]] = {}
         for r in runs:
             if r["agent"] == agent:
-                gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
-                gains.setdefault(r["learning_rate"], []).append(float(gain))
+                gains.setdefault(r["learning_rate"], []).append(run_gain(r))
                 if r.get("agreement_after") is not None:
                     kept.setdefault(r["learning_rate"], []).append(r["agreement_after"])
         fine = [rate for rate in gains if rate not in kept or np.mean(kept[rate]) >= floor]
@@ -74,9 +79,8 @@ def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per agent × learning rate: the evaluation gain (initial stds) per reward."""
     table: dict[str, Any] = {}
     for r in runs:
-        gain = (np.mean(r["eval_after"]) - np.mean(r["eval_before"])) / max(np.std(r["eval_before"]), 1e-12)
         row = table.setdefault(r["agent"], {}).setdefault(str(r["learning_rate"]), {})
-        row[r["reward"]] = {"gain_in_initial_std": float(gain), "agreement_after": r.get("agreement_after"),
+        row[r["reward"]] = {"gain_in_initial_std": run_gain(r), "agreement_after": r.get("agreement_after"),
                             "clip_fraction": r.get("clip_fraction"), "kl_to_base": r.get("kl_to_base")}
     return table
 
