@@ -11,6 +11,7 @@ from rewards.aesthetic import AestheticScore
 from rewards.alignment import AlignmentConfig, AlignmentScorer, PromptAlignment
 from rewards.combine import add_reward, make_scorer, resolve_reward, weighted_sum
 from rewards.digits import DigitAlignment, DigitMargin, digit_agreement, prompted_digit
+from rewards.geneval import GenEval, GenEvalBinary, Verdict, geneval_accuracy, verify
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rewards.scorer import FunctionScorer, RewardError, Scorer, checked_scores
 from rewards.wrappers import TerminalReward, VectorTerminalReward, from_callable, wrap_reward
@@ -23,6 +24,8 @@ REWARDS: dict[str, type[Scorer]] = {
     "digit_margin": DigitMargin,
     "aesthetic": AestheticScore,
     "alignment": PromptAlignment,
+    "geneval": GenEval,
+    "geneval_binary": GenEvalBinary,
 }
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "DigitAlignment",
     "DigitMargin",
     "FunctionScorer",
+    "GenEval",
+    "GenEvalBinary",
     "JpegCompressibility",
     "JpegIncompressibility",
     "PromptAlignment",
@@ -40,14 +45,17 @@ __all__ = [
     "Scorer",
     "TerminalReward",
     "VectorTerminalReward",
+    "Verdict",
     "add_reward",
     "checked_scores",
     "digit_agreement",
     "from_callable",
+    "geneval_accuracy",
     "jpeg_size_kb",
     "make_scorer",
     "prompted_digit",
     "resolve_reward",
+    "verify",
     "weighted_sum",
     "wrap_reward",
 ]

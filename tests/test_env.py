@@ -177,8 +177,8 @@ def test_misuse_raises_exact_messages():
     "kwargs, error, message",
     [
         ({"model": "sd-2000"}, ValueError,
-         "unknown model 'sd-2000': use 'default', 'tiny', 'tiny-sd3', a local folder saved by a diffusers "
-         "StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"),
+         "unknown model 'sd-2000': use 'default', 'shapes', 'tiny', 'tiny-sd3', a local folder saved by a "
+         "diffusers StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"),
         ({"prompts": []}, ValueError,
          "prompts is empty: give at least one prompt string, a text file with one prompt per line, "
          "or a callable fn(rng) -> str"),

@@ -9,7 +9,8 @@ gets
     monitor.png        with --monitor-every: train vs held-out prompts (reward, KL to the base model, diversity)
     before_after.png   100 fixed prompts and seeds: left before training, right after (titled with the reward and, on
                        the digits model, the share of digits the classifier still reads as prompted)
-    metrics.json       the numbers (with digit_agreement_before / _after on the digits model)
+    metrics.json       the numbers (with digit_agreement_before / _after on the digits model, geneval_accuracy_before /
+                       _after on the shapes model)
     checkpoints/       epoch-NNNNNN/ folders (atomic; resume with --resume auto)
     logs/              TensorBoard events (scalars and captioned sample grids) and progress.csv
     lora/              the LoRA adapter in diffusers' format (pipe.load_lora_weights), or unet/ for a full fine-tune
@@ -43,12 +44,12 @@ from agents.job.config import TrainConfig
 from agents.job.evaluation import EvaluationResult, evaluate_policy
 from agents.job.export import export_weights
 from agents.job.monitor import HeldOutMonitor, check_held_out, plot_monitor
-from ddpo_env.backends import DigitsBackend, resolve_device
+from ddpo_env.backends import resolve_device
 from ddpo_env.diagnose import schedule_conditioning
 from ddpo_env.images import save_side_by_side
 from ddpo_env.models.digits import HELDOUT_TEMPLATES, prompt_for
 from ddpo_env.prompts import PromptSource
-from rewards import REWARDS, digit_agreement
+from rewards import REWARDS, digit_agreement, geneval_accuracy
 from rewards.combine import resolve_reward, weighted_sum
 
 EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
@@ -123,12 +124,17 @@ def evaluation_prompts(env: Any) -> list[str]:
 
 def monitor_prompts(cfg: TrainConfig, env: Any) -> tuple[list[str], list[str]]:
     """The held-out monitor's (train, held-out) prompt sets: ten training prompts, and the held-out file or, for the
-    default model, the digits in a phrasing it never saw ("an image of the digit seven")."""
+    default model, the digits in a phrasing it never saw ("an image of the digit seven"), for a shapes model ten
+    prompts with held-out combinations (ddpo_env.scenes.prompt_set("heldout"))."""
     train_prompts = evaluation_prompts(env)[::10]
     if cfg.held_out_prompts:
         held_out = list(PromptSource(cfg.held_out_prompts).prompts)
     elif env.unwrapped.backend.name == "default":
         held_out = [prompt_for(d, HELDOUT_TEMPLATES[0]) for d in range(10)]
+    elif getattr(env.unwrapped.backend, "world", None) == "shapes":
+        from ddpo_env.scenes import prompt_set
+
+        held_out = list(prompt_set("heldout"))[:10]
     else:
         raise ValueError("monitor_every needs held-out prompts for this model: pass --held-out-prompts FILE (one "
                          "prompt per line, none of them a training prompt)")
@@ -306,17 +312,20 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
         metrics["eval_gain_in_initial_std"] = float(gain)
         if after.kl is not None:
             metrics["eval_kl_to_base_after"] = float(after.kl.mean())
-        digits_model = isinstance(env.unwrapped.backend, DigitsBackend)  # its classifier judges the digits it draws
-        agreement = [digit_agreement(r.images, prompts) if digits_model else None for r in (before, after)]
         titles = [f"before: reward {before.rewards.mean():.3f}", f"after: {after.rewards.mean():.3f} ({gain:+.1f} std)"]
         lines += [f"  evaluation reward (100 fixed prompts and seeds): {before.rewards.mean():.4f} ± "
                   f"{before.rewards.std():.4f} → {after.rewards.mean():.4f} ± {after.rewards.std():.4f}  "
                   f"({gain:+.2f} initial std)"]
-        if agreement[0] is not None:  # the prompts name digits: how many the classifier still reads as prompted
-            metrics["digit_agreement_before"], metrics["digit_agreement_after"] = agreement
-            titles = [f"{t}, digits read {100 * a:.0f} %" for t, a in zip(titles, agreement, strict=True)]
-            lines.append(f"  digits the classifier reads as prompted: {100 * agreement[0]:.0f} % → "
-                         f"{100 * agreement[1]:.0f} %")
+        world = getattr(env.unwrapped.backend, "world", None)  # what the model draws, judged by its own checker
+        judges = {"digits": (digit_agreement, "digit_agreement", "digits the classifier reads as prompted"),
+                  "shapes": (geneval_accuracy, "geneval_accuracy", "images the geneval verifier passes")}
+        judge, measure, what = judges.get(world, (None, "", ""))
+        agreement = [judge(r.images, prompts) if judge else None for r in (before, after)]
+        if agreement[0] is not None:  # the prompts are the model's own: how many images still show what they ask
+            metrics[f"{measure}_before"], metrics[f"{measure}_after"] = agreement
+            label = "digits read" if world == "digits" else "geneval pass"
+            titles = [f"{t}, {label} {100 * a:.0f} %" for t, a in zip(titles, agreement, strict=True)]
+            lines.append(f"  {what}: {100 * agreement[0]:.0f} % → {100 * agreement[1]:.0f} %")
         rows = len(prompts) // 10  # one row per evaluation prompt (ten seeds each; SD's defaults have eight)
         halves = [r.images.reshape(rows, 10, *r.images.shape[1:])[:, :5].reshape(-1, *r.images.shape[1:])
                   for r in (before, after)]

@@ -5,6 +5,8 @@ trains ``unet`` through ``predict``. A backend is chosen by name with :func:`loa
 
     "default"            the embedded default model: 16×16 handwritten digits from free-text prompts
                          (ddpo_env.models.digits; MiniLM text encoder, cross-attention UNet, pixel space)
+    "shapes"             the embedded shapes model: 32×32 scenes of coloured circles, squares and triangles from
+                         prompts in GenEval's categories (ddpo_env.models.shapes; same code path as the default)
     "tiny"               a random tiny Stable Diffusion (ddpo_env.models.tiny), for tests and smoke runs
     "tiny-sd3"           a random tiny Stable Diffusion 3 (flow matching; the flow SDE of ddpo_env.flow)
     a local folder       any diffusers StableDiffusionPipeline or StableDiffusion3Pipeline saved with save_pretrained,
@@ -54,6 +56,10 @@ def load_backend(
         backend = StableDiffusion3Backend(model, name=type(model).__name__)
     elif model == "default":
         backend = DigitsBackend()
+    elif model == "shapes":
+        from ddpo_env.models.shapes import SHAPES_DIR
+
+        backend = DigitsBackend(SHAPES_DIR)
     elif model == "tiny":
         backend = TinyBackend()
     elif model == "tiny-sd3":
@@ -66,8 +72,8 @@ def load_backend(
         backend = _from_pretrained(model, local_files_only=False)
     else:
         raise ValueError(
-            f"unknown model {model!r}: use 'default', 'tiny', 'tiny-sd3', a local folder saved by a diffusers "
-            "StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"
+            f"unknown model {model!r}: use 'default', 'shapes', 'tiny', 'tiny-sd3', a local folder saved by a "
+            "diffusers StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"
         )
     return backend.to(device, dtype)
 

@@ -1,4 +1,5 @@
-"""The embedded default model (handwritten digits from free-text prompts) as a backend."""
+"""The embedded models (MiniLM text encoder, cross-attention UNet, pixel space) as a backend: the default one
+(handwritten digits) and the ``shapes`` one (compositional scenes of coloured shapes)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,50 @@ from ddpo_env.backends.base import DiffusionBackend
 
 
 class DigitsBackend(DiffusionBackend):
-    """The embedded default model (:mod:`ddpo_env.models.digits`): pixel space, so x_0 is the image itself."""
+    """An embedded model (:mod:`ddpo_env.models.digits`, :mod:`ddpo_env.models.shapes`) or one trained like them
+    into a folder: pixel space, so x_0 is the image itself (for the shapes model rearranged in 2×2 patches).
+    Default prompts: "a handwritten digit 0".."9", or for a shapes model the shapes world's fixed training prompts
+    (:func:`ddpo_env.scenes.prompt_set`)."""
 
     default_num_steps = 20
     default_guidance_scale = 1.0
 
     def __init__(self, folder: str | os.PathLike | None = None) -> None:
-        from ddpo_env.models import digits
+        from ddpo_env.models import digits, shapes
 
         folder = folder if folder is not None else digits.DEFAULT_DIR
         index = digits.read_model_index(folder)
-        self.name = "default" if folder == digits.DEFAULT_DIR else f"digits({folder})"
+        self.world = index.get("world", "digits")  # what the model draws: "digits" or "shapes"
+        names = {digits.DEFAULT_DIR: "default", shapes.SHAPES_DIR: "shapes"}
+        self.name = names.get(folder, f"{self.world}({folder})")
         self.unet = digits.load_unet(folder)
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.scheduler_config = dict(index["scheduler"])
         self.image_size = int(index["image_size"])
-        self.default_prompts = tuple(digits.prompt_for(d, "a handwritten digit {n}") for d in range(10))
+        self.patch_size = int(index.get("patch_size", 1))  # latents are the image in patches of this side
+        if self.world == "shapes":  # RL trains on the fixed training prompts, never a held-out one
+            from ddpo_env.scenes import prompt_set
+
+            self.default_prompts = prompt_set("train")
+        else:
+            self.default_prompts = tuple(digits.prompt_for(d, "a handwritten digit {n}") for d in range(10))
         self.device, self.dtype = self.unet.device, self.unet.dtype
 
     def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
         size = self.image_size
         if image_size is not None and tuple(image_size) != (size, size):
-            raise ValueError(f"the default model makes {size}x{size} images only, got image_size {tuple(image_size)}")
-        return (self.unet.config.in_channels, size, size)
+            raise ValueError(
+                f"the {self.name} model makes {size}x{size} images only, got image_size {tuple(image_size)}"
+            )
+        return (self.unet.config.in_channels, size // self.patch_size, size // self.patch_size)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.text_encoder(prompts).to(self.device, self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.patch_size > 1:
+            latents = torch.nn.functional.pixel_shuffle(latents, self.patch_size)
         images = (latents.float() / 2 + 0.5).clamp(0, 1)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 

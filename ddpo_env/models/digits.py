@@ -152,7 +152,7 @@ def read_model_index(folder: Path | str = DEFAULT_DIR) -> dict:
     path = Path(folder) / "model_index.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no trained default model at {str(Path(folder))!r} (model_index.json missing): train it with "
-            "python -m ddpo_env.models.train_default"
+            f"no trained model at {str(Path(folder))!r} (model_index.json missing): train it with "
+            "python -m ddpo_env.models.train_default (digits) or python -m ddpo_env.models.train_shapes (shapes)"
         )
     return json.loads(path.read_text(encoding="utf-8"))

