@@ -70,7 +70,7 @@ class SceneFeatures:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        self.final_loss = float(loss)
+        self.final_loss = loss.item()
         self.body.eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -83,14 +83,14 @@ def _as_input(images: np.ndarray) -> torch.Tensor:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between two feature sets (N, D)."""
-    from scipy import linalg
-
+    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between two feature sets (N, D). Tr (Σ_a Σ_b)^½ is computed as
+    Σ √λ of the symmetric Σ_a^½ Σ_b Σ_a^½ (same eigenvalues), which stays real for singular covariances."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    root = root.real if np.iscomplexobj(root) else root
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
 def diversity(features: np.ndarray, prompts: list[str]) -> float:

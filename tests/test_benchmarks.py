@@ -224,3 +224,32 @@ def test_algorithms_gpu_preset_needs_a_model(capsys):
         algorithms.main(["--preset", "gpu"])
     assert e.value.code == 2
     assert "--preset gpu needs --model: a local Stable Diffusion folder" in capsys.readouterr().err
+
+
+def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_path):
+    from benchmarks import compositional
+
+    argv = ["--agents", "grpo,rwr", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "16", "--num-steps", "3",
+            "--eval-prompts", "6", "--eval-seeds", "2", "--workers", "1", "--results-dir", str(tmp_path)]
+    data = compositional.main(argv)
+    table = data["table"]
+    assert set(table) == {"base", "grpo", "rwr"} and data["eval_prompts"] == {"train": 6, "heldout": 6}
+    base = next(r for r in data["runs"] if r["agent"] == "base")
+    for agent in ("grpo", "rwr"):
+        row = table[agent]
+        assert len(row["curve_mean"]) == 1 and row["train"]["kl_to_base"] >= 0
+        assert row["heldout"]["gain"] == pytest.approx(row["heldout"]["overall_mean"] - base["heldout"]["overall"])
+        assert np.isfinite(row["train"]["feature_distance"]) and row["train"]["diversity"] > 0
+    # every category of the training prompts is scored; the held-out ones only have their four categories
+    assert set(base["train"]["categories"]) == {"single_object", "two_object", "counting", "colors", "position",
+                                                "color_attr"}
+    assert len(base["train"]["correct"]) == 12 and set(base["train"]["correct"]) <= {0, 1}
+    md = (tmp_path / "compositional.md").read_text()
+    assert "| GRPO (groups of 8) (1) |" in md and "| base model (1) |" in md and "## Per category, held-out" in md
+    assert (tmp_path / "compositional_grid.png").stat().st_size > 10_000
+    assert (tmp_path / "compositional_curves.png").stat().st_size > 10_000
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["compositional_base_score"]["value"] == table["base"]["train"]["overall_mean"]
+    assert set(summary["compositional_heldout_gain"]["value"]) == {"grpo", "rwr"}
+    again = compositional.main([*argv, "--resume"])  # nothing left to run
+    assert again["runs"] == data["runs"]

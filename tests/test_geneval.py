@@ -3,8 +3,8 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from conftest import TINY
+
 from ddpo_env.scenes import (
     CATEGORIES,
     HELDOUT_CATEGORIES,

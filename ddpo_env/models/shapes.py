@@ -1,11 +1,9 @@
 """The embedded ``shapes`` model: a text-to-image diffusion model of compositional scenes (1–4 coloured circles,
 squares and triangles; :mod:`ddpo_env.scenes`) from free-text prompts in GenEval's six categories.
 
-The default model's code path for 32×32 RGB: the frozen MiniLM-L6 sentence encoder conditions a
-``UNet2DConditionModel`` through cross-attention, on Stable Diffusion's noise schedule. Its "latent" is the image
-itself rearranged into 2×2 patches (space-to-depth: 12 channels × 16×16, ``torch.nn.functional.pixel_unshuffle``), a
-lossless permutation of the pixels that makes each UNet pass about 3× cheaper than at 32×32; decoding is
-``pixel_shuffle``. Gaussian noise on the patches is Gaussian noise on the pixels, so this is pixel-space diffusion.
+The default model's code path at 32×32 RGB: the frozen MiniLM-L6 sentence encoder conditions a
+``UNet2DConditionModel`` through cross-attention at 8×8 and 4×4, in pixel space, on Stable Diffusion's noise
+schedule.
 Trained briefly on purpose (``python -m ddpo_env.models.train_shapes``, under an hour on 2 CPU cores): it draws
 shapes and colours but often miscounts, misplaces and mis-binds them, which leaves room for RL with the ``geneval``
 reward. Files: ``ddpo_env/models/shapes/`` (``unet.safetensors``, ``model_index.json``).
@@ -21,16 +19,15 @@ from ddpo_env.models.digits import SCHEDULER_CONFIG  # noqa: F401  (the shapes m
 from ddpo_env.scenes import IMAGE_SIZE
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
-PATCH_SIZE = 2  # pixels per side of a latent position
 
 UNET_CONFIG: dict = {
-    "sample_size": IMAGE_SIZE // PATCH_SIZE,
-    "in_channels": 3 * PATCH_SIZE**2,
-    "out_channels": 3 * PATCH_SIZE**2,
+    "sample_size": IMAGE_SIZE,
+    "in_channels": 3,
+    "out_channels": 3,
     "layers_per_block": 1,
-    "block_out_channels": [64, 64, 96],
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 64, 64],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
     "cross_attention_dim": 384,
     "attention_head_dim": 8,
     "norm_num_groups": 16,
@@ -38,7 +35,7 @@ UNET_CONFIG: dict = {
 
 
 def build_unet(seed: int = 0):
-    """The shapes model's UNet2DConditionModel with fresh weights (≈3.6M parameters)."""
+    """The shapes model's UNet2DConditionModel with fresh weights (≈2.4M parameters)."""
     from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):

