@@ -130,7 +130,7 @@ def run_key(agent: str, seed: int) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.job.config import TrainConfig
     from benchmarks.compositional_report import GRID_PROMPTS, aggregate, write_reports
-    from benchmarks.scene_metrics import SceneFeatures, renders
+    from benchmarks.scene_metrics import renders, scene_features
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=0,
                         help="evaluate on the first N prompts of each split only (0: all; for smoke tests)")
+    parser.add_argument("--feature-steps", type=int, default=600,
+                        help="training steps of the feature CNN (benchmarks.scene_metrics; fewer for smoke tests)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--resume", action="store_true", help="keep finished runs from the results JSON")
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for a, s in grid if run_key(a, s) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
 
-    features = SceneFeatures()  # trained on renders, seeded: the same features in every invocation
+    features = scene_features(steps=args.feature_steps)  # trained on renders, seeded: the same in every invocation
     sets = {split: eval_prompts(split, args.eval_seeds, args.eval_prompts) for split in ("train", "heldout")}
     reference = {split: features.features(renders(prompts, seed=2)) for split, prompts in sets.items()}
     floor = {split: _floor(features, prompts, reference[split]) for split, prompts in sets.items()}

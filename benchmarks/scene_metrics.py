@@ -12,6 +12,7 @@ over-optimisation measures the geneval reward cannot see.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from typing import Any
 
@@ -76,6 +77,12 @@ class SceneFeatures:
     @torch.no_grad()
     def features(self, images: np.ndarray) -> np.ndarray:
         return np.concatenate([self.body(_as_input(images[i : i + 256])).numpy() for i in range(0, len(images), 256)])
+
+
+@functools.lru_cache(maxsize=2)
+def scene_features(seed: int = 0, steps: int = 600) -> SceneFeatures:
+    """:class:`SceneFeatures` trained once per process for each (seed, steps)."""
+    return SceneFeatures(seed=seed, steps=steps)
 
 
 def _as_input(images: np.ndarray) -> torch.Tensor:

@@ -31,8 +31,8 @@ def test_shipped_shapes_model_loads_with_its_config():
 
 
 def test_shapes_model_samples_objects_the_verifier_can_read():
-    prompts = ["a circle", "a square", "a triangle", "a red square", "a green circle", "a yellow square", "a blue triangle",
-               "a red circle"] * 4
+    prompts = ["a circle", "a square", "a triangle", "a red square", "a green circle", "a yellow square",
+               "a blue triangle", "a red circle"] * 4
     venv = gym.make_vec("DenoisingDiffusion-v0", model="shapes", num_envs=len(prompts), num_steps=10, device="cpu")
     sampler = DDIMSampler(venv.unwrapped, seed=0)
     obs, _ = venv.reset(seed=0, options={"prompts": prompts})

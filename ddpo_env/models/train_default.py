@@ -38,8 +38,8 @@ NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "be
 
 
 @dataclass
-class TrainArgs:
-    """Settings of the default model's training run."""
+class FitArgs:
+    """The optimisation settings of an embedded model's training run (:func:`fit`)."""
 
     seed: int = 0
     """Fixes weights init, data order, noise and prompt choice."""
@@ -55,12 +55,18 @@ class TrainArgs:
     """Decay of the weight EMA that is saved."""
     prompt_dropout: float = 0.1
     """Probability of training on the empty prompt (the unconditional branch of CFG)."""
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+
+
+@dataclass
+class TrainArgs(FitArgs):
+    """Settings of the default model's training run."""
+
     split_seed: int = 0
     """Seed of the train / held-out split (shared with the classifier)."""
     out: str = str(DEFAULT_DIR)
     """Folder to write unet.safetensors and model_index.json into."""
-    threads: int = 0
-    """torch threads (0: torch's default)."""
 
 
 def train(args: TrainArgs) -> dict:
@@ -101,11 +107,11 @@ def train(args: TrainArgs) -> dict:
     return record
 
 
-def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args, g: torch.Generator, desc: str, on_step=None):
+def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g: torch.Generator, desc: str,
+        on_step=None):
     """Train ``unet`` by ε-prediction on ``next_batch(step) -> (x0, conditioning)``, the conditioning replaced by
-    ``empty`` with probability ``args.prompt_dropout``; returns (EMA of the weights, losses, seconds). ``args`` has
-    the fields of :class:`TrainArgs` that concern the optimisation (steps, batch_size, lr, warmup_steps, ema_decay,
-    prompt_dropout). ``on_step(step, ema)``, if given, runs after each step."""
+    ``empty`` with probability ``args.prompt_dropout``; returns (EMA of the weights, losses, seconds).
+    ``on_step(step, ema)``, if given, runs after each step."""
     from diffusers import DDPMScheduler
 
     unet.train()
@@ -137,7 +143,7 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args, g: torch.G
     return ema, losses, round(time.time() - start, 1)
 
 
-def _lr_factor(step: int, args: TrainArgs) -> float:
+def _lr_factor(step: int, args: FitArgs) -> float:
     if step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
@@ -164,11 +170,12 @@ def save_model(unet: torch.nn.Module, record: dict, out: Path) -> None:
             os.replace(os.path.join(staging, name), out / name)
 
 
-def parse_args(argv: list[str] | None = None) -> TrainArgs:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(TrainArgs):
+def parse_args(argv: list[str] | None = None, cls: type = TrainArgs, doc: str = __doc__):
+    """``cls`` (a :class:`FitArgs` dataclass) from command-line flags, one per field (--batch-size for batch_size)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for f in fields(cls):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return TrainArgs(**vars(parser.parse_args(argv)))
+    return cls(**vars(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

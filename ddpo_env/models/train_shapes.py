@@ -8,9 +8,8 @@ purpose: the shipped model is imperfect at counting, positions and binding. Repr
 
 from __future__ import annotations
 
-import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +17,18 @@ import torch
 
 from ddpo_env.models.digits import MAX_PROMPT_TOKENS, SCHEDULER_CONFIG, MiniLMTextEncoder
 from ddpo_env.models.shapes import SHAPES_DIR, UNET_CONFIG, build_unet
-from ddpo_env.models.train_default import fit, save_model
+from ddpo_env.models.train_default import FitArgs, fit, parse_args, save_model
 from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, sample_spec
 
 
 @dataclass
-class ShapesTrainArgs:
-    """Settings of the shapes model's training run."""
+class ShapesTrainArgs(FitArgs):
+    """Settings of the shapes model's training run (the shared ones: :class:`FitArgs`)."""
 
-    seed: int = 0
-    """Fixes weights init, scenes, noise and prompt choice."""
     steps: int = 1500
-    """Optimizer steps."""
-    batch_size: int = 64
-    """Scenes per step."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate (linear warm-up, cosine decay to 0)."""
-    warmup_steps: int = 100
-    """Linear warm-up length."""
     ema_decay: float = 0.998
-    """Decay of the weight EMA that is saved."""
-    prompt_dropout: float = 0.1
-    """Probability of training on the empty prompt (the unconditional branch of CFG)."""
     out: str = str(SHAPES_DIR)
     """Folder to write unet.safetensors and model_index.json into."""
-    threads: int = 0
-    """torch threads (0: torch's default)."""
     snapshot_every: int = 0
     """Also save the EMA weights every this many steps, into OUT_stepN folders (0: never)."""
 
@@ -122,13 +107,6 @@ def record(args: ShapesTrainArgs, losses: list[float], seconds: float, encode: C
     }
 
 
-def parse_args(argv: list[str] | None = None) -> ShapesTrainArgs:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(ShapesTrainArgs):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    return ShapesTrainArgs(**vars(parser.parse_args(argv)))
-
-
 if __name__ == "__main__":
-    result = train(parse_args())
+    result = train(parse_args(cls=ShapesTrainArgs, doc=__doc__))
     print(json.dumps(result["training"], indent=2))
