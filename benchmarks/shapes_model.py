@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=4, help="samples per prompt")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="shapes", help="the shipped model, or a folder trained by "
+                        "python -m ddpo_env.models.train_shapes --out DIR")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     env_info = environment(command_line("benchmarks.shapes_model", argv))
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     render_diversity = diversity(features.features(renders(sets["train"], seed=3)), sets["train"])
     grid_images = None
     for name, setting in SETTINGS.items():
-        env = DenoisingDiffusionVectorEnv(model="shapes", num_envs=58, device="cpu", attention="matmul", **setting)
+        env = DenoisingDiffusionVectorEnv(model=args.model, num_envs=58, device="cpu", attention="matmul", **setting)
         results[name] = {}
         for split, prompts in sets.items():
             start = time.perf_counter()
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
     Image.fromarray(captioned_grid(grid_images, captions, cols=6)).save(RESULTS_DIR / "shapes_model_grid.png")
-    training = read_model_index(SHAPES_DIR)["training"]
+    training = read_model_index(SHAPES_DIR if args.model == "shapes" else args.model)["training"]
     data = {"results": results, "renders": {s: {k: v for k, v in c.items() if k != "correct"} for s, c in
                                             ceiling.items()},
             "render_feature_distance": floor, "render_diversity": render_diversity,
