@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ddpo_env.models.digits import SCHEDULER_CONFIG  # noqa: F401  (the shapes model uses the same schedule)
 from ddpo_env.scenes import IMAGE_SIZE
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
