@@ -75,7 +75,7 @@ def evaluate(policy: Any, backend: Any, cfg: Any, eval_seeds: int, limit: int) -
     for split in ("train", "heldout"):
         prompts = eval_prompts(split, eval_seeds, limit)
         result = evaluate_policy(policy, env, prompts, seed=EVAL_SEED, kl=policy.lora_rank > 0)
-        out[split] = {"images": result.images, "kl": None if result.kl is None else result.kl, "prompts": prompts}
+        out[split] = {"images": result.images, "kl": result.kl, "prompts": prompts}
     return out
 
 

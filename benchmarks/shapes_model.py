@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.default_model_quality import generate
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
-from benchmarks.scene_metrics import SceneFeatures, category_scores, diversity, frechet_distance, renders
+from benchmarks.scene_metrics import category_scores, diversity, frechet_distance, renders, scene_features
 from ddpo_env import DenoisingDiffusionVectorEnv
 from ddpo_env.images import captioned_grid
 from ddpo_env.models.digits import read_model_index
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     env_info = environment(command_line("benchmarks.shapes_model", argv))
     sets = {split: [p for p in prompt_set(split) for _ in range(args.seeds)] for split in ("train", "heldout")}
-    features = SceneFeatures()
+    features = scene_features()
     results: dict = {}
     ceiling = {split: category_scores(renders(prompts, seed=1), prompts) for split, prompts in sets.items()}
     reference = {split: features.features(renders(prompts, seed=2)) for split, prompts in sets.items()}

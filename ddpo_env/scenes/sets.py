@@ -37,4 +37,4 @@ def prompt_set(split: str = "train", per_category: int = 20, seed: int = 0) -> t
                 break
             chosen[prompt_for(sample_spec(category, rng, heldout=split == "heldout"), rng)] = None
         columns.append(list(chosen))
-    return tuple(p for row in range(per_category) for column in columns if row < len(column) for p in [column[row]])
+    return tuple(column[row] for row in range(per_category) for column in columns if row < len(column))
