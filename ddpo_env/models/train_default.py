@@ -55,6 +55,9 @@ class FitArgs:
     """Decay of the weight EMA that is saved."""
     prompt_dropout: float = 0.1
     """Probability of training on the empty prompt (the unconditional branch of CFG)."""
+    snr_gamma: float = 0.0
+    """Min-SNR-γ loss weighting: each sample's ε-loss times min(SNR(t), γ) / SNR(t), which stops the many
+    nearly clean timesteps from dominating the gradient (0: uniform weighting)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
 
@@ -117,6 +120,7 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g
     unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     noise_scheduler = DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
+    snr = noise_scheduler.alphas_cumprod / (1 - noise_scheduler.alphas_cumprod)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
 
@@ -128,7 +132,8 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(noise_scheduler.config.num_train_timesteps, (len(x0),), generator=g)
         x_t = noise_scheduler.add_noise(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)
+        error = (unet(x_t, t, encoder_hidden_states=cond).sample - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (error * _loss_weights(snr[t], args.snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -141,6 +146,11 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
     return ema, losses, round(time.time() - start, 1)
+
+
+def _loss_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights min(SNR, γ) / SNR of ε-prediction losses (all ones when ``gamma`` is 0)."""
+    return torch.ones_like(snr) if gamma <= 0 else snr.clamp(max=gamma) / snr
 
 
 def _lr_factor(step: int, args: FitArgs) -> float:

@@ -1,7 +1,8 @@
 """Train the embedded shapes model: ``python -m ddpo_env.models.train_shapes [--steps N] [--out DIR]``.
 
 The default model's recipe (ε-prediction, prompt dropout for classifier-free guidance, EMA weights shipped; see
-:func:`ddpo_env.models.train_default.fit`) on an endless stream of generated scenes: each batch draws a category
+:func:`ddpo_env.models.train_default.fit`), with min-SNR-5 loss weighting so that the noisy timesteps, where the
+layout and the colours are decided, get their share of the gradient, on an endless stream of generated scenes: each batch draws a category
 uniformly, a training spec of it (never a held-out combination), one of its wordings and a fresh layout. Short on
 purpose: the shipped model is imperfect at counting, positions and binding. Reproducible from ``--seed`` on CPU.
 """
@@ -25,8 +26,9 @@ from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, samp
 class ShapesTrainArgs(FitArgs):
     """Settings of the shapes model's training run (the shared ones: :class:`FitArgs`)."""
 
-    steps: int = 1500
+    steps: int = 1800
     ema_decay: float = 0.998
+    snr_gamma: float = 5.0
     out: str = str(SHAPES_DIR)
     """Folder to write unet.safetensors and model_index.json into."""
     snapshot_every: int = 0
