@@ -47,7 +47,7 @@ AGENT_SETTINGS: dict[str, dict[str, Any]] = {
     "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 3e-3},
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"model": "shapes", "device": "cpu", "epochs": 10, "samples_per_epoch": 64, "num_envs": 16,
+    "cpu": {"model": "shapes", "device": "cpu", "epochs": 8, "samples_per_epoch": 64, "num_envs": 16,
             "batch_size": 32, "lora_rank": 4, "num_steps": 10, "steps_per_pass": 3, "attention": "matmul"},
     "gpu": {"model": "shapes", "device": "cuda", "epochs": 60, "samples_per_epoch": 256, "num_envs": 64,
             "batch_size": 128, "lora_rank": 4, "num_steps": 10},

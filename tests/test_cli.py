@@ -180,7 +180,7 @@ def test_every_env_and_agent_field_is_a_flag_that_reaches_its_place():
     from ddpo_env.config import EnvConfig
 
     owners = [(TrainConfig, None), (EnvConfig, "env")] + [(a.config_class, name) for name, a in AGENTS.items()]
-    checked = set()
+    checked, parser = set(), build_parser()
     for cls, where in owners:
         for f in fields(cls):
             if f.name in ("env", "algorithm") or (cls, f.name) in checked:
@@ -192,7 +192,7 @@ def test_every_env_and_agent_field_is_a_flag_that_reaches_its_place():
             flag = f"--{f.name.replace('_', '-')}"
             argv = ["train", *(["--agent", agent] if f.name != "agent" else [])]
             argv += [flag] if text is None and value else [f"--no-{flag[2:]}"] if text is None else [flag, text]
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
             assert getattr(args, f.name) == value, (f.name, argv)
             given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
             cfg = TrainConfig.from_flat(given) if f.name not in ("autoreset_mode",) else None

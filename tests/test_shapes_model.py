@@ -12,6 +12,7 @@ from ddpo_env import DDIMSampler
 from ddpo_env.backends import DigitsBackend, load_backend
 from ddpo_env.models import shapes
 from ddpo_env.models.digits import load_unet, read_model_index
+from ddpo_env.models.train_default import _loss_weights
 from ddpo_env.models.train_shapes import ShapesTrainArgs, train
 from ddpo_env.scenes import prompt_set
 from rewards import verify
@@ -58,3 +59,20 @@ def test_training_script_is_reproducible_and_its_output_loads(tmp_path):
     assert np.isfinite(index["training"]["final_loss_mean_last_100"])
     backend = load_backend(str(tmp_path / "a"))  # a folder trained like the shapes model is a shapes backend
     assert backend.world == "shapes" and backend.name == f"shapes({tmp_path / 'a'})"
+
+
+def test_min_snr_weighting_caps_only_the_nearly_clean_timesteps():
+    from diffusers import DDPMScheduler
+
+    from ddpo_env.models.digits import SCHEDULER_CONFIG
+
+    a = DDPMScheduler(num_train_timesteps=1000, beta_start=SCHEDULER_CONFIG["beta_start"],
+                      beta_end=SCHEDULER_CONFIG["beta_end"], beta_schedule="scaled_linear").alphas_cumprod
+    snr = a / (1 - a)
+    w = _loss_weights(snr, 5.0)
+    noisy = snr <= 5.0
+    assert 0 < noisy.sum() < len(snr)  # the schedule has timesteps on both sides of γ
+    assert torch.equal(w[noisy], torch.ones(int(noisy.sum())))
+    assert torch.allclose(w[~noisy], 5.0 / snr[~noisy]) and w[0] < 0.01  # t = 0: SNR in the thousands
+    assert torch.equal(_loss_weights(snr, 0.0), torch.ones_like(snr))  # the default model's uniform weighting
+    assert ShapesTrainArgs().snr_gamma == 5.0
