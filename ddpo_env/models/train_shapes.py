@@ -2,9 +2,10 @@
 
 The default model's recipe (ε-prediction, prompt dropout for classifier-free guidance, EMA weights shipped; see
 :func:`ddpo_env.models.train_default.fit`), with min-SNR-5 loss weighting so that the noisy timesteps, where the
-layout and the colours are decided, get their share of the gradient, on an endless stream of generated scenes: each batch draws a category
-uniformly, a training spec of it (never a held-out combination), one of its wordings and a fresh layout. Short on
-purpose: the shipped model is imperfect at counting, positions and binding. Reproducible from ``--seed`` on CPU.
+layout and the colours are decided, get their share of the gradient, on an endless stream of generated scenes: each
+batch draws a category uniformly, a training spec of it (never a held-out combination), one of its wordings and a
+fresh layout. Short on purpose: the shipped model is imperfect at counting, positions and binding. Reproducible
+from ``--seed`` on CPU.
 """
 
 from __future__ import annotations
