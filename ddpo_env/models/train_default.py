@@ -114,13 +114,12 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g
         on_step=None):
     """Train ``unet`` by ε-prediction on ``next_batch(step) -> (x0, conditioning)``, the conditioning replaced by
     ``empty`` with probability ``args.prompt_dropout``; returns (EMA of the weights, losses, seconds).
-    ``on_step(step, ema)``, if given, runs after each step."""
-    from diffusers import DDPMScheduler
-
+    Each sample's loss is weighted by min-SNR-γ when ``args.snr_gamma`` > 0. ``on_step(step, ema)``, if given, runs
+    after each step."""
     unet.train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    noise_scheduler = DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
-    snr = noise_scheduler.alphas_cumprod / (1 - noise_scheduler.alphas_cumprod)
+    noise_scheduler = _noise_scheduler()
+    snr = timestep_snr()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args))
 
@@ -146,6 +145,18 @@ def fit(unet: torch.nn.Module, next_batch, empty: torch.Tensor, args: FitArgs, g
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
     return ema, losses, round(time.time() - start, 1)
+
+
+def _noise_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**{k: SCHEDULER_CONFIG[k] for k in NOISE_SCHEDULE_KEYS if k in SCHEDULER_CONFIG})
+
+
+def timestep_snr() -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t) of every training timestep of the embedded models' noise schedule (T,)."""
+    alphas_cumprod = _noise_scheduler().alphas_cumprod
+    return alphas_cumprod / (1 - alphas_cumprod)
 
 
 def _loss_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
