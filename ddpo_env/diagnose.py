@@ -27,6 +27,11 @@ import torch
 ILL_CONDITIONED_RATIO = 20.0
 
 
+#: Printed when one step has most of the gradient: it sets the direction of every update, so it must carry signal.
+MAJORITY_HINT = (". Train with step_stats_every=1 and read steps/grad_cosine_kNN: if that step's cosine is ≈ 0 "
+                 "its gradient is noise, so train without it (skip_last_steps / skip_first_steps)")
+
+
 class IllConditionedStepWarning(UserWarning):
     """A denoising step's log-probability is far more sensitive to the network than the other steps'."""
 
@@ -46,24 +51,33 @@ class StepConditioning(NamedTuple):
         return self.sensitivity / max(float(np.median(self.sensitivity)), 1e-30)
 
     @property
+    def gradient_share(self) -> np.ndarray:
+        """s_k² / Σ_j s_j²: step k's share of the squared norm of an episode's policy gradient when every step's
+        ∇_θ f has the same size. A step with most of it sets the update's direction, noise included."""
+        squares = self.sensitivity**2
+        return squares / max(float(squares.sum()), 1e-30)
+
+    @property
     def max_ratio(self) -> float:
         """The worst step's sensitivity over the median step's (1.0 for a perfectly even schedule)."""
         return float(self.ratio_to_median.max())
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per step (for JSON and tables)."""
-        ratio = self.ratio_to_median
+        ratio, share = self.ratio_to_median, self.gradient_share
         return [{"step": k, "timestep": int(self.timesteps[k]), "noise_level": float(self.noise_level[k]),
                  "std": float(self.std[k]), "sensitivity": float(self.sensitivity[k]),
-                 "ratio_to_median": float(ratio[k]), "clipped_fraction": float(self.clipped_fraction[k])}
+                 "ratio_to_median": float(ratio[k]), "gradient_share": float(share[k]),
+                 "clipped_fraction": float(self.clipped_fraction[k])}
                 for k in range(len(self.timesteps))]
 
     def markdown(self) -> str:
         """The table as Markdown."""
-        lines = ["| step k | timestep | ᾱ_t or σ | std σ_k | sensitivity s_k | s_k / median | x̂₀ clipped |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| step k | timestep | ᾱ_t or σ | std σ_k | sensitivity s_k | s_k / median | gradient share "
+                 "| x̂₀ clipped |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['timestep']} | {r['noise_level']:.3g} | {r['std']:.3g} | {r['sensitivity']:.3g} "
-                  f"| {r['ratio_to_median']:.2f} | {100 * r['clipped_fraction']:.1f} % |" for r in self.rows()]
+                  f"| {r['ratio_to_median']:.2f} | {100 * r['gradient_share']:.0f} % | {100 * r['clipped_fraction']:.1f} % |"
+                  for r in self.rows()]
         return "\n".join(lines)
 
 
@@ -228,8 +242,9 @@ def main(argv: list[str] | None = None) -> StepConditioning:
     worst = int(np.argmax(conditioning.sensitivity))
     print(f"step conditioning of {what}, {len(conditioning.timesteps)} steps:\n\n{conditioning.markdown()}\n\n"
           f"worst step {worst}: {conditioning.max_ratio:.1f}× the median step's sensitivity "
-          f"({'ill-conditioned' if conditioning.max_ratio > ILL_CONDITIONED_RATIO else 'fine'}: the env warns above "
-          f"{ILL_CONDITIONED_RATIO:.0f}×)")
+          f"({'ill-conditioned: ' if conditioning.max_ratio > ILL_CONDITIONED_RATIO else ''}the env warns above "
+          f"{ILL_CONDITIONED_RATIO:.0f}×) and {100 * conditioning.gradient_share[worst]:.0f} % of the gradient's "
+          f"squared norm{MAJORITY_HINT if conditioning.gradient_share[worst] > 0.5 else ''}")
     if args.png:
         plot_conditioning({what: conditioning}, args.png)
         print(f"  {args.png}")

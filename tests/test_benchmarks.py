@@ -226,10 +226,10 @@ def test_algorithms_gpu_preset_needs_a_model(capsys):
     assert "--preset gpu needs --model: a local Stable Diffusion folder" in capsys.readouterr().err
 
 
-def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_path):
+def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_path, capsys):
     from benchmarks import compositional
 
-    argv = ["--agents", "grpo", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "8", "--num-steps", "2",
+    argv = ["--agents", "grpo", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "8", "--num-steps", "3",
             "--eval-prompts", "6", "--eval-seeds", "2", "--feature-steps", "50", "--workers", "2",
             "--results-dir", str(tmp_path)]
     data = compositional.main(argv)
@@ -254,3 +254,21 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
     assert set(summary["compositional_heldout_gain"]["value"]) == {"grpo"}
     again = compositional.main([*argv, "--resume"])  # nothing left to run
     assert again["runs"] == data["runs"]
+    with pytest.raises(SystemExit):  # other settings never mix with the saved runs
+        compositional.main([*argv[:-2], "--epochs", "2", "--results-dir", str(tmp_path), "--resume"])
+    assert "was run with other settings" in capsys.readouterr().err
+
+
+def test_step_gradients_benchmark_measures_each_trained_step_and_skips_the_rest(tmp_path):
+    from benchmarks import step_gradients
+
+    data = step_gradients.main(["--model", "tiny", "--reward", "jpeg_compressibility", "--num-steps", "3",
+                                "--samples", "4", "--group-size", "2", "--skip", "0,1",
+                                "--results-dir", str(tmp_path)])
+    every, skipped = data["runs"]
+    assert all(v is not None for v in every["steps"]["grad_norm"])
+    assert sum(every["steps"]["grad_share"]) == pytest.approx(1.0)
+    assert skipped["steps"]["grad_norm"][2] is None and skipped["steps"]["grad_share"][2] == 0.0
+    assert all(-1.0 <= c <= 1.0 for c in skipped["steps"]["grad_cosine"][:2])
+    md = (tmp_path / "step_gradients_tiny.md").read_text()
+    assert "## skip_last_steps = 1" in md and "| 2 |" in md and "not trained" in md

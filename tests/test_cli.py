@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -213,3 +214,10 @@ def test_documented_beyond_ddpo_flags_reach_the_job_config():
     a = cfg.algorithm
     assert (a.kl_coef, cfg.env.group_size, a.group_advantages, a.ema_decay, cfg.monitor_every) == (
         10.0, 4, True, 0.9, 24)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parents[1] / "configs").glob("*.toml")))
+def test_every_shipped_config_file_builds_a_job_config(path):
+    from agents.job.cli import read_config_file
+
+    assert read_config_file(path)  # unknown keys and invalid settings raise

@@ -71,6 +71,16 @@ def test_the_old_cosine_schedule_shows_its_ill_conditioned_first_step():
     assert 10 < c.ratio_to_median[-1] < 30  # the last step: σ ≈ 0.006
 
 
+def test_gradient_share_is_each_steps_part_of_the_sum_of_squared_sensitivities():
+    c = schedule_conditioning(DDIMSchedule.from_scheduler_config(SCHEDULER_CONFIG, 10))
+    np.testing.assert_allclose(c.gradient_share.sum(), 1.0)
+    np.testing.assert_allclose(c.gradient_share, c.sensitivity**2 / (c.sensitivity**2).sum())
+    # leading spacing: the step landing at t = 1 (σ small, the jump in ᾱ large) has most of the gradient although
+    # it is under 10× the median step's sensitivity
+    assert int(np.argmax(c.gradient_share)) == 8 and c.gradient_share[8] > 0.5 and c.max_ratio < 10
+    assert [r["gradient_share"] for r in c.rows()] == pytest.approx(c.gradient_share.tolist())
+
+
 @pytest.mark.parametrize("num_steps", range(1, 51))
 def test_default_model_every_step_within_ten_times_the_median(num_steps):
     schedule = DDIMSchedule.from_scheduler_config(SCHEDULER_CONFIG, num_steps)
