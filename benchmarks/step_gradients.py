@@ -67,7 +67,8 @@ def markdown(data: dict[str, Any]) -> str:
         steps, sens = run["steps"], np.array(run["sensitivity_to_median"])
         predicted = sens**2 / (sens**2).sum()
         lines += [f"## skip_last_steps = {run['skip_last_steps']}", "",
-                  "| step k | predicted share | gradient share | ‖g_k‖ | cosine of halves | clip fraction | log-ratio |",
+                  "| step k | predicted share | gradient share | ‖g_k‖ | cosine of halves | clip fraction "
+                  "| log-ratio |",
                   "|---|---|---|---|---|---|---|"]
         for k in range(len(sens)):
             if steps["grad_norm"][k] is None:

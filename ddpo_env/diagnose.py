@@ -76,7 +76,8 @@ class StepConditioning(NamedTuple):
         lines = ["| step k | timestep | ᾱ_t or σ | std σ_k | sensitivity s_k | s_k / median | gradient share "
                  "| x̂₀ clipped |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['timestep']} | {r['noise_level']:.3g} | {r['std']:.3g} | {r['sensitivity']:.3g} "
-                  f"| {r['ratio_to_median']:.2f} | {100 * r['gradient_share']:.0f} % | {100 * r['clipped_fraction']:.1f} % |"
+                  f"| {r['ratio_to_median']:.2f} | {100 * r['gradient_share']:.0f} % "
+                  f"| {100 * r['clipped_fraction']:.1f} % |"
                   for r in self.rows()]
         return "\n".join(lines)
 
