@@ -39,10 +39,10 @@ from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
 #: Each benchmark agent as the training job's settings. The policy-gradient agents skip the last 2 of the 10 steps:
-#: the step landing at t = 1 has 86 % of the gradient's squared norm and carries no signal for layout
-#: (benchmarks/results/step_gradients_shapes.md). One learning rate for all, 1e-3, measured on this task: at the
-#: digits benchmark's 7e-3 DDPO-IS with groups loses reward (0.56 → 0.29 partial credit in 40 epochs), at 1e-3 it
-#: gains (0.56 → 0.63; docs/shapes.md).
+#: the step landing at t = 1 has 92 % of the gradient's squared norm and its transitions use up the clip range
+#: while the steps that decide the layout hardly move (benchmarks/results/step_gradients_shapes.md). One learning
+#: rate for all, 1e-3, measured on this task: at the digits benchmark's 7e-3 DDPO-IS with groups loses reward
+#: (0.56 → 0.29 partial credit in 40 epochs), at 1e-3 it gains (0.56 → 0.63; docs/shapes.md).
 SKIP_LAST_STEPS = 2
 AGENT_SETTINGS: dict[str, dict[str, Any]] = {
     "ddpo-is": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 1e-3, "skip_last_steps": SKIP_LAST_STEPS},

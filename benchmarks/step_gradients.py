@@ -8,7 +8,7 @@ step trained and with the last steps skipped. Per denoising step k (agents/step_
 * ``grad_cosine``: the cosine between the step-k gradients of the rollout's two halves (≈ 0: noise);
 * ``clip_fraction`` and ``log_ratio`` of the update that follows.
 
-Next to them the schedule's own prediction, each step's sensitivity share s_k²/Σs_j² (ddpo_env/diagnose.py).
+Next to them the prediction from the sensitivities at real states, s_k²/Σs_j² (ddpo_env/diagnose.py).
 Writes benchmarks/results/step_gradients_<model>.{json,md}.
 """
 
@@ -61,7 +61,7 @@ def markdown(data: dict[str, Any]) -> str:
              "", f"One rollout of {s['samples_per_epoch']} samples per row ({s['agent']}, "
              f"{'groups of ' + str(s['group_size']) if s.get('group_advantages') else 'per-prompt stat tracking'}, "
              f"{s['num_steps']} steps, clip range {s['clip_range']}, lr {s['learning_rate']}). Gradient share: the "
-             "step's part of Σ_k ‖g_k‖²; predicted share: s_k²/Σ s_j² from the schedule at real states; cosine "
+             "step's part of Σ_k ‖g_k‖²; predicted share: s_k²/Σ s_j² from the sensitivities at real states; cosine "
              "between the rollout's halves (≈ 0: noise). Clip fraction and log-ratio: the update after the probe.", ""]
     for run in data["runs"]:
         steps, sens = run["steps"], np.array(run["sensitivity_to_median"])
