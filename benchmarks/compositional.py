@@ -12,7 +12,7 @@ prompts. Each run and the untrained model are then evaluated on the same prompts
 
 Settings (``cpu`` preset): the embedded algorithms benchmark's (10 DDIM steps, η = 1, LoRA rank 4, 64 samples per
 epoch in micro-batches of 32, 3 steps per pass, matmul attention), 14 epochs, and per agent :data:`AGENT_SETTINGS`
-(one learning rate measured on this task; the last 2 steps untrained by the policy-gradient agents). Runs are
+(measured on this task: the policy-gradient agents train the first 4 of the 10 steps, at 3e-3). Runs are
 independent one-thread processes (``--workers``), kept in the JSON as they finish (``--resume``). ``--epochs``
 makes it larger; ``--preset gpu`` runs on CUDA with bigger rollouts.
 
@@ -38,19 +38,31 @@ import numpy as np
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
-#: Each benchmark agent as the training job's settings. The policy-gradient agents skip the last 2 of the 10 steps:
-#: the step landing at t = 1 has 92 % of the gradient's squared norm and its transitions use up the clip range
-#: while the steps that decide the layout hardly move (benchmarks/results/step_gradients_shapes.md). One learning
-#: rate for all, 1e-3, measured on this task: at the digits benchmark's 7e-3 DDPO-IS with groups loses reward
-#: (0.56 → 0.29 partial credit in 40 epochs), at 1e-3 it gains (0.56 → 0.63; docs/shapes.md).
-SKIP_LAST_STEPS = 2
+#: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep and
+#: docs/shapes.md). The policy-gradient agents train only the first 4 of the 10 steps: the layout is decided there
+#: (their split-half gradient cosines are positive, benchmarks/results/step_gradients_shapes.md), while the later
+#: steps add gradient noise and no signal; 3e-3 is the best of 1e-3, 3e-3 and 1e-2. RWR regresses onto the
+#: model's own samples and degrades it at 1e-3; at 1e-4 it holds the base model's score.
+SKIP_LAST_STEPS = 6
 AGENT_SETTINGS: dict[str, dict[str, Any]] = {
-    "ddpo-is": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 1e-3, "skip_last_steps": SKIP_LAST_STEPS},
-    "grpo": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 1e-3, "skip_last_steps": SKIP_LAST_STEPS,
+    "ddpo-is": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},
+    "grpo": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS,
              "group_advantages": True, "group_size": 8},
-    "ddpo-sf": {"agent": "ddpo-sf", "learning_rate": 1e-3, "skip_last_steps": SKIP_LAST_STEPS},
-    "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 1e-3},
+    "ddpo-sf": {"agent": "ddpo-sf", "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},
+    "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 1e-4},
 }
+PRESET_STEPS = 10  # the episode length the skip above was measured for
+
+
+def agent_settings(agent: str, num_steps: int) -> dict[str, Any]:
+    """:data:`AGENT_SETTINGS` of ``agent`` for ``num_steps``-step episodes: the skip scaled from 10 steps, so the same
+    early part of the noise schedule is trained (at least one step). The untrained model's job takes DDPO-IS's."""
+    settings = dict(AGENT_SETTINGS.get(agent, AGENT_SETTINGS["ddpo-is"]))
+    if "skip_last_steps" in settings and num_steps != PRESET_STEPS:
+        settings["skip_last_steps"] = min(num_steps - 1, round(SKIP_LAST_STEPS * num_steps / PRESET_STEPS))
+    return settings
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"model": "shapes", "device": "cpu", "epochs": 14, "samples_per_epoch": 64, "num_envs": 16,
             "batch_size": 32, "lora_rank": 4, "num_steps": 10, "steps_per_pass": 3, "attention": "matmul"},
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (args.resume or args.report_only) and json_path.exists():
         saved = json.loads(json_path.read_text())
         done = {run_key(r["agent"], r["seed"]): r for r in saved["runs"]}
-        mine = {"settings": settings, "agent_settings": {a: AGENT_SETTINGS[a] for a in agents}}
+        mine = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents}}
         theirs = {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents}}
         if args.resume and json.loads(json.dumps(mine)) != theirs:
             parser.error(f"--resume: {json_path} was run with other settings ({theirs}, now {mine}): give this run "
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]
     base = {**settings, "reward": REWARD, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
     jobs = [] if args.report_only else [
-        {**TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, AGENT_SETTINGS["ddpo-is"]), "seed": s}).to_flat(),
+        {**TrainConfig.from_flat({**base, **agent_settings(a, settings["num_steps"]), "seed": s}).to_flat(),
          "benchmark_agent": a}
         for a, s in grid if run_key(a, s) not in done]
     print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
@@ -200,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def save() -> dict[str, Any]:
         runs = sorted(done.values(), key=lambda r: (r["agent"] != BASE, r["agent"], r["seed"]))
-        data = {"settings": settings, "agent_settings": {a: AGENT_SETTINGS[a] for a in agents}, "reward": REWARD,
+        data = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
+                "reward": REWARD,
                 "eval_seeds": args.eval_seeds, "eval_prompts": {k: len(p) // args.eval_seeds for k, p in sets.items()},
                 "grid_columns": columns, "renders": floor, "table": aggregate(runs, agents), "runs": runs,
                 "environment": env_info}

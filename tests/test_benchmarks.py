@@ -272,3 +272,18 @@ def test_step_gradients_benchmark_measures_each_trained_step_and_skips_the_rest(
     assert all(-1.0 <= c <= 1.0 for c in skipped["steps"]["grad_cosine"][:2])
     md = (tmp_path / "step_gradients_tiny.md").read_text()
     assert "## skip_last_steps = 1" in md and "| 2 |" in md and "not trained" in md
+
+
+def test_compositional_sweep_scores_each_setting_against_the_base_model(tmp_path):
+    from benchmarks import compositional_sweep
+
+    data = compositional_sweep.main(["--only", "0", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "8",
+                                     "--num-steps", "3", "--eval-prompts", "4", "--eval-seeds", "1",
+                                     "--results-dir", str(tmp_path)])
+    (name, over), = data["sweep"]
+    assert [r["agent"] for r in data["runs"]] == ["base", name]
+    base, run = data["runs"]
+    assert run["learning_rate"] == over["learning_rate"] and len(run["curve"]) == 1
+    assert base["train"]["kl_to_base"] == 0 < run["train"]["kl_to_base"]
+    md = (tmp_path / "compositional_sweep.md").read_text()
+    assert f"| {name} | 1 |" in md and "| base model |" in md

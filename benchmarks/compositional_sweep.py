@@ -1,0 +1,136 @@
+"""Which steps to train and how fast, on the compositional task: ``python -m benchmarks.compositional_sweep``.
+
+GRPO-style DDPO-IS (groups of 8) on the shapes model with the ``geneval`` reward at the compositional benchmark's
+budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, scored like that benchmark (the
+verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
+seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
+one learning rate, then the learning rate at the chosen skip. Runs are one-thread processes (``--workers``).
+
+Writes benchmarks/results/compositional_sweep.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, agent_settings, run_one
+from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
+
+#: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6
+SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("skip 2, lr 1e-3", {"skip_last_steps": 2, "learning_rate": 1e-3}),
+    ("skip 4, lr 1e-3", {"skip_last_steps": 4, "learning_rate": 1e-3}),
+    ("skip 6, lr 1e-3", {"skip_last_steps": 6, "learning_rate": 1e-3}),
+    ("skip 7, lr 1e-3", {"skip_last_steps": 7, "learning_rate": 1e-3}),
+    ("skip 8, lr 1e-3", {"skip_last_steps": 8, "learning_rate": 1e-3}),
+    ("skip 6, lr 3e-3", {"skip_last_steps": 6, "learning_rate": 3e-3}),
+    ("skip 6, lr 1e-2", {"skip_last_steps": 6, "learning_rate": 1e-2}),
+)
+
+
+def scores(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's record without its images: accuracy, partial credit and KL per split."""
+    from benchmarks.scene_metrics import category_scores
+
+    record = {k: v for k, v in run.items() if k != "samples"}
+    for split, s in run["samples"].items():
+        sc = category_scores(s["images"], s["prompts"])
+        record[split] = {"overall": sc["overall"], "partial": sc["partial"],
+                         "categories": {c: v["accuracy"] for c, v in sc["categories"].items()},
+                         "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
+    return record
+
+
+def markdown(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    runs = data["runs"]
+    base = next(r for r in runs if r["agent"] == BASE)
+    lines = ["# Which steps to train and how fast: the compositional task", "",
+             f"`{env['command']}` — {env['date']}, {env['machine']}, rev {env['git_revision']}", "",
+             f"GRPO-style DDPO-IS (groups of 8) on the shapes model with the `{data['reward']}` reward, "
+             f"{data['settings']['epochs']} epochs × {data['settings']['samples_per_epoch']} samples per run, one run "
+             "per seed. Scored on the compositional benchmark's evaluation prompts and seeds: binary accuracy (mean "
+             "over categories) and mean partial credit, training prompts × 2 and held-out prompts × 2. "
+             "*Skip k*: the last k of the 10 denoising steps are never trained.", "",
+             "| setting | seeds | training prompts | partial credit | held-out | KL to base | min/run |",
+             "|---|---|---|---|---|---|---|",
+             f"| base model | – | {base['train']['overall']:.1%} | {base['train']['partial']:.3f} | "
+             f"{base['heldout']['overall']:.1%} | 0 | – |"]
+    for name, _ in data["sweep"]:
+        mine = [r for r in runs if r["agent"] == name]
+        if not mine:
+            continue
+
+        def each(key: str, split: str = "train", fmt: str = ".1%", mine: list = mine) -> str:
+            values = [r[split][key] for r in mine]
+            return f"{np.mean(values):{fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
+
+        kl = np.mean([r["train"]["kl_to_base"] for r in mine])
+        minutes = np.mean([r["train_seconds"] for r in mine]) / 60
+        lines.append(f"| {name} | {len(mine)} | {each('overall')} | {each('partial', fmt='.3f')} | "
+                     f"{each('overall', 'heldout')} | {kl:.2g} | {minutes:.1f} |")
+    lines += ["", f"Wall time: {env.get('wall_minutes', '?')} min for {env.get('runs_timed', '?')} runs."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from agents.job.config import TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="override the cpu preset's 14")
+    parser.add_argument("--samples-per-epoch", type=int, default=None, help="override the preset's (smoke tests)")
+    parser.add_argument("--num-steps", type=int, default=None, help="override the preset's 10 (smoke tests)")
+    parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="first N prompts of each split only (0: all)")
+    parser.add_argument("--only", default="", help="comma-separated indices into the sweep (default: all)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    args = parser.parse_args(argv)
+    sweep = [SWEEP[int(i)] for i in args.only.split(",")] if args.only else list(SWEEP)
+    settings = dict(PRESETS["cpu"])
+    for key in ("epochs", "samples_per_epoch", "num_steps"):
+        if getattr(args, key):
+            settings[key] = getattr(args, key)
+    for key in ("num_envs", "batch_size"):
+        settings[key] = min(settings[key], settings["samples_per_epoch"])
+    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": REWARD, "tensorboard": False, "image_every": 0,
+            "save_every": 0, "keep_last": 1}
+    grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep for seed in range(args.seeds)]
+    jobs = [{**TrainConfig.from_flat({**base, **over, "seed": seed}).to_flat(), "benchmark_agent": name}
+            for name, over, seed in grid]
+    env_info = environment(command_line("benchmarks.compositional_sweep", argv))
+    env_info["machine"] += f"; {args.workers} workers × 1 thread"
+    runs: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        tasks = [(job, 1, args.eval_seeds, args.eval_prompts) for job in jobs]
+        for run in pool.imap_unordered(_run_star, tasks):
+            record = scores(run)
+            runs.append(record)
+            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {record['agent']} seed {record['seed']}: "
+                  f"train {record['train']['overall']:.1%} (partial {record['train']['partial']:.3f})", flush=True)
+    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    env_info["runs_timed"] = len(jobs)
+    data = {"settings": settings, "agent": AGENT_SETTINGS["grpo"], "reward": REWARD, "sweep": sweep,
+            "runs": sorted(runs, key=lambda r: (r["agent"], r["seed"])), "environment": env_info}
+    results_dir = Path(args.results_dir)
+    write_json(results_dir / "compositional_sweep.json", data)
+    text = markdown(data)
+    (results_dir / "compositional_sweep.md").write_text(text, encoding="utf-8")
+    print(text)
+    return data
+
+
+def _run_star(args: tuple[dict[str, Any], int, int, int]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+if __name__ == "__main__":
+    main()
