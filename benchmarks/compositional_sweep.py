@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             settings[key] = getattr(args, key)
     for key in ("num_envs", "batch_size"):
         settings[key] = min(settings[key], settings["samples_per_epoch"])
-    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": REWARD, "tensorboard": False, "image_every": 0,
-            "save_every": 0, "keep_last": 1}
+    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": REWARD, "tensorboard": False,
+            "image_every": 0, "save_every": 0, "keep_last": 1}
     grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep for seed in range(args.seeds)]
     jobs = [{**TrainConfig.from_flat({**base, **over, "seed": seed}).to_flat(), "benchmark_agent": name}
             for name, over, seed in grid]

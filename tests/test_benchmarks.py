@@ -287,3 +287,31 @@ def test_compositional_sweep_scores_each_setting_against_the_base_model(tmp_path
     assert base["train"]["kl_to_base"] == 0 < run["train"]["kl_to_base"]
     md = (tmp_path / "compositional_sweep.md").read_text()
     assert f"| {name} | 1 |" in md and "| base model |" in md
+
+
+def test_reward_decided_shares_recover_a_known_split_of_the_variance():
+    from benchmarks.reward_decided import decided_shares
+
+    # R = u_0 + ... + u_T, u_j ~ N(0, v_j): u_0 is the starting noise, step k draws u_(k+1); E[R | x_k] = Σ_{j<=k} u_j
+    rng = np.random.default_rng(0)
+    v = np.array([0.5, 2.0, 1.0, 0.25, 0.25])
+    p, g, m, t = 400, 4, 4, len(v) - 1
+    drawn = rng.normal(0, np.sqrt(v), (p, g, len(v)))
+    offsets = rng.normal(0, 3.0, (p, 1, 1))  # each prompt's own mean: not part of the within-prompt variance
+    rewards = np.zeros((p, g, t, m))
+    for k in range(t):  # continue from x_k: keep u_0..u_k, redraw the rest
+        rest = rng.normal(0, np.sqrt(v[k + 1:]), (p, g, m, t - k)).sum(axis=3)
+        rewards[:, :, k, :] = drawn[:, :, : k + 1].sum(axis=2)[..., None] + rest + offsets
+    shares = decided_shares(rewards)
+    expected = np.append(np.cumsum(v)[:-1] / v.sum(), 1.0)
+    np.testing.assert_allclose(shares, expected, atol=0.05)  # without the 1/M correction: +0.2
+
+
+def test_reward_decided_writes_a_table_per_reward(tmp_path):
+    from benchmarks import reward_decided
+
+    data = reward_decided.main(["--cases", "default", "--prompts", "2", "--trajectories", "2", "--continuations", "2",
+                                "--num-steps", "3", "--results-dir", str(tmp_path)])
+    result = data["cases"]["default"]["rewards"]["jpeg_compressibility"]
+    assert len(result["decided"]) == 4 and result["decided"][-1] == 1.0 and len(result["step_share"]) == 3
+    assert "## default model, jpeg_compressibility (2 prompts)" in (tmp_path / "reward_decided.md").read_text()
