@@ -38,11 +38,11 @@ import numpy as np
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
-#: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep and
-#: docs/shapes.md). The policy-gradient agents train only the first 4 of the 10 steps: the layout is decided there
-#: (their split-half gradient cosines are positive, benchmarks/results/step_gradients_shapes.md), while the later
-#: steps add gradient noise and no signal; 3e-3 is the best of 1e-3, 3e-3 and 1e-2. RWR regresses onto the
-#: model's own samples and degrades it at 1e-3; at 1e-4 it holds the base model's score.
+#: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep;
+#: docs/shapes.md). The policy-gradient agents train only the first 4 of the 10 steps: training more of the later
+#: steps learns less, although those steps decide much of the reward (benchmarks.reward_decided): their gradients
+#: are larger and do not agree between samples (benchmarks.step_gradients). 3e-3 is the best of 1e-3, 3e-3 and 1e-2.
+#: RWR regresses onto the model's own samples and degrades it at 1e-3; at 1e-4 it holds the base model's score.
 SKIP_LAST_STEPS = 6
 AGENT_SETTINGS: dict[str, dict[str, Any]] = {
     "ddpo-is": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},

@@ -7,12 +7,14 @@ before any action) M continuations to the end with fresh noise. The continuation
 
 is the share of the reward's within-prompt variance already decided at x_k. The variance of an M-sample mean is
 corrected by E[s²]/M, Var_p(R) = Var_p(E[R | x_T]) + E[Var(R | x_T)] from the same samples, and D_T = 1 (x_0 is the
-image). D_0 belongs to the starting noise, which no action changes; **step k decides D_{k+1} − D_k**: the most that
-step k's policy gradient can learn from, since an action that does not change E[R | x_{k+1}] has a score-function
-gradient uncorrelated with the reward. Per-prompt baselines (GRPO groups, per-prompt statistics) remove the
+image). D_0 belongs to the starting noise, which no action changes; **step k decides D_{k+1} − D_k**: an action
+that does not change E[R | x_{k+1}] has a score-function gradient uncorrelated with the reward, so this bounds what
+step k's policy gradient can learn from (whether that signal points the same way for every sample is another
+question, answered by the split-half cosines of benchmarks.step_gradients). Standard errors come from resampling
+the prompts. Per-prompt baselines (GRPO groups, per-prompt statistics) remove the
 prompt's own effect, hence the within-prompt variance.
 
-By default the shapes model with ``geneval`` (partial credit) and ``geneval_binary`` on 32 training prompts, and the
+By default the shapes model with ``geneval`` (partial credit) and ``geneval_binary`` on 64 training prompts, and the
 default digits model with ``jpeg_compressibility`` for contrast. Writes benchmarks/results/reward_decided.{json,md}.
 """
 
@@ -45,6 +47,13 @@ def decided_shares(rewards: np.ndarray) -> np.ndarray:
     variance = (signal[:, 0] + within[:, 0]).mean()  # Var_p(R) = Var(E[R | x_T]) + E[Var(R | x_T)], unbiased
     shares = signal.mean(axis=0) / max(float(variance), 1e-12)
     return np.append(shares, 1.0)
+
+
+def bootstrap_errors(rewards: np.ndarray, seed: int, draws: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Standard errors of D_k and of the steps' shares D_(k+1) − D_k, from resampling the prompts."""
+    rng = np.random.default_rng(seed)
+    samples = np.stack([decided_shares(rewards[rng.integers(0, len(rewards), len(rewards))]) for _ in range(draws)])
+    return samples.std(axis=0, ddof=1), np.diff(samples, axis=1).std(axis=0, ddof=1)
 
 
 def measure(model: str, reward_names: tuple[str, ...], split: str | None, num_prompts: int, trajectories: int,
@@ -90,7 +99,9 @@ def measure(model: str, reward_names: tuple[str, ...], split: str | None, num_pr
     out: dict[str, Any] = {"prompts": prompts}
     for name in reward_names:
         shares = decided_shares(rewards[name])
+        errors = bootstrap_errors(rewards[name], seed)
         out[name] = {"decided": shares.tolist(), "step_share": np.diff(shares).tolist(),
+                     "decided_se": errors[0].tolist(), "step_share_se": errors[1].tolist(),
                      "reward_mean": float(final[name].mean()), "timesteps": [int(t) for t in env.schedule.timesteps]}
     return out
 
@@ -101,14 +112,15 @@ def markdown(data: dict[str, Any]) -> str:
              f"`{env['command']}` — {env['date']}, {env['machine']}, rev {env['git_revision']}", "",
              f"{data['trajectories']} base-model trajectories per prompt, {data['continuations']} continuations from "
              f"every state, {data['num_steps']} DDIM steps (η = 1). D_k: share of the reward's within-prompt variance "
-             "decided at state x_k (k = 0: the starting noise); step k decides D_(k+1) − D_k, the most its policy "
-             "gradient can learn from. Estimates; small negative values are sampling noise.", ""]
+             "decided at state x_k (k = 0: the starting noise); step k decides D_(k+1) − D_k. ± one standard error "
+             "from resampling the prompts; negative shares are sampling noise.", ""]
     for result in data["cases"].values():
         for reward, r in result["rewards"].items():
             lines += [f"## {result['model']} model, {reward} ({result['prompts']} prompts)", "",
                       "| step k | t | D_k (decided before the step) | decided by step k |", "|---|---|---|---|"]
             for k, t in enumerate(r["timesteps"]):
-                lines.append(f"| {k} | {t} | {r['decided'][k]:.2f} | {r['step_share'][k]:+.2f} |")
+                lines.append(f"| {k} | {t} | {r['decided'][k]:.2f} ± {r['decided_se'][k]:.2f} | "
+                             f"{r['step_share'][k]:+.2f} ± {r['step_share_se'][k]:.2f} |")
             lines += ["| end | 0 | 1 | |", ""]
     lines.append(f"Wall time: {env.get('wall_minutes', '?')} min.")
     return "\n".join(lines) + "\n"
@@ -117,7 +129,7 @@ def markdown(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"from {', '.join(CASES)}")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per case (the first of the split)")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per case (the first of the split)")
     parser.add_argument("--trajectories", type=int, default=4, help="G: base trajectories per prompt")
     parser.add_argument("--continuations", type=int, default=4, help="M: continuations from each state")
     parser.add_argument("--num-steps", type=int, default=10)
