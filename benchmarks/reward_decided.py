@@ -82,7 +82,7 @@ def measure(model: str, reward_names: tuple[str, ...], split: str | None, num_pr
         return sampler.step(obs).prev_sample
 
     states = [x]
-    for k in range(t_steps):  # the base trajectories x_T = x_0-state, ..., the images
+    for k in range(t_steps):  # the base trajectories: states[k] is the state before step k, states[T] the image
         states.append(advance(states[-1], ids, k))
     scorers = {name: REWARDS[name](**({"upscale": 4} if name.startswith("jpeg") else {})) for name in reward_names}
     names = [prompts[i // g] for i in range(n_p * g)]
