@@ -58,7 +58,8 @@ def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path)
     best = max(gains, key=gains.get)
     assert algorithms_sweep.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": best}
     md = (tmp_path / "mine_sweep.md").read_text()
-    assert f"| DDPO-IS | **{best:g}** |" in md and f"| DDPO-IS | {min(gains, key=gains.get):g} |" in md
+    other = next(rate for rate in gains if rate != best)  # gains can tie on a tiny model: not min(gains)
+    assert f"| DDPO-IS | **{best:g}** |" in md and f"| DDPO-IS | {other:g} |" in md
     main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility", "--lora-rank", "0"])
     assert [r["learning_rate"] for r in main["runs"]] == [best]
     assert main["settings"]["lora_rank"] == 0 and (tmp_path / "mine.md").is_file()
