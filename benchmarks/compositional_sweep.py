@@ -47,6 +47,10 @@ def scores(run: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _mean_and_each(values: list[float], fmt: str) -> str:
+    return f"{np.mean(values):{fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
+
+
 def markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     runs = data["runs"]
@@ -66,15 +70,11 @@ def markdown(data: dict[str, Any]) -> str:
         mine = [r for r in runs if r["agent"] == name]
         if not mine:
             continue
-
-        def each(key: str, split: str = "train", fmt: str = ".1%", mine: list = mine) -> str:
-            values = [r[split][key] for r in mine]
-            return f"{np.mean(values):{fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
-
         kl = np.mean([r["train"]["kl_to_base"] for r in mine])
         minutes = np.mean([r["train_seconds"] for r in mine]) / 60
-        lines.append(f"| {name} | {len(mine)} | {each('overall')} | {each('partial', fmt='.3f')} | "
-                     f"{each('overall', 'heldout')} | {kl:.2g} | {minutes:.1f} |")
+        lines.append(f"| {name} | {len(mine)} | {_mean_and_each([r['train']['overall'] for r in mine], '.1%')} | "
+                     f"{_mean_and_each([r['train']['partial'] for r in mine], '.3f')} | "
+                     f"{_mean_and_each([r['heldout']['overall'] for r in mine], '.1%')} | {kl:.2g} | {minutes:.1f} |")
     lines += ["", f"Wall time: {env.get('wall_minutes', '?')} min for {env.get('runs_timed', '?')} runs."]
     return "\n".join(lines) + "\n"
 
