@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, agent_settings, run_one
+from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, _run_star, agent_settings
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 #: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6
@@ -126,10 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (results_dir / "compositional_sweep.md").write_text(text, encoding="utf-8")
     print(text)
     return data
-
-
-def _run_star(args: tuple[dict[str, Any], int, int, int]) -> dict[str, Any]:
-    return run_one(*args)
 
 
 if __name__ == "__main__":

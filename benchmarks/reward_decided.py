@@ -138,12 +138,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.trajectories < 2 or args.continuations < 2:
         parser.error("--trajectories and --continuations must be at least 2 (variances are estimated from them)")
+    unknown = [c for c in args.cases.split(",") if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}: use {', '.join(CASES)}")
     env_info = environment(command_line("benchmarks.reward_decided", argv))
     start = time.perf_counter()
     cases = {}
     for case in args.cases.split(","):
-        if case not in CASES:
-            parser.error(f"unknown case {case!r}: use {', '.join(CASES)}")
         model, reward_names, split = CASES[case]
         with torch.no_grad():
             result = measure(model, reward_names, split, args.prompts, args.trajectories, args.continuations,
