@@ -11,7 +11,7 @@ from rewards.aesthetic import AestheticScore
 from rewards.alignment import AlignmentConfig, AlignmentScorer, PromptAlignment
 from rewards.combine import add_reward, make_scorer, resolve_reward, weighted_sum
 from rewards.digits import DigitAlignment, DigitMargin, digit_agreement, prompted_digit
-from rewards.geneval import GenEval, GenEvalBinary, Verdict, geneval_accuracy, verify
+from rewards.geneval import GenEval, GenEvalBinary, GenEvalStrict, Verdict, geneval_accuracy, verify
 from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rewards.scorer import FunctionScorer, RewardError, Scorer, checked_scores
 from rewards.wrappers import TerminalReward, VectorTerminalReward, from_callable, wrap_reward
@@ -26,6 +26,7 @@ REWARDS: dict[str, type[Scorer]] = {
     "alignment": PromptAlignment,
     "geneval": GenEval,
     "geneval_binary": GenEvalBinary,
+    "geneval_strict": GenEvalStrict,
 }
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FunctionScorer",
     "GenEval",
     "GenEvalBinary",
+    "GenEvalStrict",
     "JpegCompressibility",
     "JpegIncompressibility",
     "PromptAlignment",

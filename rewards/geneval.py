@@ -13,6 +13,12 @@ earns min(found, count) / count (counting: 1 − |found − count| / count, floo
 alone when the named colour is missing, and the relation 1 or 0; the score is their mean, and equals 1 exactly
 when the verdict does.
 
+Outside counting, GenEval (and the verdict) accept objects the prompt did not ask for, and a policy trained on that
+score learns to draw extra objects: more tries at each group. ``geneval_strict`` (``GenEval(charge_extras=True)``)
+charges them: its score is the partial credit × asked / max(asked, found), where asked is the number of objects the
+prompt names and found the number detected (shapeless blobs included). It is 1 exactly when the verdict holds and
+nothing else is drawn; the verdict itself is GenEval's.
+
     env = add_reward(gym.make_vec("DenoisingDiffusion-v0", model="shapes", num_envs=8), "geneval")
 """
 
@@ -76,6 +82,12 @@ def _holds(a: Detection, b: Detection, relation: str, margin: float) -> bool:
     return offset >= margin
 
 
+def extras_factor(spec: SceneSpec, detections: list[Detection] | tuple[Detection, ...]) -> float:
+    """asked / max(asked, found): 1 when the image holds no more objects than the prompt names, less for each extra."""
+    asked = sum(obj.count for obj in spec.objects)
+    return asked / max(asked, len(detections))
+
+
 def verify(images: np.ndarray, prompts: list[str]) -> list[Verdict]:
     """The verdict for each uint8 image (B, H, W, 3) against its prompt; ValueError for a prompt it cannot read."""
     specs = [parse_prompt(p) for p in prompts]  # every prompt first, so a bad one fails before any work
@@ -100,20 +112,29 @@ def geneval_accuracy(images: np.ndarray, prompts: list[str]) -> float | None:
 
 class GenEval(Scorer):
     """GenEval-style prompt–image check for the shapes model: the partial-credit score in [0, 1] (``binary=False``,
-    the training reward) or the 0/1 verdict (``binary=True``). Prompts must follow the shapes-world grammar
-    (:mod:`ddpo_env.scenes.prompts`); any other prompt raises an error that names it and the grammar."""
+    the training reward) or the 0/1 verdict (``binary=True``); ``charge_extras=True`` scales the partial credit by
+    :func:`extras_factor`, so objects the prompt did not ask for cost reward. Prompts must follow the shapes-world
+    grammar (:mod:`ddpo_env.scenes.prompts`); any other prompt raises an error that names it and the grammar."""
 
     name = "geneval"
 
-    def __init__(self, *, binary: bool = False) -> None:
+    def __init__(self, *, binary: bool = False, charge_extras: bool = False) -> None:
+        if binary and charge_extras:
+            raise ValueError("GenEval: charge_extras scales the partial credit, and binary=True has none: "
+                             "drop one of them")
         self.binary = bool(binary)
+        self.charge_extras = bool(charge_extras)
 
     def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
         verdicts = verify(images, prompts)
-        return np.array([float(v.correct) if self.binary else v.score for v in verdicts])
+        if self.binary:
+            return np.array([float(v.correct) for v in verdicts])
+        if self.charge_extras:
+            return np.array([v.score * extras_factor(v.spec, v.detections) for v in verdicts])
+        return np.array([v.score for v in verdicts])
 
     def __repr__(self) -> str:
-        return f"GenEval(binary={self.binary})"
+        return f"GenEval(binary={self.binary}, charge_extras={self.charge_extras})"
 
 
 class GenEvalBinary(GenEval):
@@ -126,3 +147,16 @@ class GenEvalBinary(GenEval):
 
     def __repr__(self) -> str:
         return "GenEvalBinary()"
+
+
+class GenEvalStrict(GenEval):
+    """:class:`GenEval`'s partial credit that charges objects the prompt did not ask for, by name
+    ``geneval_strict``: a training reward without the extra-objects hack."""
+
+    name = "geneval_strict"
+
+    def __init__(self) -> None:
+        super().__init__(charge_extras=True)
+
+    def __repr__(self) -> str:
+        return "GenEvalStrict()"

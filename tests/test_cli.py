@@ -110,13 +110,13 @@ def test_help_shows_each_fields_docstring():
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--reward", "beauty"], "ddpo train: error: unknown reward 'beauty': use one of ['aesthetic', "
                                       "'alignment', 'digit_alignment', 'digit_margin', 'geneval', 'geneval_binary', "
-                                      "'jpeg_compressibility', 'jpeg_incompressibility'] or an import path "
-                                      "package.module:function"),
+                                      "'geneval_strict', 'jpeg_compressibility', 'jpeg_incompressibility'] or an "
+                                      "import path package.module:function"),
     (["train", "--reward", "jpeg_compressibility=0"], "ddpo train: error: bad reward 'jpeg_compressibility=0' in "
                                                       "'jpeg_compressibility=0': use a name from ['aesthetic', "
                                                       "'alignment', 'digit_alignment', 'digit_margin', "
-                                                      "'geneval', 'geneval_binary', 'jpeg_compressibility', "
-                                                      "'jpeg_incompressibility'] or "
+                                                      "'geneval', 'geneval_binary', 'geneval_strict', "
+                                                      "'jpeg_compressibility', 'jpeg_incompressibility'] or "
                                                       "package.module:function, optionally =weight (finite, "
                                                       "non-zero), comma-separated"),
     (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['ddpo-is', 'ddpo-sf', "

@@ -18,7 +18,7 @@ from ddpo_env.scenes import (
     violations,
 )
 from ddpo_env.scenes.render import PlacedObject
-from rewards import REWARDS, GenEval, GenEvalBinary, RewardError, add_reward, checked_scores, verify
+from rewards import REWARDS, GenEval, GenEvalBinary, GenEvalStrict, RewardError, add_reward, checked_scores, verify
 from rewards.scene_detect import detect
 
 
@@ -83,6 +83,31 @@ def test_partial_credit_on_known_scenes():
         assert verdict.correct == (score == 1.0)
         assert GenEval()(image[None], [prompt])[0] == pytest.approx(score)
         assert GenEvalBinary()(image[None], [prompt])[0] == float(score == 1.0)
+
+
+def test_strict_credit_charges_objects_the_prompt_did_not_ask_for():
+    four = _scene(("triangle", "red", 7, 7, 4), ("triangle", "blue", 24, 7, 4), ("circle", "red", 7, 24, 4),
+                  ("square", "green", 24, 24, 4))
+    one = _scene(("triangle", "red", 16, 16, 5))
+    cases = [  # (image, prompt, GenEval's partial credit, the strict one)
+        (four, "a triangle", 1.0, 1 / 4),  # the hack: the verdict passes, the strict credit is asked / found
+        (four, "a red triangle and a green square", 1.0, 2 / 4),
+        (four, "a red triangle to the left of a blue triangle", 1.0, 2 / 4),
+        (four, "two triangles", 1.0, 2 / 4),  # counting: the groups' count is exact, the other objects still cost
+        (four, "a yellow circle", 0.5, 0.5 / 4),
+        (one, "a red triangle", 1.0, 1.0),  # nothing extra: the same score
+        (one, "a red triangle and a blue square", 0.5, 0.5),  # fewer than asked: charged by the credit alone
+    ]
+    images = np.stack([image for image, _, _, _ in cases])
+    prompts = [prompt for _, prompt, _, _ in cases]
+    np.testing.assert_allclose(GenEval()(images, prompts), [c for _, _, c, _ in cases])
+    np.testing.assert_allclose(GenEvalStrict()(images, prompts), [c for _, _, _, c in cases])
+    np.testing.assert_allclose(GenEval(charge_extras=True)(images, prompts), [c for _, _, _, c in cases])
+    assert REWARDS["geneval_strict"] is GenEvalStrict
+    truth = _ground_truth(120, seed=14)  # the generator's renders draw exactly what is asked: full strict credit
+    assert (GenEvalStrict()(np.stack([s.image for _, _, s in truth]), [p for _, p, _ in truth]) == 1.0).mean() >= 0.99
+    with pytest.raises(ValueError, match="charge_extras scales the partial credit, and binary=True has none"):
+        GenEval(binary=True, charge_extras=True)
 
 
 def test_detection_does_not_depend_on_the_image_size():

@@ -170,7 +170,7 @@ def test_weighted_sum_adds_weighted_scores_and_keeps_each_in_info():
     with pytest.raises(ValueError) as e:
         weighted_sum(venv, {"beauty": 1.0})
     assert str(e.value) == ("unknown reward 'beauty': use one of ['aesthetic', 'alignment', 'digit_alignment', "
-                            "'digit_margin', 'geneval', 'geneval_binary', 'jpeg_compressibility', "
+                            "'digit_margin', 'geneval', 'geneval_binary', 'geneval_strict', 'jpeg_compressibility', "
                             "'jpeg_incompressibility'] or an import path package.module:function")
     with pytest.raises(ValueError, match=r"reward 'nowhere\.module:f' cannot be imported"):
         weighted_sum(venv, {"nowhere.module:f": 1.0})
