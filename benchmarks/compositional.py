@@ -8,7 +8,10 @@ prompts. Each run and the untrained model are then evaluated on the same prompts
 * the verifier's binary score per GenEval category on the training prompts and on the 72 held-out prompts, whose
   colour–shape pairs and counts neither the model nor RL ever saw (the held-out gain: after − before);
 * over-optimisation: the feature distance of the samples to the generator's renders of the same prompts, their
-  diversity (benchmarks.scene_metrics) and the KL to the base model along the evaluation trajectories.
+  diversity (benchmarks.scene_metrics), the objects drawn beyond those the prompt asks for (which the verdict
+  accepts outside counting, as GenEval's does) and the KL to the base model along the evaluation trajectories.
+
+``--reward geneval_strict`` trains on the partial credit that charges those extra objects instead.
 
 Settings (``cpu`` preset): the embedded algorithms benchmark's (10 DDIM steps, η = 1, LoRA rank 4, 64 samples per
 epoch in micro-batches of 32, 3 steps per pass, matmul attention), 14 epochs, and per agent :data:`AGENT_SETTINGS`
@@ -70,6 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 128, "lora_rank": 4, "num_steps": 10},
 }
 REWARD = "geneval"
+REWARDS = ("geneval", "geneval_strict")
 EVAL_SEED = 10_000  # x_T and noise of the evaluation samples: the same for the base model and every run
 BASE = "base"  # the untrained model's evaluation job
 
@@ -133,7 +137,8 @@ def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]
         f = features.features(s["images"])
         scores = category_scores(s["images"], s["prompts"])
         record[split] = {"overall": scores["overall"], "partial": scores["partial"],
-                         "categories": scores["categories"], "correct": scores["correct"],
+                         "extra_objects": scores["extra_objects"], "categories": scores["categories"],
+                         "correct": scores["correct"],
                          "feature_distance": frechet_distance(f, reference[split]),
                          "diversity": diversity(f, s["prompts"]),
                          "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
@@ -156,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None, help="override the preset's")
     parser.add_argument("--num-steps", type=int, default=None, help="override the preset's DDIM steps")
+    parser.add_argument("--reward", choices=REWARDS, default=REWARD,
+                        help="training reward: the partial credit, or the one that charges extra objects")
     parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=0,
                         help="evaluate on the first N prompts of each split only (0: all; for smoke tests)")
@@ -187,15 +194,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (args.resume or args.report_only) and json_path.exists():
         saved = json.loads(json_path.read_text())
         done = {run_key(r["agent"], r["seed"]): r for r in saved["runs"]}
-        mine = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents}}
-        theirs = {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents}}
+        mine = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
+                "reward": args.reward}
+        theirs = {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents},
+                  "reward": saved.get("reward", REWARD)}
         if args.resume and json.loads(json.dumps(mine)) != theirs:
             parser.error(f"--resume: {json_path} was run with other settings ({theirs}, now {mine}): give this run "
                          "another --name, or drop --resume to start over")
         if args.report_only:
             env_info = {**saved["environment"], "report_command": env_info["command"]}
     grid = [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]
-    base = {**settings, "reward": REWARD, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
+    base = {**settings, "reward": args.reward, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
     jobs = [] if args.report_only else [
         {**TrainConfig.from_flat({**base, **agent_settings(a, settings["num_steps"]), "seed": s}).to_flat(),
          "benchmark_agent": a}
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def save() -> dict[str, Any]:
         runs = sorted(done.values(), key=lambda r: (r["agent"] != BASE, r["agent"], r["seed"]))
         data = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
-                "reward": REWARD,
+                "reward": args.reward,
                 "eval_seeds": args.eval_seeds, "eval_prompts": {k: len(p) // args.eval_seeds for k, p in sets.items()},
                 "grid_columns": columns, "renders": floor, "table": aggregate(runs, agents), "runs": runs,
                 "environment": env_info}
@@ -243,12 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _floor(features: Any, prompts: list[str], reference: np.ndarray) -> dict[str, float]:
-    """A second, independent set of renders: its feature distance to the reference (what no model can beat) and its
-    diversity (the generator's own)."""
-    from benchmarks.scene_metrics import diversity, frechet_distance, renders
+    """A second, independent set of renders: its feature distance to the reference (what no model can beat), its
+    diversity (the generator's own) and the extra objects the verifier finds in it."""
+    from benchmarks.scene_metrics import category_scores, diversity, frechet_distance, renders
 
-    f = features.features(renders(prompts, seed=3))
-    return {"feature_distance": frechet_distance(f, reference), "diversity": diversity(f, prompts)}
+    images = renders(prompts, seed=3)
+    f = features.features(images)
+    return {"feature_distance": frechet_distance(f, reference), "diversity": diversity(f, prompts),
+            "extra_objects": category_scores(images, prompts)["extra_objects"]}
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[s
                 "per_seed": overall.tolist(),
                 "categories": {c: float(np.mean([r[split]["categories"][c]["accuracy"] for r in mine]))
                                for c in CATEGORIES if c in mine[0][split]["categories"]},
-                **{k: _mean([r[split][k] for r in mine]) for k in ("partial", "feature_distance", "diversity",
-                                                                    "kl_to_base")},
+                **{k: _mean([r[split].get(k) for r in mine]) for k in ("partial", "feature_distance", "diversity",
+                                                                        "kl_to_base", "extra_objects")},
             }
             if base is not None:
                 row[split]["gain"] = float(overall.mean() - base[split]["overall"])
@@ -69,19 +69,22 @@ def markdown(data: dict[str, Any], name: str) -> str:
         f"training prompts × {data['eval_seeds']} samples with the same seeds for every row; mean ± std over seeds. "
         f"Held-out: {data['eval_prompts']['heldout']} prompts whose colour–shape pairs or counts neither the model "
         "nor RL saw.\n",
+        "*Extra objects*: objects found beyond the number the prompt names, per image (outside counting the verdict "
+        "accepts them, as GenEval's does).\n",
         "| agent | training prompts | gain | held-out prompts | held-out gain | feature distance to renders | "
-        "diversity | KL to base | lr | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "diversity | extra objects | KL to base | lr | min/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for agent, row in table.items():
         t, h = row["train"], row["heldout"]
         lines.append(
             f"| {LABELS.get(agent, agent)} ({row['seeds']}) | {t['overall_mean']:.1%} ± {t['overall_std']:.1%} | "
             f"{_signed(t.get('gain'))} | {h['overall_mean']:.1%} ± {h['overall_std']:.1%} | {_signed(h.get('gain'))} "
-            f"| {t['feature_distance']:.2f} | {t['diversity']:.2f} | {_cell(t['kl_to_base'], '.3g')} | "
+            f"| {t['feature_distance']:.2f} | {t['diversity']:.2f} | {_cell(t.get('extra_objects'), '.2f')} | "
+            f"{_cell(t['kl_to_base'], '.3g')} | "
             f"{_cell(row.get('learning_rate'), 'g')} | {row['minutes_per_run']:.1f} |")
     lines.append(f"| generator renders | 100 % | | 100 % | | {floor['train']['feature_distance']:.2f} (floor) | "
-                 f"{floor['train']['diversity']:.2f} | | | |")
+                 f"{floor['train']['diversity']:.2f} | {_cell(floor['train'].get('extra_objects'), '.2f')} | | | |")
     for split, categories in (("train", CATEGORIES), ("heldout", HELDOUT_CATEGORIES)):
         lines += [f"\n## Per category, {'training' if split == 'train' else 'held-out'} prompts\n",
                   "| agent | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]

@@ -1,12 +1,13 @@
 """Which steps to train and how fast, on the compositional task: ``python -m benchmarks.compositional_sweep``.
 
-GRPO-style DDPO-IS (groups of 8) on the shapes model with the ``geneval`` reward at the compositional benchmark's
+GRPO-style DDPO-IS (groups of 8) on the shapes model with the ``geneval`` reward (``--reward geneval_strict``: the
+partial credit that charges objects the prompt did not ask for) at the compositional benchmark's
 budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, scored like that benchmark (the
 verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
 seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
 one learning rate, then the learning rate at the chosen skip. Runs are one-thread processes (``--workers``).
 
-Writes benchmarks/results/compositional_sweep.{json,md}.
+Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_sweep).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, _run_star, agent_settings
+from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, REWARDS, _run_star, agent_settings
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 #: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6
@@ -41,7 +42,7 @@ def scores(run: dict[str, Any]) -> dict[str, Any]:
     record = {k: v for k, v in run.items() if k != "samples"}
     for split, s in run["samples"].items():
         sc = category_scores(s["images"], s["prompts"])
-        record[split] = {"overall": sc["overall"], "partial": sc["partial"],
+        record[split] = {"overall": sc["overall"], "partial": sc["partial"], "extra_objects": sc["extra_objects"],
                          "categories": {c: v["accuracy"] for c, v in sc["categories"].items()},
                          "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
     return record
@@ -49,6 +50,11 @@ def scores(run: dict[str, Any]) -> dict[str, Any]:
 
 def _mean_and_each(values: list[float], fmt: str) -> str:
     return f"{np.mean(values):{fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
+
+
+def _extras(runs: list[dict[str, Any]]) -> str:
+    values = [r["train"].get("extra_objects") for r in runs]
+    return "–" if None in values else f"{np.mean(values):.2f}"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -62,10 +68,12 @@ def markdown(data: dict[str, Any]) -> str:
              "per seed. Scored on the compositional benchmark's evaluation prompts and seeds: binary accuracy (mean "
              "over categories) and mean partial credit, training prompts × 2 and held-out prompts × 2. "
              "*Skip k*: the last k of the 10 denoising steps are never trained.", "",
-             "| setting | seeds | training prompts | partial credit | held-out | KL to base | min/run |",
-             "|---|---|---|---|---|---|---|",
+             "*Extra objects*: objects found per image beyond the number the prompt names (training prompts).", "",
+             "| setting | seeds | training prompts | partial credit | held-out | extra objects | KL to base "
+             "| min/run |",
+             "|---|---|---|---|---|---|---|---|",
              f"| base model | – | {base['train']['overall']:.1%} | {base['train']['partial']:.3f} | "
-             f"{base['heldout']['overall']:.1%} | 0 | – |"]
+             f"{base['heldout']['overall']:.1%} | {_extras([base])} | 0 | – |"]
     for name, _ in data["sweep"]:
         mine = [r for r in runs if r["agent"] == name]
         if not mine:
@@ -74,7 +82,8 @@ def markdown(data: dict[str, Any]) -> str:
         minutes = np.mean([r["train_seconds"] for r in mine]) / 60
         lines.append(f"| {name} | {len(mine)} | {_mean_and_each([r['train']['overall'] for r in mine], '.1%')} | "
                      f"{_mean_and_each([r['train']['partial'] for r in mine], '.3f')} | "
-                     f"{_mean_and_each([r['heldout']['overall'] for r in mine], '.1%')} | {kl:.2g} | {minutes:.1f} |")
+                     f"{_mean_and_each([r['heldout']['overall'] for r in mine], '.1%')} | {_extras(mine)} | {kl:.2g} | "
+                     f"{minutes:.1f} |")
     lines += ["", f"Wall time: {env.get('wall_minutes', '?')} min for {env.get('runs_timed', '?')} runs."]
     return "\n".join(lines) + "\n"
 
@@ -90,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=0, help="first N prompts of each split only (0: all)")
     parser.add_argument("--only", default="", help="comma-separated indices into the sweep (default: all)")
+    parser.add_argument("--reward", choices=REWARDS, default=REWARD, help="the training reward")
+    parser.add_argument("--name", default="compositional_sweep", help="results file stem")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
@@ -100,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             settings[key] = getattr(args, key)
     for key in ("num_envs", "batch_size"):
         settings[key] = min(settings[key], settings["samples_per_epoch"])
-    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": REWARD, "tensorboard": False,
+    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": args.reward, "tensorboard": False,
             "image_every": 0, "save_every": 0, "keep_last": 1}
     grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep for seed in range(args.seeds)]
     jobs = [{**TrainConfig.from_flat({**base, **over, "seed": seed}).to_flat(), "benchmark_agent": name}
@@ -118,12 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"train {record['train']['overall']:.1%} (partial {record['train']['partial']:.3f})", flush=True)
     env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
     env_info["runs_timed"] = len(jobs)
-    data = {"settings": settings, "agent": AGENT_SETTINGS["grpo"], "reward": REWARD, "sweep": sweep,
+    data = {"settings": settings, "agent": AGENT_SETTINGS["grpo"], "reward": args.reward, "sweep": sweep,
             "runs": sorted(runs, key=lambda r: (r["agent"], r["seed"])), "environment": env_info}
     results_dir = Path(args.results_dir)
-    write_json(results_dir / "compositional_sweep.json", data)
+    write_json(results_dir / f"{args.name}.json", data)
     text = markdown(data)
-    (results_dir / "compositional_sweep.md").write_text(text, encoding="utf-8")
+    (results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
     print(text)
     return data
 

@@ -20,21 +20,30 @@ import numpy as np
 import torch
 
 from ddpo_env.scenes import CATEGORIES, COLOURS, SHAPES, make_scene, parse_prompt
-from rewards.geneval import verify
+from rewards.geneval import Verdict, verify
 
 
 def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
-    """{"overall": mean of the category accuracies, "categories": {category: {"accuracy", "partial", "samples"}},
-    "correct": per-image 0/1 list} from the verifier."""
+    """{"overall": mean of the category accuracies, "categories": {category: {"accuracy", "partial", "extra_objects",
+    "samples"}}, "correct": per-image 0/1 list, "partial": mean partial credit, "extra_objects": mean objects found
+    beyond those the prompt asks for} from the verifier."""
     verdicts = verify(images, prompts)
     per: dict[str, list] = defaultdict(list)
     for v in verdicts:
-        per[v.spec.category].append((float(v.correct), v.score))
-    categories = {c: {"accuracy": float(np.mean([a for a, _ in per[c]])),
-                      "partial": float(np.mean([s for _, s in per[c]])), "samples": len(per[c])}
+        per[v.spec.category].append((float(v.correct), v.score, extra_objects(v)))
+    categories = {c: {"accuracy": float(np.mean([a for a, _, _ in per[c]])),
+                      "partial": float(np.mean([s for _, s, _ in per[c]])),
+                      "extra_objects": float(np.mean([e for _, _, e in per[c]])), "samples": len(per[c])}
                   for c in CATEGORIES if c in per}
     return {"overall": float(np.mean([c["accuracy"] for c in categories.values()])), "categories": categories,
-            "correct": [int(v.correct) for v in verdicts], "partial": float(np.mean([v.score for v in verdicts]))}
+            "correct": [int(v.correct) for v in verdicts], "partial": float(np.mean([v.score for v in verdicts])),
+            "extra_objects": float(np.mean([extra_objects(v) for v in verdicts]))}
+
+
+def extra_objects(verdict: Verdict) -> int:
+    """Objects detected beyond the number the prompt names (0 when no more): what a verifier that accepts extra
+    objects outside counting lets a policy add."""
+    return max(0, len(verdict.detections) - sum(obj.count for obj in verdict.spec.objects))
 
 
 def renders(prompts: list[str], seed: int) -> np.ndarray:

@@ -242,12 +242,15 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
         assert len(row["curve_mean"]) == 1 and row["train"]["kl_to_base"] >= 0
         assert row["heldout"]["gain"] == pytest.approx(row["heldout"]["overall_mean"] - base["heldout"]["overall"])
         assert np.isfinite(row["train"]["feature_distance"]) and row["train"]["diversity"] > 0
+        assert row["train"]["extra_objects"] >= 0
+    assert data["renders"]["train"]["extra_objects"] == 0  # the generator draws what is asked, nothing more
     # every category of the training prompts is scored; the held-out ones only have their four categories
     assert set(base["train"]["categories"]) == {"single_object", "two_object", "counting", "colors", "position",
                                                 "color_attr"}
     assert len(base["train"]["correct"]) == 12 and set(base["train"]["correct"]) <= {0, 1}
     md = (tmp_path / "compositional.md").read_text()
     assert "| GRPO (groups of 8) (1) |" in md and "| base model (1) |" in md and "## Per category, held-out" in md
+    assert "| extra objects |" in md
     assert (tmp_path / "compositional_grid.png").stat().st_size > 10_000
     assert (tmp_path / "compositional_curves.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -280,14 +283,15 @@ def test_compositional_sweep_scores_each_setting_against_the_base_model(tmp_path
 
     data = compositional_sweep.main(["--only", "0", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "8",
                                      "--num-steps", "3", "--eval-prompts", "4", "--eval-seeds", "1",
-                                     "--results-dir", str(tmp_path)])
+                                     "--reward", "geneval_strict", "--name", "strict", "--results-dir", str(tmp_path)])
     (name, over), = data["sweep"]
     assert [r["agent"] for r in data["runs"]] == ["base", name]
     base, run = data["runs"]
     assert run["learning_rate"] == over["learning_rate"] and len(run["curve"]) == 1
     assert base["train"]["kl_to_base"] == 0 < run["train"]["kl_to_base"]
-    md = (tmp_path / "compositional_sweep.md").read_text()
-    assert f"| {name} | 1 |" in md and "| base model |" in md
+    assert data["reward"] == "geneval_strict" and run["train"]["extra_objects"] >= 0
+    md = (tmp_path / "strict.md").read_text()
+    assert f"| {name} | 1 |" in md and "| base model |" in md and "`geneval_strict` reward" in md
 
 
 def test_reward_decided_shares_recover_a_known_split_of_the_variance():

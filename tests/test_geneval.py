@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
+from benchmarks.scene_metrics import category_scores
 from ddpo_env.scenes import (
     CATEGORIES,
     HELDOUT_CATEGORIES,
@@ -104,6 +105,7 @@ def test_strict_credit_charges_objects_the_prompt_did_not_ask_for():
     np.testing.assert_allclose(GenEvalStrict()(images, prompts), [c for _, _, _, c in cases])
     np.testing.assert_allclose(GenEval(charge_extras=True)(images, prompts), [c for _, _, _, c in cases])
     assert REWARDS["geneval_strict"] is GenEvalStrict
+    assert category_scores(images, prompts)["extra_objects"] == pytest.approx((3 + 2 + 2 + 2 + 3 + 0 + 0) / 7)
     truth = _ground_truth(120, seed=14)  # the generator's renders draw exactly what is asked: full strict credit
     assert (GenEvalStrict()(np.stack([s.image for _, _, s in truth]), [p for _, p, _ in truth]) == 1.0).mean() >= 0.99
     with pytest.raises(ValueError, match="charge_extras scales the partial credit, and binary=True has none"):
