@@ -15,6 +15,9 @@ LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8
 #: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.
 GRID_PROMPTS = [("train", i) for i in range(8)] + [("heldout", i) for i in range(4)]
 SPLITS = ("train", "heldout")
+#: What each training reward of the benchmark is, for the report.
+REWARD_TEXT = {"geneval": "the verifier's partial credit",
+               "geneval_strict": "the verifier's partial credit × asked / max(asked, found): extra objects cost reward"}
 
 
 def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[str, Any]]:
@@ -62,7 +65,7 @@ def markdown(data: dict[str, Any], name: str) -> str:
     lines = [
         "# RL on a compositional task with a verifiable reward\n",
         *provenance(env_info),
-        f"The shapes model fine-tuned with the `{data['reward']}` reward (the verifier's partial credit) on the "
+        f"The shapes model fine-tuned with the `{data['reward']}` reward ({REWARD_TEXT[data['reward']]}) on the "
         f"{len(prompt_set('train'))} training prompts; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
         f" samples per run, " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("epochs",)) + ". "
         f"Scores: the verifier's binary accuracy, the mean over GenEval categories, on {data['eval_prompts']['train']} "
@@ -106,7 +109,7 @@ def _signed(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:+.1f} pts"
 
 
-def plot_curves(table: dict[str, Any], samples_per_epoch: int, path: Path) -> None:
+def plot_curves(table: dict[str, Any], samples_per_epoch: int, reward: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +124,7 @@ def plot_curves(table: dict[str, Any], samples_per_epoch: int, path: Path) -> No
         ax.plot(samples, mean, label=LABELS.get(agent, agent))
         ax.fill_between(samples, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("samples")
-    ax.set_ylabel("geneval partial credit (training rollouts)", fontsize=7)
+    ax.set_ylabel(f"{reward} reward (training rollouts)", fontsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -152,7 +155,7 @@ def save_grid(grid_images: dict[str, np.ndarray], columns: list[tuple[str, int]]
 def write_reports(data: dict[str, Any], grid_images: dict[str, np.ndarray], results_dir: Path, name: str) -> str:
     """The markdown report, curves, grid and summary figures; returns the markdown."""
     table = data["table"]
-    plot_curves(table, data["settings"]["samples_per_epoch"], results_dir / f"{name}_curves.png")
+    plot_curves(table, data["settings"]["samples_per_epoch"], data["reward"], results_dir / f"{name}_curves.png")
     if grid_images:
         save_grid(grid_images, [tuple(c) for c in data["grid_columns"]], results_dir / f"{name}_grid.png")
     text = markdown(data, name)

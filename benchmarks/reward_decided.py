@@ -14,7 +14,9 @@ question, answered by the split-half cosines of benchmarks.step_gradients). Stan
 the prompts. Per-prompt baselines (GRPO groups, per-prompt statistics) remove the
 prompt's own effect, hence the within-prompt variance.
 
-By default the shapes model with ``geneval`` (partial credit) and ``geneval_binary`` on 64 training prompts, and the
+By default the shapes model with ``geneval`` (partial credit), ``geneval_binary`` and ``geneval_strict`` (the partial
+credit charged for extra objects) on 64 training prompts, plus ``objects_found`` (not a reward: the number of objects
+the verifier detects, to see where the number of objects is decided), and the
 default digits model with ``jpeg_compressibility`` for contrast. Writes benchmarks/results/reward_decided.{json,md}.
 """
 
@@ -32,9 +34,20 @@ from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
 #: (model, rewards scored on the same images, prompts: a shapes prompt split, or None for the model's own prompts)
 CASES: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "shapes": ("shapes", ("geneval", "geneval_binary"), "train"),
+    "shapes": ("shapes", ("geneval", "geneval_binary", "geneval_strict", "objects_found"), "train"),
     "default": ("default", ("jpeg_compressibility",), None),
 }
+
+
+def objects_found(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """The number of objects the verifier detects in each image (prompts unused): a measure, not a reward."""
+    from rewards.scene_detect import detect
+
+    return np.array([float(len(detect(image))) for image in images])
+
+
+#: Measures scored like rewards, by name, besides the built-in rewards.
+MEASURES = {"objects_found": objects_found}
 
 
 def decided_shares(rewards: np.ndarray) -> np.ndarray:
@@ -84,7 +97,8 @@ def measure(model: str, reward_names: tuple[str, ...], split: str | None, num_pr
     states = [x]
     for k in range(t_steps):  # the base trajectories: states[k] is the state before step k, states[T] the image
         states.append(advance(states[-1], ids, k))
-    scorers = {name: REWARDS[name](**({"upscale": 4} if name.startswith("jpeg") else {})) for name in reward_names}
+    scorers = {name: MEASURES.get(name) or REWARDS[name](**({"upscale": 4} if name.startswith("jpeg") else {}))
+               for name in reward_names}
     names = [prompts[i // g] for i in range(n_p * g)]
     rewards = {name: np.zeros((n_p, g, t_steps, m)) for name in reward_names}
     final = {name: s(env.decode_images(states[-1]), names) for name, s in scorers.items()}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ddpo_env.scenes import CATEGORIES, COLOURS, SHAPES, make_scene, parse_prompt
-from rewards.geneval import Verdict, verify
+from rewards.geneval import Verdict, objects_asked, verify
 
 
 def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
 def extra_objects(verdict: Verdict) -> int:
     """Objects detected beyond the number the prompt names (0 when no more): what a verifier that accepts extra
     objects outside counting lets a policy add."""
-    return max(0, len(verdict.detections) - sum(obj.count for obj in verdict.spec.objects))
+    return max(0, len(verdict.detections) - objects_asked(verdict.spec))
 
 
 def renders(prompts: list[str], seed: int) -> np.ndarray:

@@ -82,9 +82,14 @@ def _holds(a: Detection, b: Detection, relation: str, margin: float) -> bool:
     return offset >= margin
 
 
+def objects_asked(spec: SceneSpec) -> int:
+    """How many objects the prompt names (the counts of its groups)."""
+    return sum(obj.count for obj in spec.objects)
+
+
 def extras_factor(spec: SceneSpec, detections: list[Detection] | tuple[Detection, ...]) -> float:
     """asked / max(asked, found): 1 when the image holds no more objects than the prompt names, less for each extra."""
-    asked = sum(obj.count for obj in spec.objects)
+    asked = objects_asked(spec)
     return asked / max(asked, len(detections))
 
 

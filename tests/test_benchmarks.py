@@ -320,3 +320,12 @@ def test_reward_decided_writes_a_table_per_reward(tmp_path):
     result = data["cases"]["default"]["rewards"]["jpeg_compressibility"]
     assert len(result["decided"]) == 4 and result["decided"][-1] == 1.0 and len(result["step_share"]) == 3
     assert "## default model, jpeg_compressibility (2 prompts)" in (tmp_path / "reward_decided.md").read_text()
+
+
+def test_reward_decided_scores_the_number_of_objects_as_a_measure():
+    from benchmarks.reward_decided import CASES, MEASURES
+    from benchmarks.scene_metrics import renders
+
+    prompts = ["three red circles", "a blue square and a yellow circle", "a green triangle"]
+    np.testing.assert_array_equal(MEASURES["objects_found"](renders(prompts, seed=0), prompts), [3, 2, 1])
+    assert "objects_found" in CASES["shapes"][1]
