@@ -73,7 +73,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 128, "lora_rank": 4, "num_steps": 10},
 }
 REWARD = "geneval"
-REWARDS = ("geneval", "geneval_strict")
+#: The training rewards the benchmark offers (``--reward``), with what each is, for the report.
+REWARDS = {"geneval": "the verifier's partial credit",
+           "geneval_strict": "the verifier's partial credit × asked / max(asked, found): extra objects cost reward"}
 EVAL_SEED = 10_000  # x_T and noise of the evaluation samples: the same for the base model and every run
 BASE = "base"  # the untrained model's evaluation job
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.algorithms_sweep import provenance
+from benchmarks.compositional import REWARDS
 from benchmarks.record import update_summary
 
 LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
@@ -15,9 +16,6 @@ LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8
 #: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.
 GRID_PROMPTS = [("train", i) for i in range(8)] + [("heldout", i) for i in range(4)]
 SPLITS = ("train", "heldout")
-#: What each training reward of the benchmark is, for the report.
-REWARD_TEXT = {"geneval": "the verifier's partial credit",
-               "geneval_strict": "the verifier's partial credit × asked / max(asked, found): extra objects cost reward"}
 
 
 def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[str, Any]]:
@@ -65,7 +63,7 @@ def markdown(data: dict[str, Any], name: str) -> str:
     lines = [
         "# RL on a compositional task with a verifiable reward\n",
         *provenance(env_info),
-        f"The shapes model fine-tuned with the `{data['reward']}` reward ({REWARD_TEXT[data['reward']]}) on the "
+        f"The shapes model fine-tuned with the `{data['reward']}` reward ({REWARDS[data['reward']]}) on the "
         f"{len(prompt_set('train'))} training prompts; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
         f" samples per run, " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("epochs",)) + ". "
         f"Scores: the verifier's binary accuracy, the mean over GenEval categories, on {data['eval_prompts']['train']} "

@@ -28,16 +28,16 @@ def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
     "samples"}}, "correct": per-image 0/1 list, "partial": mean partial credit, "extra_objects": mean objects found
     beyond those the prompt asks for} from the verifier."""
     verdicts = verify(images, prompts)
-    per: dict[str, list] = defaultdict(list)
-    for v in verdicts:
-        per[v.spec.category].append((float(v.correct), v.score, extra_objects(v)))
-    categories = {c: {"accuracy": float(np.mean([a for a, _, _ in per[c]])),
-                      "partial": float(np.mean([s for _, s, _ in per[c]])),
-                      "extra_objects": float(np.mean([e for _, _, e in per[c]])), "samples": len(per[c])}
+    rows = np.array([(v.correct, v.score, extra_objects(v)) for v in verdicts], dtype=np.float64).reshape(-1, 3)
+    per: dict[str, list[int]] = defaultdict(list)
+    for i, v in enumerate(verdicts):
+        per[v.spec.category].append(i)
+    categories = {c: {"accuracy": float(rows[per[c], 0].mean()), "partial": float(rows[per[c], 1].mean()),
+                      "extra_objects": float(rows[per[c], 2].mean()), "samples": len(per[c])}
                   for c in CATEGORIES if c in per}
     return {"overall": float(np.mean([c["accuracy"] for c in categories.values()])), "categories": categories,
-            "correct": [int(v.correct) for v in verdicts], "partial": float(np.mean([v.score for v in verdicts])),
-            "extra_objects": float(np.mean([extra_objects(v) for v in verdicts]))}
+            "correct": [int(v.correct) for v in verdicts], "partial": float(rows[:, 1].mean()),
+            "extra_objects": float(rows[:, 2].mean())}
 
 
 def extra_objects(verdict: Verdict) -> int:
