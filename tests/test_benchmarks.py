@@ -329,3 +329,26 @@ def test_reward_decided_scores_the_number_of_objects_as_a_measure():
     prompts = ["three red circles", "a blue square and a yellow circle", "a green triangle"]
     np.testing.assert_array_equal(MEASURES["objects_found"](renders(prompts, seed=0), prompts), [3, 2, 1])
     assert "objects_found" in CASES["shapes"][1]
+
+
+def test_compositional_oracle_renders_training_scenes_and_scores_every_variant_from_one_base(tmp_path):
+    from benchmarks import compositional_oracle
+    from ddpo_env.scenes import HELDOUT_PAIRS, parse_prompt, prompt_set
+    from rewards import verify
+
+    prompts, scenes = compositional_oracle.render_batch(prompt_set("train"), np.random.default_rng(0), 300)
+    assert not any((o.colour, o.shape) in HELDOUT_PAIRS for s in scenes for o in s.objects)  # "a circle" included
+    assert {parse_prompt(p).category for p in prompts} == {"single_object", "two_object", "counting", "colors",
+                                                            "position", "color_attr"}
+    assert all(v.correct for v in verify(np.stack([s.image for s in scenes]), prompts))
+
+    runs = [compositional_oracle.run_one(v, seed=0, checkpoints=(0, 2), eval_seeds=1, limit=3) for v in (0, 2)]
+    lora, whole = runs
+    assert [s["updates"] for s in lora["scores"]] == [0, 2] and whole["lora_rank"] == 0
+    assert lora["scores"][0]["train"] == whole["scores"][0]["train"]  # both start from the same model and seeds
+    assert set(lora["scores"][1]["heldout"]["categories"]) <= {"counting", "colors", "position", "color_attr"}
+    rows = compositional_oracle.table(runs, (0, 2))
+    assert [(r["variant"], r["updates"], r["renders"]) for r in rows] == [
+        ("LoRA rank 4, lr 1e-3", 0, 0), ("LoRA rank 4, lr 1e-3", 2, 64), ("whole UNet, lr 1e-4", 0, 0),
+        ("whole UNet, lr 1e-4", 2, 64)]
+    assert rows[0]["train_overall"] == lora["scores"][0]["train"]["overall"]

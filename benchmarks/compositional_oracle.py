@@ -1,0 +1,189 @@
+"""What perfect data teaches the policy at the RL budget: ``python -m benchmarks.compositional_oracle``.
+
+The compositional benchmark's agents learn from their own samples and a verifier. This benchmark gives the same
+policy (the shapes model with the same LoRA adapter, or the whole UNet) the best data there is instead: the
+generator's renders of the 116 training prompts, each with a fresh layout (never a held-out combination), and fits it
+with the model's own denoising loss (‖ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c) − ε‖², t uniform: RWR's loss with every
+sample weighted alike), AdamW as the agents use it (weight decay 1e-4, gradient norm clipped to 1). Each run takes
+32 renders per update, as many as an RL update sees, and is scored after 0, 28 (the RL runs' updates and samples:
+14 epochs × 64 samples in micro-batches of 32), 84 and 280 updates (10× the samples) exactly as that benchmark
+scores its runs (same evaluation prompts, seeds and env), so the untrained row matches its base model.
+
+It bounds what the RL budget can buy: a run that learns nothing from 8960 renders of the right answer says the
+budget, not the estimator, is what keeps RL from learning composition on this model.
+
+Writes benchmarks/results/compositional_oracle.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.compositional import PRESETS, evaluate
+from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
+
+#: (name, LoRA rank (0: the whole UNet), learning rate)
+VARIANTS: tuple[tuple[str, int, float], ...] = (
+    ("LoRA rank 4, lr 1e-3", 4, 1e-3),
+    ("LoRA rank 4, lr 3e-3", 4, 3e-3),
+    ("whole UNet, lr 1e-4", 0, 1e-4),
+)
+BATCH = 32
+RL_UPDATES = PRESETS["cpu"]["epochs"] * PRESETS["cpu"]["samples_per_epoch"] // PRESETS["cpu"]["batch_size"]
+CHECKPOINTS = (0, RL_UPDATES, 3 * RL_UPDATES, 10 * RL_UPDATES)
+
+
+def render_batch(prompts: list[str], rng: np.random.Generator, size: int) -> tuple[list[str], list[Any]]:
+    """``size`` of ``prompts`` drawn uniformly, each rendered with a fresh layout: (prompts, scenes). Colours and
+    shapes a prompt leaves free are drawn away from the held-out pairs, as in the model's training."""
+    from ddpo_env.scenes import make_scene, parse_prompt
+
+    chosen = [prompts[i] for i in rng.integers(len(prompts), size=size)]
+    return chosen, [make_scene(parse_prompt(p), rng) for p in chosen]
+
+
+def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: int, limit: int) -> dict[str, Any]:
+    """One fine-tuning run on renders, scored at each checkpoint (in a worker process, one thread)."""
+    import torch
+
+    from agents.job.config import TrainConfig
+    from agents.job.train import build_agent, build_env
+    from benchmarks.scene_metrics import category_scores
+    from ddpo_env.scenes import prompt_set
+
+    torch.set_num_threads(1)
+    name, rank, lr = VARIANTS[variant]
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        cfg = TrainConfig.from_flat({**PRESETS["cpu"], "agent": "rwr", "lora_rank": rank, "learning_rate": lr,
+                                     "seed": seed, "reward": "geneval", "output_dir": out, "evaluate": False})
+        agent = build_agent(cfg, build_env(cfg))
+    policy, diffusion = agent.policy, agent.diffusion_env
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.algorithm.adam_weight_decay)
+    rng, noise = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    prompts, scores, losses, start = prompt_set("train"), [], [], time.perf_counter()
+    for update in range(max(checkpoints) + 1):
+        if update in checkpoints:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                samples = evaluate(policy, diffusion.backend, cfg, eval_seeds, limit)
+            row = {"updates": update, "renders": update * BATCH}
+            for split, s in samples.items():
+                c = category_scores(s["images"], s["prompts"])
+                row[split] = {"overall": c["overall"], "partial": c["partial"], "extra_objects": c["extra_objects"],
+                              "categories": {k: v["accuracy"] for k, v in c["categories"].items()}}
+            scores.append(row)
+        if update == max(checkpoints):
+            break
+        chosen, scenes = render_batch(prompts, rng, BATCH)
+        x0 = torch.from_numpy(np.stack([scene.image for scene in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        policy.set_training_mode(True)
+        x_t, t, target = diffusion.schedule.training_pair(x0, noise)
+        prediction = diffusion.backend.predict(x_t, t, diffusion.backend.encode_prompts(chosen)).float()
+        loss = ((prediction - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.algorithm.max_grad_norm)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return {"variant": name, "lora_rank": rank, "learning_rate": lr, "seed": seed, "scores": scores,
+            "loss_first_last": [float(np.mean(losses[:RL_UPDATES])), float(np.mean(losses[-RL_UPDATES:]))],
+            "seconds": time.perf_counter() - start}
+
+
+def _run_star(args: tuple[int, int, tuple[int, ...], int, int]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+def table(runs: list[dict[str, Any]], checkpoints: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Per variant and checkpoint: the mean over seeds of the training and held-out scores and extra objects."""
+    rows = []
+    for name, _, _ in VARIANTS:
+        mine = [r for r in runs if r["variant"] == name]
+        for i, updates in enumerate(checkpoints):
+            if not mine or i >= len(mine[0]["scores"]):
+                continue
+            at = [r["scores"][i] for r in mine]
+            rows.append({"variant": name, "updates": updates, "renders": updates * BATCH, "seeds": len(at),
+                         **{f"{split}_{key}": float(np.mean([a[split][key] for a in at]))
+                            for split in ("train", "heldout") for key in ("overall", "extra_objects")},
+                         "train_each": [a["train"]["overall"] for a in at]})
+    return rows
+
+
+def markdown(data: dict[str, Any]) -> str:
+    env = data["environment"]
+    lines = [
+        "# Supervised fine-tuning on the generator's renders, at the RL budget and beyond",
+        "",
+        f"`{env['command']}` ({env.get('wall_minutes', '?')} min, {env['machine']}). The shapes model's policy fit "
+        f"by its own denoising loss on renders of the {data['train_prompts']} training prompts, {BATCH} per update; "
+        f"{RL_UPDATES} updates = the compositional benchmark's RL budget ({RL_UPDATES * BATCH} samples). Scored as "
+        f"that benchmark scores its runs (GenEval-style binary accuracy, mean over categories; "
+        f"{data['eval_seeds']} samples per prompt, the same seeds), mean over {data['seeds']} seeds.",
+        "",
+        "| policy, optimiser | updates | renders seen | training prompts | each seed | held-out | extra objects |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in data["table"]:
+        each = " / ".join(f"{v:.1%}" for v in row["train_each"])
+        lines.append(f"| {row['variant']} | {row['updates']} | {row['renders']} | {row['train_overall']:.1%} | "
+                     f"{each} | {row['heldout_overall']:.1%} | {row['train_extra_objects']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from ddpo_env.scenes import prompt_set
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(str(i) for i in range(len(VARIANTS))),
+                        help="indices into VARIANTS: " + "; ".join(f"{i} {v[0]}" for i, v in enumerate(VARIANTS)))
+    parser.add_argument("--checkpoints", default=",".join(str(c) for c in CHECKPOINTS),
+                        help="updates after which each run is scored")
+    parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="first N prompts of each split only (0: all)")
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one-thread processes)")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--name", default="compositional_oracle", help="results file stem")
+    args = parser.parse_args(argv)
+    variants = [int(v) for v in args.variants.split(",")]
+    if any(v not in range(len(VARIANTS)) for v in variants):
+        parser.error(f"--variants: indices in 0..{len(VARIANTS) - 1}, got {args.variants}")
+    checkpoints = tuple(sorted({int(c) for c in args.checkpoints.split(",")}))
+    if checkpoints[0] < 0:
+        parser.error(f"--checkpoints must be >= 0, got {args.checkpoints}")
+    env_info = environment(command_line("benchmarks.compositional_oracle", argv))
+    env_info["machine"] += f"; {args.workers} workers × 1 thread"
+    tasks = [(v, s, checkpoints, args.eval_seeds, args.eval_prompts) for v in variants for s in range(args.seeds)]
+    start, runs = time.perf_counter(), []
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        for run in pool.imap_unordered(_run_star, tasks):
+            runs.append(run)
+            trail = ", ".join(f"{s['updates']}: {s['train']['overall']:.1%}" for s in run["scores"])
+            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['variant']} seed {run['seed']}: {trail}",
+                  flush=True)
+    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    runs.sort(key=lambda r: (r["variant"], r["seed"]))
+    data = {"batch": BATCH, "rl_updates": RL_UPDATES, "checkpoints": list(checkpoints), "seeds": args.seeds,
+            "eval_seeds": args.eval_seeds, "train_prompts": len(prompt_set("train")),
+            "table": table(runs, checkpoints), "runs": runs, "environment": env_info}
+    results = Path(args.results_dir)
+    write_json(results / f"{args.name}.json", data)
+    text = markdown(data)
+    (results / f"{args.name}.md").write_text(text)
+    print(text)
+    return data
+
+
+if __name__ == "__main__":
+    main()
