@@ -3,14 +3,15 @@
 The compositional benchmark's agents learn from their own samples and a verifier. This benchmark gives the same
 policy (the shapes model with the same LoRA adapter, or the whole UNet) the best data there is instead: the
 generator's renders of the 116 training prompts, each with a fresh layout (never a held-out combination), and fits it
-with the model's own denoising loss (‖ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c) − ε‖², t uniform: RWR's loss with every
-sample weighted alike), AdamW as the agents use it (weight decay 1e-4, gradient norm clipped to 1). Each run takes
-32 renders per update, as many as an RL update sees, and is scored after 0, 28 (the RL runs' updates and samples:
-14 epochs × 64 samples in micro-batches of 32), 84 and 280 updates (10× the samples) exactly as that benchmark
-scores its runs (same evaluation prompts, seeds and env), so the untrained row matches its base model.
+with the denoising loss RWR uses (‖ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t, c) − ε‖², t uniform, every sample weighted alike;
+the model itself was trained with min-SNR-5 weights on top), AdamW as the agents use it (weight decay 1e-4,
+gradient norm clipped to 1). Each run takes 32 renders per update, as many as an RL update sees, and is scored
+after 0, 28 (the RL runs' updates and samples: 14 epochs × 64 samples in micro-batches of 32), 84 and 280 updates
+(10× the samples) exactly as that benchmark scores its runs (same evaluation prompts, seeds and env), so the untrained
+row matches its base model.
 
-It bounds what the RL budget can buy: a run that learns nothing from 8960 renders of the right answer says the
-budget, not the estimator, is what keeps RL from learning composition on this model.
+It is the yardstick for the RL runs: what supervision on the right answers teaches the same policy from as many
+samples and updates, and from more. ``--variants 3,4 --checkpoints 0,280,840,1400`` fits longer at lower rates.
 
 Writes benchmarks/results/compositional_oracle.{json,md}.
 """
@@ -99,7 +100,8 @@ def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: i
         optimizer.step()
         losses.append(float(loss.detach()))
     return {"variant": name, "lora_rank": rank, "learning_rate": lr, "seed": seed, "scores": scores,
-            "loss_first_last": [float(np.mean(losses[:RL_UPDATES])), float(np.mean(losses[-RL_UPDATES:]))],
+            "loss_first_last": [float(np.mean(losses[:RL_UPDATES])), float(np.mean(losses[-RL_UPDATES:]))]
+            if losses else None,
             "seconds": time.perf_counter() - start}
 
 
@@ -129,7 +131,8 @@ def markdown(data: dict[str, Any]) -> str:
         "# Supervised fine-tuning on the generator's renders, at the RL budget and beyond",
         "",
         f"`{env['command']}` ({env.get('wall_minutes', '?')} min, {env['machine']}). The shapes model's policy fit "
-        f"by its own denoising loss on renders of the {data['train_prompts']} training prompts, {BATCH} per update; "
+        f"by RWR's denoising loss (uniform weights) on renders of the {data['train_prompts']} training prompts, "
+        f"{BATCH} per update; "
         f"{RL_UPDATES} updates = the compositional benchmark's RL budget ({RL_UPDATES * BATCH} samples). Scored as "
         f"that benchmark scores its runs (GenEval-style binary accuracy, mean over categories; "
         f"{data['eval_seeds']} samples per prompt, the same seeds), mean over {data['seeds']} seeds.",
@@ -162,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [int(v) for v in args.variants.split(",")]
     if any(v not in range(len(VARIANTS)) for v in variants):
         parser.error(f"--variants: indices in 0..{len(VARIANTS) - 1}, got {args.variants}")
-    checkpoints = tuple(sorted({int(c) for c in args.checkpoints.split(",")}))
+    try:
+        checkpoints = tuple(sorted({int(c) for c in args.checkpoints.split(",")}))
+    except ValueError:
+        parser.error(f"--checkpoints: comma-separated update counts, e.g. 0,28,280, got {args.checkpoints!r}")
     if checkpoints[0] < 0:
         parser.error(f"--checkpoints must be >= 0, got {args.checkpoints}")
     env_info = environment(command_line("benchmarks.compositional_oracle", argv))
