@@ -222,6 +222,7 @@ def test_only_rank_zero_writes(tmp_path):
         agent.num_epochs = dist.get_rank() + 1  # each rank would write its own folder
         agent._last_obs = None
         print("rank", dist.get_rank(), "wrote", save_checkpoint(agent, sys.argv[2]))
+        dist.barrier()  # rank 1 must not tear gloo down while rank 0 still writes (it can abort at exit)
         dist.destroy_process_group()
     """))
     cfg = job(tmp_path, batch_size=2)  # a global batch that splits over 2 ranks
