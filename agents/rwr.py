@@ -10,7 +10,7 @@ rollout's final samples x_0, weighted by their reward.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +33,16 @@ def sparse_rwr_weights(rewards: torch.Tensor, top_fraction: float) -> torch.Tens
     weights = torch.zeros_like(rewards)
     weights[keep] = n / k
     return weights
+
+
+def denoising_mse(diffusion_env: Any, policy: Any, x0: torch.Tensor, embeds: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The model's training loss on final samples x_0 (B, ...) with conditioning ``embeds``, per sample (B,): x_0
+    noised at a random t (``generator``), the network's prediction against its target (ε, v or x_0)."""
+    x_t, t, target = diffusion_env.schedule.training_pair(x0, generator)
+    with policy.autocast():
+        prediction = diffusion_env.backend.predict(x_t, t, embeds).float()
+    return ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
 
 
 class RWR(DiffusionAgent):
@@ -68,13 +78,9 @@ class RWR(DiffusionAgent):
         return approx_kl(self.transition_log_probs(batch), batch.old_log_probs)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        x0 = self.buffer.final_samples()[samples]
-        g = self.loss_generator()
-        x_t, t, target = self.diffusion_env.schedule.training_pair(x0, g)  # the model's own training loss
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
-        with self.policy.autocast():
-            prediction = self.diffusion_env.backend.predict(x_t, t, embeds).float()
-        mse = ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
+        mse = denoising_mse(self.diffusion_env, self.policy, self.buffer.final_samples()[samples], embeds,
+                            self.loss_generator())
         weights = self.weights[samples]
         # β·KL(π_θ ‖ π_ref) on the rollout's own transitions of these samples at the micro-batch's steps
         penalty, info = self.kl_penalty(self.buffer.transitions(samples, steps))

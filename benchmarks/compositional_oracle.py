@@ -61,6 +61,7 @@ def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: i
 
     from agents.job.config import TrainConfig
     from agents.job.train import build_agent, build_env
+    from agents.rwr import denoising_mse
     from benchmarks.scene_metrics import category_scores
     from ddpo_env.scenes import prompt_set
 
@@ -91,9 +92,7 @@ def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: i
         chosen, scenes = render_batch(prompts, rng, BATCH)
         x0 = torch.from_numpy(np.stack([scene.image for scene in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
         policy.set_training_mode(True)
-        x_t, t, target = diffusion.schedule.training_pair(x0, noise)
-        prediction = diffusion.backend.predict(x_t, t, diffusion.backend.encode_prompts(chosen)).float()
-        loss = ((prediction - target) ** 2).mean()
+        loss = denoising_mse(diffusion, policy, x0, diffusion.backend.encode_prompts(chosen), noise).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.algorithm.max_grad_norm)
