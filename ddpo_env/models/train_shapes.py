@@ -27,7 +27,7 @@ from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, samp
 class ShapesTrainArgs(FitArgs):
     """Settings of the shapes model's training run (the shared ones: :class:`FitArgs`)."""
 
-    steps: int = 1800
+    steps: int = 3600
     ema_decay: float = 0.998
     snr_gamma: float = 5.0
     out: str = str(SHAPES_DIR)
