@@ -4,7 +4,7 @@ squares and triangles; :mod:`ddpo_env.scenes`) from free-text prompts in GenEval
 The default model's code path at 32×32 RGB: the frozen MiniLM-L6 sentence encoder conditions a
 ``UNet2DConditionModel`` through cross-attention at 8×8 and 4×4, in pixel space, on Stable Diffusion's noise
 schedule.
-Trained briefly on purpose (``python -m ddpo_env.models.train_shapes``, under an hour on 2 CPU cores): it draws
+Trained briefly on purpose (``python -m ddpo_env.models.train_shapes``, 39 min on 2 CPU cores): it draws
 shapes and colours but often miscounts, misplaces and mis-binds them, which leaves room for RL with the ``geneval``
 reward. Files: ``ddpo_env/models/shapes/`` (``unet.safetensors``, ``model_index.json``).
 """
