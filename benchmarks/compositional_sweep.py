@@ -5,7 +5,7 @@ partial credit that charges objects the prompt did not ask for) at the compositi
 budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, scored like that benchmark (the
 verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
 seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
-one learning rate, then the learning rate at the chosen skip. Runs are one-thread processes (``--workers``).
+one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate. Runs are one-thread processes (``--workers``).
 
 Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_sweep).
 """
@@ -23,7 +23,8 @@ import numpy as np
 from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, REWARDS, _run_star, agent_settings
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
-#: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6
+#: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6, then the skip at that
+#: rate
 SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("skip 2, lr 1e-3", {"skip_last_steps": 2, "learning_rate": 1e-3}),
     ("skip 4, lr 1e-3", {"skip_last_steps": 4, "learning_rate": 1e-3}),
@@ -32,6 +33,8 @@ SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("skip 8, lr 1e-3", {"skip_last_steps": 8, "learning_rate": 1e-3}),
     ("skip 6, lr 3e-3", {"skip_last_steps": 6, "learning_rate": 3e-3}),
     ("skip 6, lr 1e-2", {"skip_last_steps": 6, "learning_rate": 1e-2}),
+    ("skip 4, lr 3e-3", {"skip_last_steps": 4, "learning_rate": 3e-3}),
+    ("skip 8, lr 3e-3", {"skip_last_steps": 8, "learning_rate": 3e-3}),
 )
 
 
