@@ -140,6 +140,7 @@ def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]
         scores = category_scores(s["images"], s["prompts"])
         record[split] = {"overall": scores["overall"], "partial": scores["partial"],
                          "extra_objects": scores["extra_objects"], "categories": scores["categories"],
+                         "relations": scores["relations"],
                          "correct": scores["correct"],
                          "feature_distance": frechet_distance(f, reference[split]),
                          "diversity": diversity(f, s["prompts"]),

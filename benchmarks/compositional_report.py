@@ -40,6 +40,9 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[s
                 **{k: _mean([r[split].get(k) for r in mine]) for k in ("partial", "feature_distance", "diversity",
                                                                         "kl_to_base", "extra_objects")},
             }
+            relations = [r[split].get("relations") for r in mine]
+            if all(relations):
+                row[split]["relations"] = {k: float(np.mean([x[k] for x in relations])) for k in relations[0]}
             if base is not None:
                 row[split]["gain"] = float(overall.mean() - base[split]["overall"])
         if agent != "base":
@@ -92,11 +95,29 @@ def markdown(data: dict[str, Any], name: str) -> str:
         for agent, row in table.items():
             cells = [_cell(row[split]["categories"].get(c), ".0%") for c in categories]
             lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
+    lines += _relation_table(table)
     if "wall_minutes" in env_info:
         lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
                      "invocation.")
     lines += [f"\n![training reward]({name}_curves.png)\n", f"![before and after]({name}_grid.png)\n"]
     return "\n".join(lines)
+
+
+def _relation_table(table: dict[str, Any]) -> list[str]:
+    """Why position samples fail: both groups missing, or the relation itself (none for runs measured without it)."""
+    rows = [(agent, row) for agent, row in table.items() if all("relations" in row[s] for s in SPLITS)]
+    if not rows:
+        return []
+    lines = ["\n## What fails in the position category\n",
+             "Share of position samples with both groups found; among those, the share where the stated relation holds "
+             "and where the opposite one does (equal shares: the pair is drawn, the relation ignored).\n",
+             "| agent | both found, training | relation holds | opposite holds | both found, held-out | relation holds "
+             "| opposite holds |", "|---|---|---|---|---|---|---|"]
+    for agent, row in rows:
+        cells = [f"{row[s]['relations'][k]:.0%}" for s in SPLITS
+                 for k in ("both_found", "relation_given_both", "opposite_given_both")]
+        lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cell(value: float | None, fmt: str) -> str:

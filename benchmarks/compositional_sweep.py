@@ -46,6 +46,7 @@ def scores(run: dict[str, Any]) -> dict[str, Any]:
     for split, s in run["samples"].items():
         sc = category_scores(s["images"], s["prompts"])
         record[split] = {"overall": sc["overall"], "partial": sc["partial"], "extra_objects": sc["extra_objects"],
+                         "relations": sc["relations"],
                          "categories": {c: v["accuracy"] for c, v in sc["categories"].items()},
                          "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
     return record

@@ -2,7 +2,8 @@
 over-optimisation measures the geneval reward cannot see.
 
 * :func:`category_scores`: the verifier's binary accuracy (and mean partial credit) per GenEval category, and overall
-  as GenEval reports it: the mean of the category accuracies.
+  as GenEval reports it: the mean of the category accuracies; :func:`relation_scores`: whether a position failure
+  is a missing object or the relation itself.
 * :class:`SceneFeatures`: a small CNN trained (seeded, ~20 s on a CPU) on the generator's renders to count each
   colour × shape; its 64-d penultimate activations are the features of
   - :func:`frechet_distance` between generated images and renders of the same prompts (FID's formula on these
@@ -20,13 +21,13 @@ import numpy as np
 import torch
 
 from ddpo_env.scenes import CATEGORIES, COLOURS, SHAPES, make_scene, parse_prompt
-from rewards.geneval import Verdict, objects_asked, verify
+from rewards.geneval import Verdict, objects_asked, relation_found, verify
 
 
 def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
     """{"overall": mean of the category accuracies, "categories": {category: {"accuracy", "partial", "extra_objects",
     "samples"}}, "correct": per-image 0/1 list, "partial": mean partial credit, "extra_objects": mean objects found
-    beyond those the prompt asks for} from the verifier."""
+    beyond those the prompt asks for, "relations": :func:`relation_scores`} from the verifier."""
     verdicts = verify(images, prompts)
     rows = np.array([(v.correct, v.score, extra_objects(v)) for v in verdicts], dtype=np.float64).reshape(-1, 3)
     per: dict[str, list[int]] = defaultdict(list)
@@ -37,7 +38,20 @@ def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
                   for c in CATEGORIES if c in per}
     return {"overall": float(np.mean([c["accuracy"] for c in categories.values()])), "categories": categories,
             "correct": [int(v.correct) for v in verdicts], "partial": float(rows[:, 1].mean()),
-            "extra_objects": float(rows[:, 2].mean())}
+            "extra_objects": float(rows[:, 2].mean()), "relations": relation_scores(verdicts)}
+
+
+def relation_scores(verdicts: list[Verdict]) -> dict[str, float] | None:
+    """What goes wrong in the position category (None without position prompts): the share of its images with both
+    groups found, and among those the share where the stated relation holds and where the opposite one does. Equal
+    shares for the two sides mean the model draws the pair but ignores the relation."""
+    found = np.array([r for r in map(relation_found, verdicts) if r is not None], dtype=bool).reshape(-1, 3)
+    if not len(found):
+        return None
+    both = found[found[:, 0]]
+    return {"samples": len(found), "both_found": float(found[:, 0].mean()),
+            "relation_given_both": float(both[:, 1].mean()) if len(both) else 0.0,
+            "opposite_given_both": float(both[:, 2].mean()) if len(both) else 0.0}
 
 
 def extra_objects(verdict: Verdict) -> int:

@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
         + " | ".join(f"{ceiling['train']['categories'][c]['accuracy']:.0%}" for c in CATEGORIES) + " |",
         f"\n## Held-out combinations ({len(prompt_set('heldout'))} prompts × {args.seeds})\n",
         *score_table(results, "heldout"),
+        "\n## What fails in the position category\n",
+        "Share of position samples with both groups found; among those, the share where the stated relation holds and "
+        "where the opposite one does (equal shares: the pair is drawn, the relation ignored).\n",
+        "| setting | split | both found | relation holds | opposite holds |", "|---|---|---|---|---|",
+        *[f"| {n} | {split} | {rel['both_found']:.0%} | {rel['relation_given_both']:.0%} | "
+          f"{rel['opposite_given_both']:.0%} |" for n, r in results.items() for split in ("train", "heldout")
+          if (rel := r[split]["relations"])],
         "\n## Image statistics\n",
         "Fréchet distance in the features of a small CNN trained to count shapes on renders (benchmarks.scene_metrics)"
         ", between the samples and renders of the same prompts; diversity is the mean feature distance between two "

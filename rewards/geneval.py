@@ -82,6 +82,25 @@ def _holds(a: Detection, b: Detection, relation: str, margin: float) -> bool:
     return offset >= margin
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def relation_found(verdict: Verdict, image_size: int = 32) -> tuple[bool, bool, bool] | None:
+    """For a position prompt's verdict: (both groups found, the stated relation holds between some pair of them, the
+    opposite relation holds); None for other categories. A model that ignores the relation draws the two sides
+    about equally often."""
+    spec = verdict.spec
+    if spec.relation is None:
+        return None
+    margin = RELATION_MARGIN * image_size / 32
+    a, b = ([d for d in verdict.detections if _matches(d, o)] for o in spec.objects)
+
+    def holds(relation: str) -> bool:
+        return any(_holds(p, q, relation, margin) for p in a for q in b)
+
+    return bool(a and b), holds(spec.relation), holds(OPPOSITE[spec.relation])
+
+
 def objects_asked(spec: SceneSpec) -> int:
     """How many objects the prompt names (the counts of its groups)."""
     return sum(obj.count for obj in spec.objects)

@@ -154,3 +154,20 @@ def test_geneval_wraps_an_env_and_rejects_prompts_it_cannot_read():
     with pytest.raises(RewardError, match="cannot read the scene prompt 'a cat'"):
         for _ in range(TINY["num_steps"]):
             bad.step(np.zeros((2, *bad.single_action_space.shape), np.float32))
+
+
+def test_relation_scores_tell_a_missing_object_from_a_reversed_relation():
+    from benchmarks.scene_metrics import relation_scores
+
+    rng = np.random.default_rng(13)
+    specs = [sample_spec("position", rng) for _ in range(40)]
+    prompts = [prompt_for(spec, rng) for spec in specs]
+    right = [make_scene(spec, rng).image for spec in specs]
+    reversed_ = [make_scene(violations(spec)["relation"], rng).image for spec in specs]
+    missing = [make_scene(violations(spec)["missing"], rng).image for spec in specs]
+    assert relation_scores(verify(np.stack(right), prompts)) == {
+        "samples": 40, "both_found": 1.0, "relation_given_both": 1.0, "opposite_given_both": 0.0}
+    assert relation_scores(verify(np.stack(reversed_), prompts)) == {
+        "samples": 40, "both_found": 1.0, "relation_given_both": 0.0, "opposite_given_both": 1.0}
+    assert relation_scores(verify(np.stack(missing), prompts))["both_found"] == 0.0
+    assert relation_scores(verify(np.stack(right[:1]), ["a red circle"])) is None  # no position prompt
