@@ -5,7 +5,8 @@ partial credit that charges objects the prompt did not ask for) at the compositi
 budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, scored like that benchmark (the
 verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
 seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
-one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate. Runs are one-thread processes (``--workers``).
+one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate. Runs are
+one-thread processes (``--workers``).
 
 Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_sweep).
 """
