@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.algorithms_sweep import provenance
-from benchmarks.compositional import REWARDS
+from benchmarks.compositional import REWARDS, training_prompts
 from benchmarks.record import update_summary
 
 LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
@@ -59,7 +59,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def markdown(data: dict[str, Any], name: str) -> str:
-    from ddpo_env.scenes import CATEGORIES, HELDOUT_CATEGORIES, prompt_set
+    from ddpo_env.scenes import CATEGORIES, HELDOUT_CATEGORIES
 
     table, settings, env_info = data["table"], data["settings"], data["environment"]
     floor = data["renders"]
@@ -67,7 +67,7 @@ def markdown(data: dict[str, Any], name: str) -> str:
         "# RL on a compositional task with a verifiable reward\n",
         *provenance(env_info),
         f"The shapes model fine-tuned with the `{data['reward']}` reward ({REWARDS[data['reward']]}) on the "
-        f"{len(prompt_set('train'))} training prompts; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
+        f"{_trained_on(data.get('categories'))}; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
         f" samples per run, " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("epochs",)) + ". "
         f"Scores: the verifier's binary accuracy, the mean over GenEval categories, on {data['eval_prompts']['train']} "
         f"training prompts × {data['eval_seeds']} samples with the same seeds for every row; mean ± std over seeds. "
@@ -118,6 +118,15 @@ def _relation_table(table: dict[str, Any]) -> list[str]:
                  for k in ("both_found", "relation_given_both", "opposite_given_both")]
         lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _trained_on(categories: list[str] | None) -> str:
+    from ddpo_env.scenes import prompt_set
+
+    if not categories:
+        return f"{len(prompt_set('train'))} training prompts"
+    return (f"{len(training_prompts(categories))} training prompts of {', '.join(categories)} only (evaluated on "
+            "every category)")
 
 
 def _cell(value: float | None, fmt: str) -> str:

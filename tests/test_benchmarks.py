@@ -250,7 +250,9 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
     assert len(base["train"]["correct"]) == 12 and set(base["train"]["correct"]) <= {0, 1}
     md = (tmp_path / "compositional.md").read_text()
     assert "| GRPO (groups of 8) (1) |" in md and "| base model (1) |" in md and "## Per category, held-out" in md
-    assert "| extra objects |" in md
+    assert "| extra objects |" in md and "## What fails in the position category" in md
+    relations = table["base"]["train"]["relations"]
+    assert relations["samples"] == 2 and 0 <= relations["relation_given_both"] <= 1
     assert (tmp_path / "compositional_grid.png").stat().st_size > 10_000
     assert (tmp_path / "compositional_curves.png").stat().st_size > 10_000
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -261,6 +263,21 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
     with pytest.raises(SystemExit):  # other settings never mix with the saved runs
         compositional.main([*argv[:-2], "--epochs", "2", "--results-dir", str(tmp_path), "--resume"])
     assert "was run with other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # nor do runs trained on some categories only
+        compositional.main([*argv, "--categories", "position", "--resume"])
+    assert "was run with other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compositional.main([*argv, "--categories", "positions"])
+    assert "unknown categories ['positions']: use single_object" in capsys.readouterr().err
+
+
+def test_compositional_categories_train_on_those_training_prompts_only():
+    from benchmarks.compositional import training_prompts
+    from ddpo_env.scenes import parse_prompt, prompt_set
+
+    position = training_prompts(["position"])
+    assert len(position) == 20 and {parse_prompt(p).category for p in position} == {"position"}
+    assert set(training_prompts(["position", "counting"])) < set(prompt_set("train"))
 
 
 def test_step_gradients_benchmark_measures_each_trained_step_and_skips_the_rest(tmp_path):
