@@ -104,7 +104,8 @@ def evaluate(policy: Any, backend: Any, cfg: Any, eval_seeds: int, limit: int) -
 
 
 def run_one(job: dict[str, Any], threads: int, eval_seeds: int, limit: int) -> dict[str, Any]:
-    """One training run, or (agent ``base``) the untrained model, evaluated (in a worker process)."""
+    """One training run, or (agent ``base``, or ``benchmark_untrained``) the untrained model, evaluated (in a worker
+    process)."""
     import torch
 
     from agents.job.config import TrainConfig
@@ -112,11 +113,12 @@ def run_one(job: dict[str, Any], threads: int, eval_seeds: int, limit: int) -> d
 
     torch.set_num_threads(threads)
     name = job.pop("benchmark_agent")
+    untrained = job.pop("benchmark_untrained", name == BASE)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         cfg = TrainConfig.from_flat({**job, "output_dir": out, "evaluate": False})
-        if name == BASE:
+        if untrained:
             agent, curve = build_agent(cfg, build_env(cfg)), []
         else:
             result = train(cfg)

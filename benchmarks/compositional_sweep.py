@@ -5,8 +5,8 @@ partial credit that charges objects the prompt did not ask for) at the compositi
 budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, scored like that benchmark (the
 verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
 seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
-one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate. Runs are
-one-thread processes (``--workers``).
+one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate, then other
+settings at those (:data:`SWEEP`). Runs are one-thread processes (``--workers``).
 
 Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_sweep).
 """
@@ -21,11 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from agents.config import LORA_TARGETS
 from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, REWARDS, _run_star, agent_settings
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 
+UNTRAINED = "untrained"  # a row's override: evaluate the base model under the row's env settings, once
+
 #: (name, overrides of the GRPO agent's settings): the skip at one rate, then the rate at skip 6, then the skip at that
-#: rate
+#: rate, then other settings at skip 6 and 3e-3: the samples reused for a second pass (PPO's inner epochs), twice
+#: the updates on half the micro-batch, a larger adapter, the adapter on the ResNet convolutions too (where the
+#: layout is drawn), classifier-free guidance 2 in sampling and training (twice the UNet passes)
 SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("skip 2, lr 1e-3", {"skip_last_steps": 2, "learning_rate": 1e-3}),
     ("skip 4, lr 1e-3", {"skip_last_steps": 4, "learning_rate": 1e-3}),
@@ -36,6 +41,13 @@ SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
     ("skip 6, lr 1e-2", {"skip_last_steps": 6, "learning_rate": 1e-2}),
     ("skip 4, lr 3e-3", {"skip_last_steps": 4, "learning_rate": 3e-3}),
     ("skip 8, lr 3e-3", {"skip_last_steps": 8, "learning_rate": 3e-3}),
+    ("skip 6, lr 3e-3, 2 passes per epoch", {"skip_last_steps": 6, "learning_rate": 3e-3, "num_inner_epochs": 2}),
+    ("skip 6, lr 3e-3, micro-batches of 16", {"skip_last_steps": 6, "learning_rate": 3e-3, "batch_size": 16}),
+    ("skip 6, lr 3e-3, LoRA rank 16", {"skip_last_steps": 6, "learning_rate": 3e-3, "lora_rank": 16}),
+    ("skip 6, lr 3e-3, LoRA on the convolutions too", {"skip_last_steps": 6, "learning_rate": 3e-3,
+                                                       "lora_targets": [*LORA_TARGETS, "conv1", "conv2"]}),
+    ("base model, guidance 2", {"guidance_scale": 2.0, UNTRAINED: True}),
+    ("skip 6, lr 3e-3, guidance 2", {"skip_last_steps": 6, "learning_rate": 3e-3, "guidance_scale": 2.0}),
 )
 
 
@@ -118,8 +130,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings[key] = min(settings[key], settings["samples_per_epoch"])
     base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": args.reward, "tensorboard": False,
             "image_every": 0, "save_every": 0, "keep_last": 1}
-    grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep for seed in range(args.seeds)]
-    jobs = [{**TrainConfig.from_flat({**base, **over, "seed": seed}).to_flat(), "benchmark_agent": name}
+    grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep
+                              for seed in range(1 if over.get(UNTRAINED) else args.seeds)]
+    jobs = [{**TrainConfig.from_flat({**base, **{k: v for k, v in over.items() if k != UNTRAINED}, "seed": seed})
+             .to_flat(), "benchmark_agent": name, "benchmark_untrained": name == BASE or bool(over.get(UNTRAINED))}
             for name, over, seed in grid]
     env_info = environment(command_line("benchmarks.compositional_sweep", argv))
     env_info["machine"] += f"; {args.workers} workers × 1 thread"
