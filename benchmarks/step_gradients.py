@@ -1,8 +1,9 @@
 """Which denoising steps carry the policy gradient, measured: ``python -m benchmarks.step_gradients``.
 
 For a model and reward, one rollout per configuration (by default the shapes model with the ``geneval`` reward,
-DDPO-IS with GRPO-style groups of 8, 256 samples, 10 steps), trained once with ``step_stats_every=1``, with every
-step trained and with the last steps skipped. Per denoising step k (agents/step_stats.py):
+DDPO-IS with GRPO-style groups of 8, 256 samples, 10 steps, the compositional benchmark's learning rate), trained
+once with ``step_stats_every=1``, with every step trained and with the last 2 and the last 6 steps skipped (that
+benchmark's setting). Per denoising step k (agents/step_stats.py):
 
 * ``grad_norm``: the norm of step k's loss gradient on the rollout, and its share of the sum of squares;
 * ``grad_cosine``: the cosine between the step-k gradients of the rollout's two halves (≈ 0: noise);
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reward", default="geneval")
     parser.add_argument("--num-steps", type=int, default=10)
     parser.add_argument("--samples", type=int, default=256, help="rollout size (its halves give the cosines)")
-    parser.add_argument("--skip", default="0,2", help="skip_last_steps values, one probe each")
+    parser.add_argument("--skip", default="0,2,6", help="skip_last_steps values, one probe each")
+    parser.add_argument("--learning-rate", type=float, default=3e-3,
+                        help="of the update after the probe (the compositional benchmark's)")
     parser.add_argument("--group-size", type=int, default=8, help="GRPO-style groups (1: per-prompt tracking)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {"agent": "ddpo-is", "model": args.model, "reward": args.reward, "num_steps": args.num_steps,
                 "samples_per_epoch": args.samples, "num_envs": min(16, args.samples),
                 "batch_size": min(32, args.samples), "steps_per_pass": 3,
-                "lora_rank": 4, "learning_rate": 7e-3, "clip_range": 1e-3, "attention": "matmul", "seed": args.seed,
+                "lora_rank": 4, "learning_rate": args.learning_rate, "clip_range": 1e-3, "attention": "matmul",
+                "seed": args.seed,
                 "group_size": args.group_size, "group_advantages": groups}
     start = time.perf_counter()
     runs = []
