@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpo_env.scenes import SceneSpec, parse_prompt
+from ddpo_env.scenes.spec import OPPOSITE
 from rewards.scene_detect import Detection, detect
 from rewards.scorer import Scorer
 
@@ -80,9 +81,6 @@ def _group_credit(spec: SceneSpec, obj, detections: list[Detection]) -> float:
 def _holds(a: Detection, b: Detection, relation: str, margin: float) -> bool:
     offset = {"left of": b.x - a.x, "right of": a.x - b.x, "above": b.y - a.y, "below": a.y - b.y}[relation]
     return offset >= margin
-
-
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def relation_found(verdict: Verdict, image_size: int = 32) -> tuple[bool, bool, bool] | None:

@@ -76,7 +76,8 @@ class SceneSpec:
         return pairs or counts
 
 
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+#: Each relation and its reverse.
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 
 def violations(spec: SceneSpec) -> dict[str, SceneSpec]:
@@ -101,7 +102,7 @@ def violations(spec: SceneSpec) -> dict[str, SceneSpec]:
         rest = objects[1]
         out["missing"] = SceneSpec("colors" if rest.colour else "single_object", (rest,))
     if spec.relation is not None:
-        out["relation"] = SceneSpec("position", spec.objects, _OPPOSITE[spec.relation])
+        out["relation"] = SceneSpec("position", spec.objects, OPPOSITE[spec.relation])
     if spec.category == "color_attr":
         a, b = objects
         out["binding"] = SceneSpec(spec.category, (ObjectSpec(a.shape, b.colour), ObjectSpec(b.shape, a.colour)))
