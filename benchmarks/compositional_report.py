@@ -108,9 +108,9 @@ def _relation_table(table: dict[str, Any]) -> list[str]:
     rows = [(agent, row) for agent, row in table.items() if all("relations" in row[s] for s in SPLITS)]
     if not rows:
         return []
-    lines = ["\n## What fails in the position category\n",
-             "Share of position samples with both groups found; among those, the share where the stated relation holds "
-             "and where the opposite one does (equal shares: the pair is drawn, the relation ignored).\n",
+    from benchmarks.scene_metrics import RELATIONS_NOTE
+
+    lines = ["\n## What fails in the position category\n", RELATIONS_NOTE,
              "| agent | both found, training | relation holds | opposite holds | both found, held-out | relation holds "
              "| opposite holds |", "|---|---|---|---|---|---|---|"]
     for agent, row in rows:

@@ -41,6 +41,11 @@ def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
             "extra_objects": float(rows[:, 2].mean()), "relations": relation_scores(verdicts)}
 
 
+#: What the reports' position tables show (benchmarks.compositional, benchmarks.shapes_model).
+RELATIONS_NOTE = ("Share of position samples with both groups found; among those, the share where the stated relation "
+                  "holds and where the opposite one does (equal shares: the pair is drawn, the relation ignored).\n")
+
+
 def relation_scores(verdicts: list[Verdict]) -> dict[str, float] | None:
     """What goes wrong in the position category (None without position prompts): the share of its images with both
     groups found, and among those the share where the stated relation holds and where the opposite one does. Equal

@@ -19,7 +19,14 @@ import torch
 
 from benchmarks.default_model_quality import generate
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
-from benchmarks.scene_metrics import category_scores, diversity, frechet_distance, renders, scene_features
+from benchmarks.scene_metrics import (
+    RELATIONS_NOTE,
+    category_scores,
+    diversity,
+    frechet_distance,
+    renders,
+    scene_features,
+)
 from ddpo_env import DenoisingDiffusionVectorEnv
 from ddpo_env.images import captioned_grid
 from ddpo_env.models.digits import read_model_index
@@ -99,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         + " | ".join(f"{ceiling['train']['categories'][c]['accuracy']:.0%}" for c in CATEGORIES) + " |",
         f"\n## Held-out combinations ({len(prompt_set('heldout'))} prompts × {args.seeds})\n",
         *score_table(results, "heldout"),
-        "\n## What fails in the position category\n",
-        "Share of position samples with both groups found; among those, the share where the stated relation holds and "
-        "where the opposite one does (equal shares: the pair is drawn, the relation ignored).\n",
+        "\n## What fails in the position category\n", RELATIONS_NOTE,
         "| setting | split | both found | relation holds | opposite holds |", "|---|---|---|---|---|",
         *[f"| {n} | {split} | {rel['both_found']:.0%} | {rel['relation_given_both']:.0%} | "
           f"{rel['opposite_given_both']:.0%} |" for n, r in results.items() for split in ("train", "heldout")

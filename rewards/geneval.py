@@ -55,9 +55,7 @@ def check(spec: SceneSpec, detections: list[Detection], image_size: int = 32) ->
     """(partial-credit score in [0, 1], binary verdict) of detections against spec."""
     terms = [_group_credit(spec, obj, detections) for obj in spec.objects]
     if spec.relation is not None:
-        margin = RELATION_MARGIN * image_size / 32
-        a, b = ([d for d in detections if _matches(d, o)] for o in spec.objects)
-        terms.append(float(any(_holds(p, q, spec.relation, margin) for p in a for q in b)))
+        terms.append(float(_relation_holds(spec, detections, spec.relation, image_size)))
     score = float(np.mean(terms))
     return score, all(t == 1.0 for t in terms)
 
@@ -78,6 +76,13 @@ def _group_credit(spec: SceneSpec, obj, detections: list[Detection]) -> float:
     return max(full, 0.5 * credit(sum(_matches(d, obj, colour=False) for d in detections)))
 
 
+def _relation_holds(spec: SceneSpec, detections, relation: str, image_size: int) -> bool:
+    """Whether some object of the first group lies ``relation`` the second group's by the margin."""
+    margin = RELATION_MARGIN * image_size / 32
+    a, b = ([d for d in detections if _matches(d, o)] for o in spec.objects)
+    return any(_holds(p, q, relation, margin) for p in a for q in b)
+
+
 def _holds(a: Detection, b: Detection, relation: str, margin: float) -> bool:
     offset = {"left of": b.x - a.x, "right of": a.x - b.x, "above": b.y - a.y, "below": a.y - b.y}[relation]
     return offset >= margin
@@ -87,16 +92,12 @@ def relation_found(verdict: Verdict, image_size: int = 32) -> tuple[bool, bool, 
     """For a position prompt's verdict: (both groups found, the stated relation holds between some pair of them, the
     opposite relation holds); None for other categories. A model that ignores the relation draws the two sides
     about equally often."""
-    spec = verdict.spec
+    spec, found = verdict.spec, verdict.detections
     if spec.relation is None:
         return None
-    margin = RELATION_MARGIN * image_size / 32
-    a, b = ([d for d in verdict.detections if _matches(d, o)] for o in spec.objects)
-
-    def holds(relation: str) -> bool:
-        return any(_holds(p, q, relation, margin) for p in a for q in b)
-
-    return bool(a and b), holds(spec.relation), holds(OPPOSITE[spec.relation])
+    both = all(any(_matches(d, o) for d in found) for o in spec.objects)
+    return (both, _relation_holds(spec, found, spec.relation, image_size),
+            _relation_holds(spec, found, OPPOSITE[spec.relation], image_size))
 
 
 def objects_asked(spec: SceneSpec) -> int:
