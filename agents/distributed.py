@@ -33,10 +33,26 @@ def init_from_environment(device: str) -> str:
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        # Imported first on purpose: when torch._dynamo is first imported after the group exists (diffusers and
+        # transformers import it while building a model), something keeps the group alive past
+        # destroy_process_group, its gloo threads still run at interpreter exit, and one releasing the last
+        # collective's tensors then needs the GIL and aborts the process ("terminate called without an active
+        # exception", SIGABRT). Imported before, close_process_group() joins those threads.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if cuda else "gloo")
     if device.startswith("cuda") and dist.is_initialized():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
+
+
+def close_process_group() -> None:
+    """Leave the process group at the end of a successful run: wait for every rank, then destroy it, so that its
+    threads are joined while the interpreter is alive (see init_from_environment). Not after an error: a rank
+    that failed may never reach the barrier."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class Ranks:

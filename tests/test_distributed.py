@@ -29,7 +29,7 @@ WORKER = """
     from stable_baselines3.common.logger import Logger
     import ddpo_env
     from agents import make_agent
-    from agents.distributed import init_from_environment
+    from agents.distributed import close_process_group, init_from_environment
     from rewards import JpegCompressibility, VectorTerminalReward
 
     init_from_environment("cpu")
@@ -58,7 +58,7 @@ WORKER = """
         results[name]["after_two"] = [p.detach().clone() for p in params]
         results[name]["updates"] = agent._n_updates
     torch.save(results, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    close_process_group()
 """
 
 

@@ -37,7 +37,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger, configure
 
 import ddpo_env  # noqa: F401  (registers the env)
 from agents import make_agent
-from agents.distributed import Ranks, init_from_environment
+from agents.distributed import Ranks, close_process_group, init_from_environment
 from agents.job.callbacks import CheckpointEvery, EpochProgress, ImageGrids
 from agents.job.checkpoint import is_writer, latest_checkpoint, load_checkpoint, read_meta
 from agents.job.config import TrainConfig
@@ -230,7 +230,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     validate(cfg, rewards)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun / accelerate launch: one rank of many
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by torchrun / accelerate launch: one rank of many
+    owns_group = launched and not torch.distributed.is_initialized()  # joined here, so left here
+    if launched:
         cfg = cfg.replace(device=init_from_environment(str(resolve_device(cfg.env.device))))
     ranks = Ranks.current()
     main = is_writer()  # rank 0 (or the only process): it evaluates, logs and writes
@@ -294,6 +296,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     metrics: dict[str, Any] = {"config": cfg.to_flat(), "samples": agent.num_epochs * cfg.samples_per_epoch,
                                "train_seconds": seconds, "epochs": progress.history}
     if not main:
+        if owns_group:
+            close_process_group()  # waits for rank 0's evaluation and files
         return TrainResult(metrics, None, None, agent)
     with agent.ema_weights():  # the EMA weights when ema_decay > 0
         # with LoRA the base model is the adapter switched off: the KL to it along the evaluation trajectories is cheap
@@ -344,4 +348,6 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
               f"  {exported}  trained weights for diffusers",
               f"  {out / 'logs'}  " + (f"tensorboard --logdir {out / 'logs'}" if cfg.tensorboard else "progress.csv")]
     print("\n".join(lines))
+    if owns_group:
+        close_process_group()
     return TrainResult(metrics, before, after, agent)
