@@ -7,7 +7,9 @@ generator's own renders of the same prompts (the ceiling); the feature-space dis
 and their diversity (benchmarks.scene_metrics); and a captioned sample grid.
 
 Writes benchmarks/results/shapes_model.{json,md}, shapes_model_grid.png and summary.json's
-``shapes_model_score`` / ``shapes_model_heldout_score`` (10 steps, guidance 1).
+``shapes_model_score`` / ``shapes_model_heldout_score`` (10 steps, guidance 1). ``--model DIR`` scores a model
+trained by ``python -m ddpo_env.models.train_shapes --out DIR`` instead, ``--categories`` the prompts of some
+categories only; either writes under ``--name`` and leaves summary.json alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ddpo_env import DenoisingDiffusionVectorEnv
 from ddpo_env.images import captioned_grid
 from ddpo_env.models.digits import read_model_index
 from ddpo_env.models.shapes import SHAPES_DIR
-from ddpo_env.scenes import CATEGORIES, prompt_set
+from ddpo_env.scenes import CATEGORIES, parse_prompt, prompt_set
 from rewards.geneval import verify
 
 SETTINGS = {"10 steps": {"num_steps": 10}, "20 steps": {"num_steps": 20},
@@ -53,10 +55,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="shapes", help="the shipped model, or a folder trained by "
                         "python -m ddpo_env.models.train_shapes --out DIR")
+    parser.add_argument("--categories", default="", help="score the prompts of these GenEval categories only, "
+                        f"comma-separated ({', '.join(CATEGORIES)}); default: all")
+    parser.add_argument("--name", default="shapes_model", help="result files' name in benchmarks/results/")
     args = parser.parse_args(argv)
+    categories = args.categories.split(",") if args.categories else list(CATEGORIES)
+    if set(categories) - set(CATEGORIES):
+        parser.error(f"unknown categories {sorted(set(categories) - set(CATEGORIES))}: use {', '.join(CATEGORIES)}")
+    shipped = args.model == "shapes" and not args.categories
+    if args.name == "shapes_model" and not shipped:
+        parser.error("--model / --categories: give the results a --name of their own (shapes_model is the shipped "
+                     "model on every category)")
     torch.set_num_threads(args.threads)
     env_info = environment(command_line("benchmarks.shapes_model", argv))
-    sets = {split: [p for p in prompt_set(split) for _ in range(args.seeds)] for split in ("train", "heldout")}
+    sets = {split: [p for p in prompt_set(split) if parse_prompt(p).category in categories for _ in range(args.seeds)]
+            for split in ("train", "heldout")}
+    if not sets["heldout"]:
+        parser.error(f"--categories {args.categories}: single_object and two_object name no colour or count, so none "
+                     "of their prompts is held out; add a category that has held-out prompts")
     features = scene_features()
     results: dict = {}
     ceiling = {split: category_scores(renders(prompts, seed=1), prompts) for split, prompts in sets.items()}
@@ -84,27 +100,29 @@ def main(argv: list[str] | None = None) -> dict:
     captions = [f"{p}\n{v.caption}" for p, v in zip(grid_prompts, verdicts, strict=True)]
     from PIL import Image
 
-    Image.fromarray(captioned_grid(grid_images, captions, cols=6)).save(RESULTS_DIR / "shapes_model_grid.png")
+    Image.fromarray(captioned_grid(grid_images, captions, cols=6)).save(RESULTS_DIR / f"{args.name}_grid.png")
     training = read_model_index(SHAPES_DIR if args.model == "shapes" else args.model)["training"]
     data = {"results": results, "renders": {s: {k: v for k, v in c.items() if k != "correct"} for s, c in
                                             ceiling.items()},
             "render_feature_distance": floor, "render_diversity": render_diversity,
             "feature_net_final_loss": features.final_loss, "samples_per_prompt": args.seeds,
             "model_training": training, "environment": env_info}
-    write_json(RESULTS_DIR / "shapes_model.json", data)
+    write_json(RESULTS_DIR / f"{args.name}.json", data)
     base = results["10 steps"]
     lines = [
-        "# The shapes model before RL\n",
+        "# The shapes model before RL" + ("" if args.model == "shapes" else f": {args.model}")
+        + (f", {args.categories} prompts" if args.categories else "") + "\n",
         f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
         f"Trained by `python -m ddpo_env.models.train_shapes` in {training['seconds'] / 60:.1f} min "
         f"({training['steps']} steps × {training['batch_size']} scenes). Binary GenEval-style accuracy from the "
         f"geneval verifier, {args.seeds} samples per prompt; *overall* is the mean of the category accuracies, as "
         "GenEval reports it.\n",
-        f"## Training prompts ({len(prompt_set('train'))} prompts × {args.seeds})\n",
+        f"## Training prompts ({len(sets['train']) // args.seeds} prompts × {args.seeds})\n",
         *score_table(results, "train"),
         f"| generator renders (the verifier's ceiling) | {ceiling['train']['overall']:.1%} | "
-        + " | ".join(f"{ceiling['train']['categories'][c]['accuracy']:.0%}" for c in CATEGORIES) + " |",
-        f"\n## Held-out combinations ({len(prompt_set('heldout'))} prompts × {args.seeds})\n",
+        + " | ".join(f"{ceiling['train']['categories'][c]['accuracy']:.0%}" if c in ceiling["train"]["categories"]
+                     else "–" for c in CATEGORIES) + " |",
+        f"\n## Held-out combinations ({len(sets['heldout']) // args.seeds} prompts × {args.seeds})\n",
         *score_table(results, "heldout"),
         "\n## What fails in the position category\n", RELATIONS_NOTE,
         "| setting | split | both found | relation holds | opposite holds |", "|---|---|---|---|---|",
@@ -120,11 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"{r['train']['diversity']:.2f} | {r['train']['images_per_s']:.1f} |" for n, r in results.items()],
         f"| renders vs renders (the floor) | {floor['train']:.2f} / {floor['heldout']:.2f} | {render_diversity:.2f} "
         "| – |",
-        "\n![samples](shapes_model_grid.png)\n",
+        f"\n![samples]({args.name}_grid.png)\n",
     ]
-    (RESULTS_DIR / "shapes_model.md").write_text("\n".join(lines), encoding="utf-8")
-    update_summary({"shapes_model_score": (base["train"]["overall"], "GenEval-style accuracy, training prompts"),
-                    "shapes_model_heldout_score": (base["heldout"]["overall"], "held-out combinations")}, env_info)
+    (RESULTS_DIR / f"{args.name}.md").write_text("\n".join(lines), encoding="utf-8")
+    if args.name == "shapes_model":
+        update_summary({"shapes_model_score": (base["train"]["overall"], "GenEval-style accuracy, training prompts"),
+                        "shapes_model_heldout_score": (base["heldout"]["overall"], "held-out combinations")},
+                       env_info)
     print("\n".join(lines))
     return data
 

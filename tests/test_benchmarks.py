@@ -280,6 +280,20 @@ def test_compositional_categories_train_on_those_training_prompts_only():
     assert set(training_prompts(["position", "counting"])) < set(prompt_set("train"))
 
 
+def test_shapes_model_benchmark_keeps_its_files_for_the_shipped_model(capsys):
+    """Another model or a subset of categories needs a --name: shapes_model.* and summary.json describe the shipped
+    model on every category; categories without held-out prompts alone are refused."""
+    from benchmarks import shapes_model
+
+    for argv in (["--categories", "position"], ["--model", "some/folder"]):
+        with pytest.raises(SystemExit):
+            shapes_model.main(argv)
+        assert "give the results a --name of their own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        shapes_model.main(["--categories", "single_object", "--name", "x"])
+    assert "none of their prompts is held out" in capsys.readouterr().err
+
+
 def test_step_gradients_benchmark_measures_each_trained_step_and_skips_the_rest(tmp_path):
     from benchmarks import step_gradients
 

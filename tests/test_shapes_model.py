@@ -13,8 +13,8 @@ from ddpo_env.backends import DigitsBackend, load_backend
 from ddpo_env.models import shapes
 from ddpo_env.models.digits import load_unet, read_model_index
 from ddpo_env.models.train_default import _loss_weights, timestep_snr
-from ddpo_env.models.train_shapes import ShapesTrainArgs, train
-from ddpo_env.scenes import prompt_set
+from ddpo_env.models.train_shapes import SceneStream, ShapesTrainArgs, category_probabilities, train
+from ddpo_env.scenes import CATEGORIES, parse_prompt, prompt_set
 from rewards import verify
 
 
@@ -59,6 +59,34 @@ def test_training_script_is_reproducible_and_its_output_loads(tmp_path):
     assert np.isfinite(index["training"]["final_loss_mean_last_100"])
     backend = load_backend(str(tmp_path / "a"))  # a folder trained like the shapes model is a shapes backend
     assert backend.world == "shapes" and backend.name == f"shapes({tmp_path / 'a'})"
+
+
+def test_training_can_go_on_from_a_model_folder(tmp_path):
+    """--init: the saved EMA starts from the folder's weights (here two steps at lr 0 leave them unchanged)."""
+    train(ShapesTrainArgs(steps=2, batch_size=4, warmup_steps=1, out=str(tmp_path / "a")))
+    train(ShapesTrainArgs(steps=2, batch_size=4, warmup_steps=1, lr=0.0, seed=1, init=str(tmp_path / "a"),
+                          category_weights="position=1,single_object=0", out=str(tmp_path / "b")))
+    first, second = load_file(tmp_path / "a" / "unet.safetensors"), load_file(tmp_path / "b" / "unet.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert read_model_index(tmp_path / "b")["training"]["init"] == str(tmp_path / "a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_index.json").write_text(json.dumps({**read_model_index(tmp_path / "a"), "unet": {"x": 1}}))
+    with pytest.raises(ValueError, match="UNet config differs"):
+        train(ShapesTrainArgs(steps=1, batch_size=2, init=str(other), out=str(tmp_path / "c")))
+
+
+def test_category_weights_set_the_training_mix_and_bad_ones_name_the_fix():
+    assert category_probabilities("") is None  # uniform: the shipped model's stream, draw for draw
+    p = category_probabilities("position=5, counting=0")
+    assert p[CATEGORIES.index("position")] == pytest.approx(5 / 9) and p[CATEGORIES.index("counting")] == 0  # 5 of 5+4
+    _, prompts = SceneStream(np.random.default_rng(0), category_probabilities("position=1," + ",".join(
+        f"{c}=0" for c in CATEGORIES if c != "position"))).batch(16)
+    assert {parse_prompt(q).category for q in prompts} == {"position"}
+    for text, message in (("postion=5", "unknown category 'postion'"), ("position=x", "needs a number"),
+                          ("position=-1", "is negative"), (",".join(f"{c}=0" for c in CATEGORIES), "weighs 0")):
+        with pytest.raises(ValueError, match=message):
+            category_probabilities(text)
 
 
 def test_min_snr_weighting_caps_only_the_nearly_clean_timesteps():

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpo_env.models.digits import MAX_PROMPT_TOKENS, SCHEDULER_CONFIG, MiniLMTextEncoder
+from ddpo_env.models.digits import (
+    MAX_PROMPT_TOKENS,
+    SCHEDULER_CONFIG,
+    MiniLMTextEncoder,
+    load_unet,
+    read_model_index,
+)
 from ddpo_env.models.shapes import SHAPES_DIR, UNET_CONFIG, build_unet
 from ddpo_env.models.train_default import FitArgs, fit, parse_args, save_model
 from ddpo_env.scenes import CATEGORIES, IMAGE_SIZE, make_scene, prompt_for, sample_spec
@@ -34,18 +40,53 @@ class ShapesTrainArgs(FitArgs):
     """Folder to write unet.safetensors and model_index.json into."""
     snapshot_every: int = 0
     """Also save the EMA weights every this many steps, into OUT_stepN folders (0: never)."""
+    init: str = ""
+    """Start from the weights of this model folder (ddpo_env/models/shapes: go on training the shipped model)
+    instead of fresh ones."""
+    category_weights: str = ""
+    """How often each category is drawn, as name=weight pairs (unlisted categories weigh 1), e.g. "position=5";
+    empty: uniform."""
+
+
+def category_probabilities(text: str) -> np.ndarray | None:
+    """The probability of each of CATEGORIES from ``--category-weights`` ("position=5,counting=2"); None: uniform."""
+    if not text.strip():
+        return None
+    weights = dict.fromkeys(CATEGORIES, 1.0)
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        name = name.strip()
+        if name not in weights:
+            raise ValueError(f"--category-weights: unknown category {name!r}; use name=weight with names from "
+                             f"{', '.join(CATEGORIES)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--category-weights: {pair.strip()!r} needs a number after '=', e.g. {name}=5") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"--category-weights: {pair.strip()!r} is negative; weights are ≥ 0")
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError("--category-weights: every category weighs 0; give at least one a positive weight")
+    return np.array([weights[c] / total for c in CATEGORIES])
 
 
 class SceneStream:
-    """Batches of (images in [-1, 1] (B, 3, 32, 32), prompts) of training scenes, drawn from ``rng``."""
+    """Batches of (images in [-1, 1] (B, 3, 32, 32), prompts) of training scenes, drawn from ``rng``: each scene's
+    category uniformly, or by ``probabilities`` (one per CATEGORIES)."""
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
+    def __init__(self, rng: np.random.Generator, probabilities: np.ndarray | None = None) -> None:
+        self.rng, self.probabilities = rng, probabilities
+
+    def category(self) -> str:
+        if self.probabilities is None:
+            return CATEGORIES[int(self.rng.integers(len(CATEGORIES)))]
+        return CATEGORIES[int(self.rng.choice(len(CATEGORIES), p=self.probabilities))]
 
     def batch(self, size: int) -> tuple[torch.Tensor, list[str]]:
         images, prompts = [], []
         for _ in range(size):
-            spec = sample_spec(CATEGORIES[int(self.rng.integers(len(CATEGORIES)))], self.rng)
+            spec = sample_spec(self.category(), self.rng)
             prompts.append(prompt_for(spec, self.rng))
             images.append(make_scene(spec, self.rng).image)
         x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -71,9 +112,13 @@ def train(args: ShapesTrainArgs) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    probabilities = category_probabilities(args.category_weights)  # bad input fails before any work
+    if args.init and read_model_index(args.init)["unet"] != UNET_CONFIG:
+        raise ValueError(f"--init {args.init}: its UNet config differs from this version's shapes model "
+                         "(ddpo_env.models.shapes.UNET_CONFIG); start from a folder trained by this version")
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    stream, encode = SceneStream(np.random.default_rng(args.seed)), CachedEncoder()
+    stream, encode = SceneStream(np.random.default_rng(args.seed), probabilities), CachedEncoder()
 
     def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x0, prompts = stream.batch(args.batch_size)
@@ -83,7 +128,7 @@ def train(args: ShapesTrainArgs) -> dict:
         if args.snapshot_every and step % args.snapshot_every == 0 and step < args.steps:
             save_model(ema, {**record(args, [], 0.0, encode), "snapshot_step": step}, Path(f"{args.out}_step{step}"))
 
-    unet = build_unet(args.seed)
+    unet = load_unet(args.init).train() if args.init else build_unet(args.seed)
     unet.set_attn_processor(AttnProcessor())  # faster than torch's fused attention for heads this small on a CPU
     ema, losses, seconds = fit(unet, next_batch, encode([""])[0], args, g, "train shapes model", snapshot)
     result = record(args, losses, seconds, encode)
