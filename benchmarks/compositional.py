@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None, help="override the preset's")
     parser.add_argument("--num-steps", type=int, default=None, help="override the preset's DDIM steps")
+    parser.add_argument("--model", default=None, help="override the preset's model: a folder trained by "
+                        "python -m ddpo_env.models.train_shapes --out DIR")
     parser.add_argument("--reward", choices=REWARDS, default=REWARD,
                         help="training reward: the partial credit, or the one that charges extra objects")
     parser.add_argument("--categories", default="",
@@ -200,9 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if set(categories) - set(CATEGORIES):
         parser.error(f"unknown categories {sorted(set(categories) - set(CATEGORIES))}: use {', '.join(CATEGORIES)}")
     settings = dict(PRESETS[args.preset])
-    for key in ("epochs", "samples_per_epoch", "num_steps"):
+    for key in ("epochs", "samples_per_epoch", "num_steps", "model"):
         if getattr(args, key):
             settings[key] = getattr(args, key)
+    if args.model and args.name == "compositional":
+        parser.error("--model: give the results a --name of their own (compositional is the shipped model's)")
     for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
         settings[key] = min(settings[key], settings["samples_per_epoch"])
     results_dir = Path(args.results_dir)

@@ -269,6 +269,9 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
     with pytest.raises(SystemExit):
         compositional.main([*argv, "--categories", "positions"])
     assert "unknown categories ['positions']: use single_object" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # another model's runs never take the shipped model's name and summary keys
+        compositional.main(["--model", "some/folder"])
+    assert "give the results a --name of their own" in capsys.readouterr().err
 
 
 def test_compositional_categories_train_on_those_training_prompts_only():
