@@ -112,17 +112,12 @@ def train(args: ShapesTrainArgs) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    probabilities = category_probabilities(args.category_weights)  # bad input fails before any work
+    category_probabilities(args.category_weights)  # bad input fails before any work
     if args.init and read_model_index(args.init)["unet"] != UNET_CONFIG:
         raise ValueError(f"--init {args.init}: its UNet config differs from this version's shapes model "
                          "(ddpo_env.models.shapes.UNET_CONFIG); start from a folder trained by this version")
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    stream, encode = SceneStream(np.random.default_rng(args.seed), probabilities), CachedEncoder()
-
-    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, prompts = stream.batch(args.batch_size)
-        return x0, encode(prompts)
+    encode = CachedEncoder()
 
     def snapshot(step: int, ema: torch.nn.Module) -> None:
         if args.snapshot_every and step % args.snapshot_every == 0 and step < args.steps:
@@ -130,10 +125,23 @@ def train(args: ShapesTrainArgs) -> dict:
 
     unet = load_unet(args.init).train() if args.init else build_unet(args.seed)
     unet.set_attn_processor(AttnProcessor())  # faster than torch's fused attention for heads this small on a CPU
-    ema, losses, seconds = fit(unet, next_batch, encode([""])[0], args, g, "train shapes model", snapshot)
+    ema, losses, seconds = fit_on_scenes(unet, args, encode, snapshot)
     result = record(args, losses, seconds, encode)
     save_model(ema, result, Path(args.out))
     return result
+
+
+def fit_on_scenes(unet: torch.nn.Module, args: ShapesTrainArgs, encode: CachedEncoder, on_step=None):
+    """:func:`fit` ``unet`` on the scene stream ``args`` describe (its mix, seeded by ``args.seed``: the same
+    batches, noise and timesteps for any ``unet``); returns (EMA of the weights, losses, seconds)."""
+    g = torch.Generator().manual_seed(args.seed)
+    stream = SceneStream(np.random.default_rng(args.seed), category_probabilities(args.category_weights))
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, prompts = stream.batch(args.batch_size)
+        return x0, encode(prompts)
+
+    return fit(unet, next_batch, encode([""])[0], args, g, "train shapes model", on_step)
 
 
 def record(args: ShapesTrainArgs, losses: list[float], seconds: float, encode: CachedEncoder) -> dict:
