@@ -388,3 +388,23 @@ def test_compositional_oracle_renders_training_scenes_and_scores_every_variant_f
         ("LoRA rank 4, lr 1e-3", 0, 0), ("LoRA rank 4, lr 1e-3", 2, 64), ("whole UNet, lr 1e-4", 0, 0),
         ("whole UNet, lr 1e-4", 2, 64)]
     assert rows[0]["train_overall"] == lora["scores"][0]["train"]["overall"]
+
+
+def test_position_probe_coordinate_input_starts_as_the_model_and_checks_its_control(tmp_path, capsys):
+    """The coordinate arm's widened UNet gives the shipped model's outputs until trained (its new input weights are
+    zero, and the coordinates do reach it); a --control trained with other settings is refused with the command."""
+    from benchmarks import position_probe
+    from ddpo_env.models.digits import load_unet
+    from ddpo_env.models.shapes import SHAPES_DIR
+
+    unet = load_unet(SHAPES_DIR)
+    wide = position_probe.with_coordinates(unet).eval()
+    x, t, cond = torch.randn(2, 3, 32, 32), torch.tensor([500, 20]), torch.randn(2, 16, 384)
+    with torch.no_grad():
+        assert torch.allclose(wide(x, t, cond).sample, unet(x, t, encoder_hidden_states=cond).sample, atol=1e-5)
+        wide.unet.conv_in.weight[:, 3:] = 1.0  # the coordinate channels' weights now count
+        assert not torch.allclose(wide(x, t, cond).sample, unet(x, t, encoder_hidden_states=cond).sample, atol=1e-3)
+    assert torch.equal(wide.grid[0, 0], torch.linspace(-1, 1, 32)) and torch.equal(wide.grid[1, :, 0], wide.grid[0, 0])
+    with pytest.raises(SystemExit):
+        position_probe.main(["--control", str(SHAPES_DIR), "--results-dir", str(tmp_path)])
+    assert "was trained with other settings" in capsys.readouterr().err
