@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key in ("epochs", "samples_per_epoch", "num_steps", "model"):
         if getattr(args, key):
             settings[key] = getattr(args, key)
-    if args.model and args.name == "compositional":
+    if args.model not in (None, "shapes") and args.name == "compositional":
         parser.error("--model: give the results a --name of their own (compositional is the shipped model's)")
     for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
         settings[key] = min(settings[key], settings["samples_per_epoch"])

@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 from benchmarks.scene_metrics import category_scores
-from ddpo_env.models.digits import SCHEDULER_CONFIG, load_unet
+from ddpo_env.models.digits import SCHEDULER_CONFIG, load_unet, read_model_index
 from ddpo_env.models.shapes import SHAPES_DIR, UNET_CONFIG
 from ddpo_env.models.train_shapes import CachedEncoder, ShapesTrainArgs, fit_on_scenes
 from ddpo_env.scenes import parse_prompt, prompt_for, prompt_set, sample_spec
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  init=str(SHAPES_DIR), out="")
     settings = {k: v for k, v in dataclasses.asdict(train_args).items() if k not in ("out", "init", "threads")}
     if args.control:
-        theirs = load_unet_record(args.control)
+        theirs = read_model_index(args.control)["training"]
         mismatched = {k: (theirs.get(k), v) for k, v in settings.items() if theirs.get(k) != v}
         if mismatched:
             parser.error(f"--control {args.control} was trained with other settings (theirs, the probe's): "
@@ -183,12 +183,6 @@ def main(argv: list[str] | None = None) -> dict:
     (results_dir / "position_probe.md").write_text(report(data), encoding="utf-8")
     print(report(data))
     return data
-
-
-def load_unet_record(folder: str) -> dict:
-    from ddpo_env.models.digits import read_model_index
-
-    return read_model_index(folder)["training"]
 
 
 def report(data: dict) -> str:

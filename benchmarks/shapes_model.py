@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> dict:
         + (f", {args.categories} prompts" if args.categories else "") + "\n",
         f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
         f"Trained by `python -m ddpo_env.models.train_shapes` in {training['seconds'] / 60:.1f} min "
-        f"({training['steps']} steps × {training['batch_size']} scenes). Binary GenEval-style accuracy from the "
+        f"({training['steps']} steps × {training['batch_size']} scenes"
+        + (f", going on from {training['init']}" if training.get("init") else "")
+        + (f", categories weighted {training['category_weights']}" if training.get("category_weights") else "")
+        + "). Binary GenEval-style accuracy from the "
         f"geneval verifier, {args.seeds} samples per prompt; *overall* is the mean of the category accuracies, as "
         "GenEval reports it.\n",
         f"## Training prompts ({len(sets['train']) // args.seeds} prompts × {args.seeds})\n",
