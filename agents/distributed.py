@@ -16,6 +16,7 @@ The semantics, fixed so that a run on W ranks is the same algorithm as a run on 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +39,7 @@ def init_from_environment(device: str) -> str:
         # destroy_process_group, its gloo threads still run at interpreter exit, and one releasing the last
         # collective's tensors then needs the GIL and aborts the process ("terminate called without an active
         # exception", SIGABRT). Imported before, close_process_group() joins those threads.
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")  # (a plain import here would make `torch` a local name)
 
         dist.init_process_group("nccl" if cuda else "gloo")
     if device.startswith("cuda") and dist.is_initialized():
