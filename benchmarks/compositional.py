@@ -165,8 +165,7 @@ def run_key(agent: str, seed: int) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.job.config import TrainConfig
     from benchmarks.compositional_report import GRID_PROMPTS, aggregate, write_reports
-    from benchmarks.scene_metrics import renders, scene_features
-    from ddpo_env.scenes import CATEGORIES
+    from benchmarks.scene_metrics import categories_arg, renders, scene_features
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -198,9 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [a for a in agents if a not in AGENT_SETTINGS]
     if unknown:
         parser.error(f"unknown agent(s) {unknown}: use {', '.join(AGENT_SETTINGS)}")
-    categories = args.categories.split(",") if args.categories else []
-    if set(categories) - set(CATEGORIES):
-        parser.error(f"unknown categories {sorted(set(categories) - set(CATEGORIES))}: use {', '.join(CATEGORIES)}")
+    categories = categories_arg(parser, args.categories)
     settings = dict(PRESETS[args.preset])
     for key in ("epochs", "samples_per_epoch", "num_steps", "model"):
         if getattr(args, key):

@@ -55,7 +55,9 @@ def encoder_probe(num_prompts: int = 3000, seed: int = 0) -> dict[str, float]:
             relation = parse_prompt(prompt).relation
             at = [i for i, w in enumerate(encoder.tokenizer.convert_ids_to_tokens(row)) if w in words]
             for k, side in zip(at, (relation, OPPOSITE[relation]), strict=True):  # the first object, the second
-                rows.append(states[n, k]), labels.append(SIDES.index(side)), held.append(test[n])
+                rows.append(states[n, k])
+                labels.append(SIDES.index(side))
+                held.append(test[n])
         x, y, held = torch.stack(rows), torch.tensor(labels), torch.tensor(held)
         x = (x - x[~held].mean(0)) / (x[~held].std(0) + 1e-6)
         out[kind] = _linear_probe(x[~held], y[~held], x[held], y[held])
@@ -107,7 +109,8 @@ def with_coordinates(unet: torch.nn.Module) -> CoordinateUNet:
 @torch.no_grad()
 def sample(unet: torch.nn.Module, prompts: list[str], encode: CachedEncoder, num_steps: int = 10,
            seed: int = 0, batch: int = 64) -> np.ndarray:
-    """Images (N, 32, 32, 3) uint8 by DDIM with η = 1, the same x_T and noise for every model (by ``seed``)."""
+    """Images (N, 32, 32, 3) uint8 by DDIM with η = 1, the same x_T and noise for every model (by ``seed``). Not
+    the env: its backends take the image channels from the UNet's inputs, which the coordinate arm widens."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
@@ -162,19 +165,19 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [p for p in prompt_set("train") if parse_prompt(p).category == "position" for _ in range(args.seeds)]
     rows: dict[str, dict] = {"shipped model": {**score(load_unet(SHAPES_DIR), prompts, encode), "minutes": 0.0}}
     print(f"shipped: {rows['shipped model']}", flush=True)
-    arms = {"+ position data": "control", "+ position data, coordinate input": "coordinates"}
-    for name, arm in arms.items():
+    for name, coordinates in (("+ position data", False), ("+ position data, coordinate input", True)):
         t0 = time.perf_counter()
-        if arm == "control" and args.control:
+        reused = bool(args.control) and not coordinates
+        if reused:
             model = load_unet(args.control)
         else:
             from diffusers.models.attention_processor import AttnProcessor
 
             base = load_unet(SHAPES_DIR).train()
             base.set_attn_processor(AttnProcessor())
-            model = fit_on_scenes(with_coordinates(base) if arm == "coordinates" else base, train_args, encode)[0]
+            model = fit_on_scenes(with_coordinates(base) if coordinates else base, train_args, encode)[0]
         rows[name] = {**score(model, prompts, encode), "minutes": (time.perf_counter() - t0) / 60,
-                      "trained_here": not (arm == "control" and args.control)}
+                      "trained_here": not reused}
         print(f"{name}: {rows[name]}", flush=True)
     data = {"encoder_probe": text, "rows": rows, "training": settings, "samples": len(prompts),
             "minutes": (time.perf_counter() - start) / 60, "environment": env_info}

@@ -13,6 +13,7 @@ over-optimisation measures the geneval reward cannot see.
 
 from __future__ import annotations
 
+import argparse
 import functools
 from collections import defaultdict
 from typing import Any
@@ -22,6 +23,15 @@ import torch
 
 from ddpo_env.scenes import CATEGORIES, COLOURS, SHAPES, make_scene, parse_prompt
 from rewards.geneval import Verdict, objects_asked, relation_found, verify
+
+
+def categories_arg(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The GenEval categories a ``--categories`` flag names (comma-separated; empty: none), or a parser error that
+    lists the valid ones."""
+    categories = text.split(",") if text else []
+    if set(categories) - set(CATEGORIES):
+        parser.error(f"unknown categories {sorted(set(categories) - set(CATEGORIES))}: use {', '.join(CATEGORIES)}")
+    return categories
 
 
 def category_scores(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from benchmarks.default_model_quality import generate
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 from benchmarks.scene_metrics import (
     RELATIONS_NOTE,
+    categories_arg,
     category_scores,
     diversity,
     frechet_distance,
@@ -59,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"comma-separated ({', '.join(CATEGORIES)}); default: all")
     parser.add_argument("--name", default="shapes_model", help="result files' name in benchmarks/results/")
     args = parser.parse_args(argv)
-    categories = args.categories.split(",") if args.categories else list(CATEGORIES)
-    if set(categories) - set(CATEGORIES):
-        parser.error(f"unknown categories {sorted(set(categories) - set(CATEGORIES))}: use {', '.join(CATEGORIES)}")
+    categories = categories_arg(parser, args.categories) or list(CATEGORIES)
     shipped = args.model == "shapes" and not args.categories
     if args.name == "shapes_model" and not shipped:
         parser.error("--model / --categories: give the results a --name of their own (shapes_model is the shipped "
