@@ -20,7 +20,8 @@ from benchmarks.record import RESULTS_DIR, environment, update_summary, write_js
 from ddpo_env import DDIMSampler, DenoisingDiffusionVectorEnv
 from ddpo_env.images import save_grid
 from ddpo_env.models.digit_classifier import load_classifier
-from ddpo_env.models.digits import HELDOUT_TEMPLATES, load_unet, prompt_for
+from ddpo_env.models.digits import DEFAULT_DIR, HELDOUT_TEMPLATES, digit_prompt
+from ddpo_env.models.embedded import load_unet
 
 
 def generate(env: DenoisingDiffusionVectorEnv, prompts: list[str], seed: int) -> np.ndarray:
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    load_unet()
+    load_unet(DEFAULT_DIR)
     load_seconds = time.perf_counter() - start
 
     digits = np.repeat(np.arange(10), args.per_digit)
-    prompts = [prompt_for(int(d), "a handwritten digit {n}") for d in digits]
+    prompts = [digit_prompt(int(d), "a handwritten digit {n}") for d in digits]
     results: dict = {"samples": len(prompts), "prompt": "a handwritten digit {n}", "num_steps": 20, "eta": 1.0}
     for w in (1.0, 1.5):
         env = DenoisingDiffusionVectorEnv(num_envs=50, device="cpu", guidance_scale=w)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_envs=50, device="cpu", num_steps=10), prompts, args.seed), digits, classifier)
 
     heldout_digits = np.repeat(np.arange(10), 20)
-    heldout_prompts = [prompt_for(int(d), HELDOUT_TEMPLATES[i % len(HELDOUT_TEMPLATES)])
+    heldout_prompts = [digit_prompt(int(d), HELDOUT_TEMPLATES[i % len(HELDOUT_TEMPLATES)])
                        for i, d in enumerate(heldout_digits)]
     env = DenoisingDiffusionVectorEnv(num_envs=50, device="cpu")
     results["agreement_unseen_wording"] = agreement(generate(env, heldout_prompts, args.seed), heldout_digits,

@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 from benchmarks.scene_metrics import category_scores
-from ddpo_env.models.digits import SCHEDULER_CONFIG, load_unet, read_model_index
+from ddpo_env.models.embedded import SCHEDULER_CONFIG, load_unet, read_model_index
 from ddpo_env.models.shapes import SHAPES_DIR, UNET_CONFIG
 from ddpo_env.models.train_shapes import CachedEncoder, ShapesTrainArgs, fit_on_scenes
 from ddpo_env.scenes import parse_prompt, prompt_for, prompt_set, sample_spec

@@ -32,7 +32,7 @@ from benchmarks.scene_metrics import (
 )
 from ddpo_env import DenoisingDiffusionVectorEnv
 from ddpo_env.images import captioned_grid
-from ddpo_env.models.digits import read_model_index
+from ddpo_env.models.embedded import read_model_index
 from ddpo_env.models.shapes import SHAPES_DIR
 from ddpo_env.scenes import CATEGORIES, parse_prompt, prompt_set
 from rewards.geneval import verify

@@ -27,9 +27,10 @@ import torch
 
 import ddpo_env  # noqa: F401  (registers the env)
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
+from ddpo_env.conditioning import IllConditionedStepWarning, env_conditioning, schedule_conditioning
 from ddpo_env.ddim import DDIMSchedule
-from ddpo_env.diagnose import IllConditionedStepWarning, env_conditioning, plot_conditioning, schedule_conditioning
-from ddpo_env.models.digits import SCHEDULER_CONFIG
+from ddpo_env.diagnose import plot_conditioning
+from ddpo_env.models.embedded import SCHEDULER_CONFIG
 from ddpo_env.models.tiny import SD_SCHEDULER_CONFIG
 
 

@@ -30,8 +30,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ddpo_env.schedule import check_eta, match_step_index, randn_like
-
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: Relative size of float64 rounding accepted in 1 − ᾱ_{t'} − (ησ_t)² ≥ 0.
 _ROUNDING = 1e-9
@@ -333,3 +331,33 @@ def classifier_free_guidance(
 ) -> torch.Tensor:
     """ε̂ = ε_u + w·(ε_c − ε_u): the guided prediction, used alike in sampling and training."""
     return uncond_output + guidance_scale * (cond_output - uncond_output)
+
+
+# ---------------------------------------------------------------- helpers shared with the flow SDE (ddpo_env.flow)
+
+def check_eta(eta: Any, message: str) -> None:
+    """The noise level must be a finite number > 0 (at 0 a step is deterministic: no log-probability)."""
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
+        raise ValueError(message)
+
+
+def match_step_index(timesteps: torch.Tensor, table: torch.Tensor, what: str) -> torch.Tensor:
+    """Step indices k with ``table[k] == timesteps`` (any shape); a key not in the table is a ValueError."""
+    t = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
+    match = t.reshape(-1, 1) == table.reshape(1, -1)
+    if not bool(match.any(dim=1).all()):
+        bad = t.reshape(-1)[~match.any(dim=1)].unique().tolist()
+        raise ValueError(f"timesteps {bad} are not in this {what} {table.tolist()}: was the observation produced "
+                         "by an env with the same num_steps and scheduler?")
+    return match.to(torch.int64).argmax(dim=1).reshape(t.shape)
+
+
+def randn_like(like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``: from one generator, or one generator per sample."""
+    if isinstance(generator, list):
+        if len(generator) != like.shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}: pass one per sample")
+        return torch.stack(
+            [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
+        ).to(like.device)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)

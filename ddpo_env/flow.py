@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from ddpo_env.ddim import DDIMSchedule, DDIMStepOutput, gaussian_log_prob
-from ddpo_env.schedule import check_eta, match_step_index, randn_like
+from ddpo_env.ddim import DDIMStepOutput, check_eta, gaussian_log_prob, match_step_index, randn_like
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
@@ -171,16 +170,3 @@ class FlowMatchSchedule:
         sigma = torch.rand(x0.shape[0], generator=generator).to(x0.device)
         s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
         return (1 - s) * x0 + s * noise, sigma * self.num_train_timesteps, noise - x0
-
-
-def is_flow_scheduler(config: Any) -> bool:
-    """Whether a diffusers scheduler config is a flow-matching one (by its ``_class_name``)."""
-    return dict(config).get("_class_name") in FLOW_SCHEDULERS
-
-
-def make_schedule(config: Any, num_steps: int, eta: float | None) -> DDIMSchedule | FlowMatchSchedule:
-    """The episode's schedule for a diffusers scheduler config: the flow SDE for a flow-matching scheduler
-    (``eta`` = its noise level a, default 0.7), DDIM for any other (``eta`` = η, default 1.0)."""
-    if is_flow_scheduler(config):
-        return FlowMatchSchedule.from_scheduler_config(config, num_steps, 0.7 if eta is None else eta)
-    return DDIMSchedule.from_scheduler_config(config, num_steps, 1.0 if eta is None else eta)

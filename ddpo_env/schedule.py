@@ -6,10 +6,12 @@ the step's Gaussian policy (``step``), its std, the deterministic ODE step, the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import torch
+
+from ddpo_env.ddim import DDIMSchedule
+from ddpo_env.flow import FLOW_SCHEDULERS, FlowMatchSchedule
 
 
 class Schedule(Protocol):
@@ -38,29 +40,14 @@ class Schedule(Protocol):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
-def check_eta(eta: Any, message: str) -> None:
-    """The noise level must be a finite number > 0 (at 0 a step is deterministic: no log-probability)."""
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
-        raise ValueError(message)
+def is_flow_scheduler(config: Any) -> bool:
+    """Whether a diffusers scheduler config is a flow-matching one (by its ``_class_name``)."""
+    return dict(config).get("_class_name") in FLOW_SCHEDULERS
 
 
-def match_step_index(timesteps: torch.Tensor, table: torch.Tensor, what: str) -> torch.Tensor:
-    """Step indices k with ``table[k] == timesteps`` (any shape); a key not in the table is a ValueError."""
-    t = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
-    match = t.reshape(-1, 1) == table.reshape(1, -1)
-    if not bool(match.any(dim=1).all()):
-        bad = t.reshape(-1)[~match.any(dim=1)].unique().tolist()
-        raise ValueError(f"timesteps {bad} are not in this {what} {table.tolist()}: was the observation produced "
-                         "by an env with the same num_steps and scheduler?")
-    return match.to(torch.int64).argmax(dim=1).reshape(t.shape)
-
-
-def randn_like(like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``: from one generator, or one generator per sample."""
-    if isinstance(generator, list):
-        if len(generator) != like.shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {like.shape[0]}: pass one per sample")
-        return torch.stack(
-            [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
-        ).to(like.device)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+def make_schedule(config: Any, num_steps: int, eta: float | None) -> DDIMSchedule | FlowMatchSchedule:
+    """The episode's schedule for a diffusers scheduler config: the flow SDE for a flow-matching scheduler
+    (``eta`` = its noise level a, default 0.7), DDIM for any other (``eta`` = η, default 1.0)."""
+    if is_flow_scheduler(config):
+        return FlowMatchSchedule.from_scheduler_config(config, num_steps, 0.7 if eta is None else eta)
+    return DDIMSchedule.from_scheduler_config(config, num_steps, 1.0 if eta is None else eta)

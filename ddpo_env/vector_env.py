@@ -28,16 +28,18 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ddpo_env.backends import DiffusionBackend, load_backend
+from ddpo_env.conditioning import warn_if_ill_conditioned
 from ddpo_env.config import EnvConfig
-from ddpo_env.diagnose import warn_if_ill_conditioned
-from ddpo_env.flow import make_schedule
 from ddpo_env.prompts import MAX_PROMPT_IDS, PromptSource
+from ddpo_env.schedule import make_schedule
+from ddpo_env.tasks import task_of
 
 
 class DenoisingDiffusionVectorEnv(VectorEnv):
     """``gym.make_vec("DenoisingDiffusion-v0", num_envs=B, **EnvConfig fields)``.
 
-    Useful attributes for policies: ``backend`` (frozen parts + trainable UNet), ``schedule``
+    Useful attributes for policies: ``backend`` (frozen parts + trainable UNet), ``task`` (the model's prompt sets
+    and judge, :class:`ddpo_env.tasks.Task`), ``schedule``
     (:class:`~ddpo_env.ddim.DDIMSchedule`), ``guidance_scale``, :meth:`prompt_embeds`,
     :meth:`negative_prompt_embeds`, :meth:`prompt_strings`.
     """
@@ -64,7 +66,9 @@ class DenoisingDiffusionVectorEnv(VectorEnv):
         if cfg.attention == "matmul":
             self.backend.use_matmul_attention()
         self.device = self.backend.device
-        self.prompt_source = PromptSource(cfg.prompts if cfg.prompts is not None else self.backend.default_prompts)
+        self.task = task_of(cfg.model, self.backend)  # its prompt sets and judge (ddpo_env.tasks)
+        self.prompt_source = PromptSource(cfg.prompts if cfg.prompts is not None else
+                                          self.task.training_prompts(self.backend))
         self.conditioning = self.backend.conditioning  # prompt ids are shared by every env on this model
         for prompt in self.prompt_source.prompts or ():
             self.conditioning.id_of(prompt)

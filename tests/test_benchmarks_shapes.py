@@ -175,7 +175,7 @@ def test_position_probe_coordinate_input_starts_as_the_model_and_checks_its_cont
     """The coordinate arm's widened UNet gives the shipped model's outputs until trained (its new input weights are
     zero, and the coordinates do reach it); a --control trained with other settings is refused with the command."""
     from benchmarks import position_probe
-    from ddpo_env.models.digits import load_unet
+    from ddpo_env.models.embedded import load_unet
     from ddpo_env.models.shapes import SHAPES_DIR
 
     unet = load_unet(SHAPES_DIR)

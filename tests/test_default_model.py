@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from ddpo_env import DDIMSampler, DenoisingDiffusionVectorEnv
-from ddpo_env.backends import DigitsBackend
-from ddpo_env.models import digits
+from ddpo_env.backends import EmbeddedBackend
+from ddpo_env.models import digits, embedded
 from ddpo_env.models.digit_classifier import images_to_input, load_classifier
 from ddpo_env.models.train_default import TrainArgs, train
 
 
 def test_shipped_weights_load_and_are_small():
-    backend = DigitsBackend()
+    backend = EmbeddedBackend(digits.DEFAULT_DIR, name="default")
     size = (digits.DEFAULT_DIR / "unet.safetensors").stat().st_size
     assert size <= 10 * 2**20
     shipped = load_file(digits.DEFAULT_DIR / "unet.safetensors")
@@ -26,9 +26,9 @@ def test_shipped_weights_load_and_are_small():
 
 
 def test_model_index_round_trips_into_the_unet_config():
-    index = digits.read_model_index()
-    assert index["unet"] == digits.UNET_CONFIG and index["scheduler"] == digits.SCHEDULER_CONFIG
-    unet = digits.load_unet()
+    index = embedded.read_model_index(digits.DEFAULT_DIR)
+    assert index["unet"] == digits.UNET_CONFIG and index["scheduler"] == embedded.SCHEDULER_CONFIG
+    unet = embedded.load_unet(digits.DEFAULT_DIR)
     for key, value in index["unet"].items():
         got = unet.config[key]
         assert (list(got) if isinstance(got, tuple) else got) == value, key
@@ -40,7 +40,7 @@ def test_training_script_is_reproducible_and_its_output_loads(tmp_path):
         records.append(train(TrainArgs(steps=2, batch_size=4, warmup_steps=1, out=str(tmp_path / run))))
     first, second = load_file(tmp_path / "a" / "unet.safetensors"), load_file(tmp_path / "b" / "unet.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
-    reloaded = digits.load_unet(tmp_path / "a")
+    reloaded = embedded.load_unet(tmp_path / "a")
     assert all(torch.equal(v, first[k]) for k, v in reloaded.state_dict().items())
     index = json.loads((tmp_path / "a" / "model_index.json").read_text())
     assert index["training"]["steps"] == 2 and np.isfinite(index["training"]["final_loss_mean_last_100"])
@@ -48,7 +48,7 @@ def test_training_script_is_reproducible_and_its_output_loads(tmp_path):
 
 def test_default_env_runs_an_episode_and_returns_gray_uint8_images():
     env = gym.make("DenoisingDiffusion-v0", device="cpu")
-    assert isinstance(env.unwrapped.backend, DigitsBackend) and env.unwrapped.schedule.num_steps == 20
+    assert isinstance(env.unwrapped.backend, EmbeddedBackend) and env.unwrapped.schedule.num_steps == 20
     sampler = DDIMSampler(env)
     obs, _ = env.reset(seed=0, options={"prompt": "the number seven"})
     assert obs["latent"].shape == (1, 16, 16)
@@ -68,7 +68,7 @@ def test_any_prompt_string_is_accepted():
     venv = DenoisingDiffusionVectorEnv(num_envs=2, device="cpu", num_steps=2)
     venv.reset(seed=0, options={"prompts": ["", "a purple elephant riding a bicycle through Paris at noon " * 4]})
     embeds = venv.prompt_embeds([0, 1, 2])
-    assert embeds.shape == (3, digits.MAX_PROMPT_TOKENS, 384) and torch.isfinite(embeds).all()
+    assert embeds.shape == (3, embedded.MAX_PROMPT_TOKENS, 384) and torch.isfinite(embeds).all()
 
 
 def test_default_model_refuses_other_image_sizes():

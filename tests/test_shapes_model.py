@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from ddpo_env import DDIMSampler
-from ddpo_env.backends import DigitsBackend, load_backend
+from ddpo_env.backends import EmbeddedBackend, load_backend
 from ddpo_env.models import shapes
-from ddpo_env.models.digits import load_unet, read_model_index
+from ddpo_env.models.embedded import load_unet, read_model_index
 from ddpo_env.models.train_default import _loss_weights, timestep_snr
 from ddpo_env.models.train_shapes import SceneStream, ShapesTrainArgs, category_probabilities, train
 from ddpo_env.scenes import CATEGORIES, parse_prompt, prompt_set
@@ -20,7 +20,7 @@ from rewards import verify
 
 def test_shipped_shapes_model_loads_with_its_config():
     backend = load_backend("shapes")
-    assert isinstance(backend, DigitsBackend) and backend.name == "shapes" and backend.world == "shapes"
+    assert isinstance(backend, EmbeddedBackend) and backend.name == "shapes" and backend.world == "shapes"
     assert (shapes.SHAPES_DIR / "unet.safetensors").stat().st_size <= 12 * 2**20
     index = read_model_index(shapes.SHAPES_DIR)
     assert index["unet"] == shapes.UNET_CONFIG and index["world"] == "shapes" and index["image_size"] == 32

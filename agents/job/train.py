@@ -45,11 +45,10 @@ from agents.job.evaluation import EvaluationResult, evaluate_policy
 from agents.job.export import export_weights
 from agents.job.monitor import HeldOutMonitor, check_held_out, plot_monitor
 from ddpo_env.backends import resolve_device
-from ddpo_env.diagnose import schedule_conditioning
+from ddpo_env.conditioning import schedule_conditioning
 from ddpo_env.images import save_side_by_side
-from ddpo_env.models.digits import HELDOUT_TEMPLATES, prompt_for
 from ddpo_env.prompts import PromptSource
-from rewards import REWARDS, digit_agreement, geneval_accuracy
+from rewards import REWARDS
 from rewards.combine import resolve_reward, weighted_sum
 
 EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
@@ -115,29 +114,23 @@ def build_agent(cfg: TrainConfig, env: Any) -> Any:
 
 
 def evaluation_prompts(env: Any) -> list[str]:
-    """Ten seeds of each of up to ten prompts: the digits for the default model, else the model's default prompts."""
-    if env.unwrapped.backend.name == "default":
-        return [prompt_for(d, "a handwritten digit {n}") for d in range(10) for _ in range(10)]
-    base = list(env.unwrapped.backend.default_prompts)[:10]
-    return [p for p in base for _ in range(10)]
+    """The fixed evaluation set's prompts: the env's task's evaluation prompts, ten seeds each (ddpo_env.tasks)."""
+    return env.unwrapped.task.evaluation_prompts(env.unwrapped.backend)
 
 
 def monitor_prompts(cfg: TrainConfig, env: Any) -> tuple[list[str], list[str]]:
-    """The held-out monitor's (train, held-out) prompt sets: ten training prompts, and the held-out file or, for the
-    default model, the digits in a phrasing it never saw ("an image of the digit seven"), for a shapes model ten
-    prompts with held-out combinations (ddpo_env.scenes.prompt_set("heldout"))."""
+    """The held-out monitor's (train, held-out) prompt sets: ten training prompts, and the held-out file or the
+    task's held-out prompts (the default model: the digits in a wording it never saw; shapes: held-out
+    combinations)."""
     train_prompts = evaluation_prompts(env)[::10]
+    task = env.unwrapped.task
     if cfg.held_out_prompts:
         held_out = list(PromptSource(cfg.held_out_prompts).prompts)
-    elif env.unwrapped.backend.name == "default":
-        held_out = [prompt_for(d, HELDOUT_TEMPLATES[0]) for d in range(10)]
-    elif getattr(env.unwrapped.backend, "world", None) == "shapes":
-        from ddpo_env.scenes import prompt_set
-
-        held_out = list(prompt_set("heldout"))[:10]
+    elif task.held_out_prompts is not None:
+        held_out = list(task.held_out_prompts())
     else:
-        raise ValueError("monitor_every needs held-out prompts for this model: pass --held-out-prompts FILE (one "
-                         "prompt per line, none of them a training prompt)")
+        raise ValueError(f"monitor_every needs held-out prompts, and the task {task.name!r} has none: pass "
+                         "--held-out-prompts FILE (one prompt per line, none of them a training prompt)")
     source = env.unwrapped.prompt_source.prompts  # a list source: none of it may be held out
     check_held_out(list(source or train_prompts), held_out)
     return train_prompts, held_out
@@ -320,16 +313,12 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
         lines += [f"  evaluation reward (100 fixed prompts and seeds): {before.rewards.mean():.4f} ± "
                   f"{before.rewards.std():.4f} → {after.rewards.mean():.4f} ± {after.rewards.std():.4f}  "
                   f"({gain:+.2f} initial std)"]
-        world = getattr(env.unwrapped.backend, "world", None)  # what the model draws, judged by its own checker
-        judges = {"digits": (digit_agreement, "digit_agreement", "digits the classifier reads as prompted"),
-                  "shapes": (geneval_accuracy, "geneval_accuracy", "images the geneval verifier passes")}
-        judge, measure, what = judges.get(world, (None, "", ""))
+        judge = env.unwrapped.task.judge  # does each image show what its prompt asks (the task's own check)
         agreement = [judge(r.images, prompts) if judge else None for r in (before, after)]
-        if agreement[0] is not None:  # the prompts are the model's own: how many images still show what they ask
-            metrics[f"{measure}_before"], metrics[f"{measure}_after"] = agreement
-            label = "digits read" if world == "digits" else "geneval pass"
-            titles = [f"{t}, {label} {100 * a:.0f} %" for t, a in zip(titles, agreement, strict=True)]
-            lines.append(f"  {what}: {100 * agreement[0]:.0f} % → {100 * agreement[1]:.0f} %")
+        if agreement[0] is not None:
+            metrics[f"{judge.metric}_before"], metrics[f"{judge.metric}_after"] = agreement
+            titles = [f"{t}, {judge.label} {100 * a:.0f} %" for t, a in zip(titles, agreement, strict=True)]
+            lines.append(f"  {judge.description}: {100 * agreement[0]:.0f} % → {100 * agreement[1]:.0f} %")
         rows = len(prompts) // 10  # one row per evaluation prompt (ten seeds each; SD's defaults have eight)
         halves = [r.images.reshape(rows, 10, *r.images.shape[1:])[:, :5].reshape(-1, *r.images.shape[1:])
                   for r in (before, after)]

@@ -3,12 +3,9 @@
 The env uses the frozen parts (``encode_prompts``, ``decode``, ``scheduler_config``); the agents' policy
 trains ``unet`` through ``predict``. A backend is chosen by name with :func:`load_backend`:
 
-    "default"            the embedded default model: 16×16 handwritten digits from free-text prompts
-                         (ddpo_env.models.digits; MiniLM text encoder, cross-attention UNet, pixel space)
-    "shapes"             the embedded shapes model: 32×32 scenes of coloured circles, squares and triangles from
-                         prompts in GenEval's categories (ddpo_env.models.shapes; same code path as the default)
-    "tiny"               a random tiny Stable Diffusion (ddpo_env.models.tiny), for tests and smoke runs
-    "tiny-sd3"           a random tiny Stable Diffusion 3 (flow matching; the flow SDE of ddpo_env.flow)
+    a task name          a registered task's model (ddpo_env.tasks): "default" (the embedded digits model),
+                         "shapes" (the embedded shapes model), "tiny" and "tiny-sd3" (random miniatures of SD and SD3)
+    "pkg.module:TASK"    a task of your own (a ddpo_env.tasks.Task), imported
     a local folder       any diffusers StableDiffusionPipeline or StableDiffusion3Pipeline saved with save_pretrained,
                          or a model like the default one (``python -m ddpo_env.models.train_default --out folder``)
     "org/name"           a hub id, loaded with StableDiffusionPipeline.from_pretrained (needs the network
@@ -24,14 +21,15 @@ from typing import Any
 import torch
 
 from ddpo_env.backends.base import DTYPES, DiffusionBackend, resolve_device, resolve_dtype
-from ddpo_env.backends.digits import DigitsBackend
+from ddpo_env.backends.embedded import EmbeddedBackend
 from ddpo_env.backends.sd import StableDiffusionBackend, TinyBackend
 from ddpo_env.backends.sd3 import StableDiffusion3Backend, TinySD3Backend, is_sd3_pipeline
+from ddpo_env.tasks import get_task, is_task_spec, task_names
 
 __all__ = [
     "DTYPES",
     "DiffusionBackend",
-    "DigitsBackend",
+    "EmbeddedBackend",
     "StableDiffusion3Backend",
     "StableDiffusionBackend",
     "TinyBackend",
@@ -54,31 +52,24 @@ def load_backend(
         backend = StableDiffusionBackend(model, name=type(model).__name__)
     elif is_sd3_pipeline(model):
         backend = StableDiffusion3Backend(model, name=type(model).__name__)
-    elif model == "default":
-        backend = DigitsBackend()
-    elif model == "shapes":
-        from ddpo_env.models.shapes import SHAPES_DIR
-
-        backend = DigitsBackend(SHAPES_DIR)
-    elif model == "tiny":
-        backend = TinyBackend()
-    elif model == "tiny-sd3":
-        backend = TinySD3Backend()
-    elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model) and _is_digits_folder(model):
-        backend = DigitsBackend(model)
+    elif is_task_spec(model):  # "default", "shapes", "tiny", "tiny-sd3" or a task of your own (ddpo_env.tasks)
+        backend = get_task(model).build()
+    elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model) and _is_embedded_folder(model):
+        backend = EmbeddedBackend(model)
     elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         backend = _from_pretrained(str(model), local_files_only=True)
     elif isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/")):
         backend = _from_pretrained(model, local_files_only=False)
     else:
         raise ValueError(
-            f"unknown model {model!r}: use 'default', 'shapes', 'tiny', 'tiny-sd3', a local folder saved by a "
-            "diffusers StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline instance"
+            f"unknown model {model!r}: use a task name {task_names()}, package.module:TASK (a ddpo_env.tasks.Task), "
+            "a local folder saved by a diffusers StableDiffusion(3)Pipeline, a hub id like 'org/name', or a pipeline "
+            "instance"
         )
     return backend.to(device, dtype)
 
 
-def _is_digits_folder(folder: str | os.PathLike) -> bool:
+def _is_embedded_folder(folder: str | os.PathLike) -> bool:
     """A folder written by ``python -m ddpo_env.models.train_default --out folder`` (a model like the default one)."""
     import json
 

