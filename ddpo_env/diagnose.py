@@ -74,15 +74,13 @@ def main(argv: list[str] | None = None) -> StepConditioning:
         schedule = make_schedule(config, args.num_steps or 50, args.eta)
         conditioning, what = schedule_conditioning(schedule), f"scheduler config {args.scheduler_config}"
     else:
-        import gymnasium as gym
-
-        import ddpo_env  # noqa: F401  (registers the env)
+        from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", IllConditionedStepWarning)  # the table says it better
-            env = gym.make_vec("DenoisingDiffusion-v0", num_envs=min(args.samples, 16), model=args.model,
-                               num_steps=args.num_steps, eta=args.eta, guidance_scale=args.guidance_scale,
-                               scheduler_overrides=args.scheduler_overrides, device=args.device).unwrapped
+            env = DenoisingDiffusionVectorEnv(min(args.samples, 16), model=args.model, num_steps=args.num_steps,
+                                              eta=args.eta, guidance_scale=args.guidance_scale,
+                                              scheduler_overrides=args.scheduler_overrides, device=args.device)
         conditioning, what = env_conditioning(env, args.samples), f"model {args.model!r}, {args.samples} episodes"
     worst = int(np.argmax(conditioning.sensitivity))
     print(f"step conditioning of {what}, {len(conditioning.timesteps)} steps:\n\n{conditioning.markdown()}\n\n"

@@ -24,7 +24,7 @@ from ddpo_env.backends.base import DTYPES, DiffusionBackend, resolve_device, res
 from ddpo_env.backends.embedded import EmbeddedBackend
 from ddpo_env.backends.sd import StableDiffusionBackend, TinyBackend
 from ddpo_env.backends.sd3 import StableDiffusion3Backend, TinySD3Backend, is_sd3_pipeline
-from ddpo_env.tasks import get_task, is_task_spec, task_names
+from ddpo_env.tasks import get_task, is_task_spec, task_for_world, task_names
 
 __all__ = [
     "DTYPES",
@@ -56,6 +56,8 @@ def load_backend(
         backend = get_task(model).build()
     elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model) and _is_embedded_folder(model):
         backend = EmbeddedBackend(model)
+        world_task = task_for_world(backend.world)  # a digits or shapes model: that task's prompts
+        backend.default_prompts = world_task.training_prompts(backend) if world_task else ()
     elif isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
         backend = _from_pretrained(str(model), local_files_only=True)
     elif isinstance(model, str) and model.count("/") == 1 and not model.startswith((".", "/")):

@@ -19,8 +19,8 @@ class EmbeddedBackend(DiffusionBackend):
     Args:
         folder: the model's folder (``unet.safetensors``, ``model_index.json``).
         name: for reprs and checkpoints; default ``"<world>(<folder>)"``.
-        default_prompts: the prompts an env draws from when given none; default: those of the registered task of
-            the model's world (``model_index.json``'s "world": "digits" or "shapes"; :mod:`ddpo_env.tasks`).
+        default_prompts: the prompts an env draws from when given none (:func:`ddpo_env.backends.load_backend`
+            gives a folder those of the registered task of its world, ``model_index.json``'s "world").
     """
 
     default_num_steps = 20
@@ -37,12 +37,7 @@ class EmbeddedBackend(DiffusionBackend):
         self.text_encoder = _shared_minilm(str(self.unet.device))
         self.scheduler_config = dict(index["scheduler"])
         self.image_size = int(index["image_size"])
-        if default_prompts is None:
-            from ddpo_env.tasks import task_for_world
-
-            task = task_for_world(self.world)
-            default_prompts = task.training_prompts(self) if task is not None and task.train_prompts else ()
-        self.default_prompts = tuple(default_prompts)
+        self.default_prompts = tuple(default_prompts or ())
         self.device, self.dtype = self.unet.device, self.unet.dtype
 
     def latent_shape(self, image_size: tuple[int, int] | None) -> tuple[int, int, int]:
