@@ -12,9 +12,11 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
@@ -36,11 +38,48 @@ from ddpo_env.sb3 import SB3VecEnv
 from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
 
+def vectorised(env: Any, verbose: int = 0) -> Any:
+    """``env`` if it is a vector env; for a single DenoisingDiffusion-v0 env (``gym.make``), its own batched vector
+    env (num_envs=1, ``env.unwrapped.vector``: the same episodes and model) with each ``TerminalReward`` around it
+    re-applied as a ``VectorTerminalReward`` in the same order. Other wrappers than gym.make's own cannot be carried
+    over: TypeError naming the fix."""
+    if isinstance(env, gym.vector.VectorEnv) or not isinstance(env, gym.Env):
+        return env
+    from rewards.wrappers import TerminalReward, VectorTerminalReward
+
+    rewards, inner = [], env
+    while isinstance(inner, gym.Wrapper):
+        if type(inner) is TerminalReward:
+            rewards.append(inner)
+        elif not isinstance(inner, (OrderEnforcing, PassiveEnvChecker)):
+            raise TypeError(
+                f"the single env is wrapped in {type(inner).__name__}, which the agent cannot carry over to the "
+                "vector env it trains on (only TerminalReward is): build the vector env yourself, "
+                "gym.make_vec(\"DenoisingDiffusion-v0\", num_envs=..., ...) with a VectorTerminalReward")
+        inner = inner.env
+    vector = getattr(inner, "vector", None)
+    if not isinstance(vector, DenoisingDiffusionVectorEnv):
+        raise TypeError(f"the agents train on DenoisingDiffusion-v0, got a single {type(inner).__name__} env: build it "
+                        "with gym.make_vec(\"DenoisingDiffusion-v0\", num_envs=..., ...) or "
+                        "gym.make(\"DenoisingDiffusion-v0\", ...)")
+    for reward in reversed(rewards):  # innermost first
+        vector = VectorTerminalReward(vector, reward.scorer, reward.weight)
+    if verbose >= 1:
+        print(f"Wrapping the env in its DenoisingDiffusionVectorEnv (num_envs=1){' with ' if rewards else ''}"
+              + ", ".join(f"VectorTerminalReward({r.name})" for r in rewards))
+    return vector
+
+
 class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     """Base of DDPO-IS, DDPO-SF, RWR and sparse RWR.
 
     Args:
-        env: a DenoisingDiffusion-v0 vector env (``gym.make_vec``, possibly reward-wrapped) or its SB3VecEnv.
+        env: a DenoisingDiffusion-v0 vector env (``gym.make_vec``, possibly reward-wrapped) or its SB3VecEnv; or, as
+            SB3 wraps a single env in a DummyVecEnv, a single env (``gym.make``, possibly wrapped with
+            ``TerminalReward``): the agent trains on that env's own batched vector env (num_envs=1) with each
+            TerminalReward carried over as a VectorTerminalReward (:func:`vectorised`; printed with verbose >= 1).
+            The agent trains the env's UNet: a later agent built on the same env takes it over, and this one then
+            refuses to run (:class:`agents.policy.DiffusionPolicy`).
         config: the algorithm's config dataclass; or give its fields as keyword arguments.
         verbose, tensorboard_log: as in stable-baselines3.
     """
@@ -61,7 +100,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.config = config if config is not None else self.config_class(**kwargs)
         if not isinstance(self.config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
-        venv = env if isinstance(env, SB3VecEnv) else SB3VecEnv(env)
+        venv = env if isinstance(env, SB3VecEnv) else SB3VecEnv(vectorised(env, verbose))
         self.diffusion_env = venv.venv.unwrapped
         if not isinstance(self.diffusion_env, DenoisingDiffusionVectorEnv):
             raise TypeError(

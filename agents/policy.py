@@ -29,6 +29,9 @@ from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sampler import guided_model_output
 
 ADAPTER_NAME = "ddpo"
+#: The UNet attribute naming the policy that trains it: {"token": the policy's, "full_fine_tune": whether a full
+#: fine-tune has trained that UNet in place (its base weights are gone)}.
+OWNER_ATTR = "_ddpo_policy_owner"
 
 
 def add_lora(
@@ -64,6 +67,14 @@ class DiffusionPolicy(BasePolicy):
         value_head: add a small critic V(x_t, t, c) (:class:`ValueHead`) for algorithms that use one.
         gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory).
         optimizer_class, optimizer_kwargs: the optimizer over the trainable parameters only.
+
+    One UNet, one policy: the policy trains the env's UNet itself, so a later policy built on the same env (a second
+    ``make_agent``, or ``Class.load(path, env=env)`` onto the env an agent trained on) takes it over: it removes the
+    earlier policy's LoRA adapter and adds its own (freshly initialised, as on a fresh env, before ``load`` copies
+    the saved weights in), or, as a full fine-tune, trains the UNet from the weights it holds now. The earlier
+    policy then raises RuntimeError on any use instead of silently sharing weights with the new one. A full
+    fine-tune trains the UNet in place, so after one the env's base weights are gone: a later full fine-tune on that
+    env cannot keep them as its reference model (:meth:`keep_reference` says to build a fresh env).
     """
 
     def __init__(
@@ -123,29 +134,48 @@ class DiffusionPolicy(BasePolicy):
     # ------------------------------------------------------------------------------------- parameters
 
     def _setup_trainable(self, lora_alpha: float | None, lora_targets: tuple[str, ...], seed: int) -> None:
+        """Take the env's UNet over (see :class:`DiffusionPolicy`): remove an earlier policy's adapter, then add
+        this policy's (or make the whole UNet trainable without LoRA), and mark the UNet as this policy's."""
+        earlier = self.unet.__dict__.get(OWNER_ATTR)
+        self._unet_trained_in_place = bool(earlier and earlier["full_fine_tune"])  # the base weights are gone
+        if ADAPTER_NAME in (getattr(self.unet, "peft_config", None) or {}):
+            self.unet.delete_adapters(ADAPTER_NAME)  # an earlier policy's: it stops being used (and trained)
+        self._owner_token = object()
+        self.unet.__dict__[OWNER_ATTR] = {"token": self._owner_token,
+                                          "full_fine_tune": self.lora_rank <= 0 or self._unet_trained_in_place}
         if self.lora_rank <= 0:
             self.unet.requires_grad_(True)
             return
-        if ADAPTER_NAME in getattr(self.unet, "peft_config", {}):
-            raise ValueError(
-                "this env's UNet already carries a 'ddpo' LoRA adapter from another policy: make a fresh env "
-                "for each agent"
-            )
         add_lora(self.unet, self.lora_rank, lora_alpha, lora_targets, seed)
 
+    def check_owner(self) -> None:
+        """Raise RuntimeError when a later policy (a later agent on the same env) has taken the UNet over."""
+        owner = self.unet.__dict__.get(OWNER_ATTR)
+        if owner is None or owner["token"] is not self._owner_token:
+            raise RuntimeError(
+                "this agent's policy no longer owns its env's UNet: a later agent was built on the same env "
+                "(make_agent or load), which took the UNet over with its own weights; use that newer agent, or "
+                "build each agent that should stay usable on its own env"
+            )
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer trains: the LoRA adapter (or the whole UNet), then the value head's."""
+        self.check_owner()
         params = [p for p in self.unet.parameters() if p.requires_grad]
         return params + (list(self.value_net.parameters()) if self.value_net is not None else [])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained weights only (the LoRA adapter, or the whole UNet without LoRA)."""
+        """The trained weights only (the LoRA adapter, or the whole UNet without LoRA), by UNet parameter name."""
+        self.check_owner()
         return {n: p.detach() for n, p in self.unet.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy saved trained weights (:meth:`trainable_state_dict`) into this policy; the names must match."""
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy saved trained weights (:meth:`trainable_state_dict`) into this policy; the names must match (all of
+        them; with ``strict=False`` a subset)."""
+        self.check_owner()
         params = dict(self.unet.named_parameters())
         expected = {n for n, p in params.items() if p.requires_grad}
-        if set(state) != expected:
+        if (set(state) != expected) if strict else not set(state) <= expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(
                 f"the saved weights do not fit this policy (missing {missing[:3]}, unexpected {unexpected[:3]}): "
@@ -166,6 +196,12 @@ class DiffusionPolicy(BasePolicy):
         """Make the base model π_ref available to :meth:`reference`: nothing to keep with LoRA (the adapter is
         switched off instead); a full fine-tune keeps a frozen copy of the UNet as it is now."""
         if self.lora_rank <= 0 and self._reference_unet is None:
+            if self._unet_trained_in_place:
+                raise ValueError(
+                    "a full fine-tune's reference model is its UNet before training, but an earlier full fine-tune "
+                    "on this env trained that UNet in place: build this agent on a fresh env (same settings) to "
+                    "keep the base model as reference (kl_coef > 0, the held-out monitor)"
+                )
             self._reference_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
 
     @contextlib.contextmanager
@@ -211,6 +247,7 @@ class DiffusionPolicy(BasePolicy):
 
     def model_output(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
         """Guided network output for x_t (B, C, h, w), τ (B,), prompt ids (B,)."""
+        self.check_owner()
         backend = self._env.backend
         embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy())
         network_timesteps = self.schedule.model_timesteps(timesteps).to(latents.device)

@@ -1,26 +1,25 @@
 """What an agent is at one moment, owned by the agent: ``state_dict()`` / ``load_state_dict()``, and
-stable-baselines3's ``save(path)`` / ``Class.load(path, env=...)`` on top of them.
+stable-baselines3's ``save(path)`` / ``Class.load(path, env=...)`` / ``set_parameters`` / ``get_parameters``.
 
 The state holds the trained weights (the LoRA adapter, or the whole UNet without LoRA), the optimizer, the value
 head, the counters, the per-prompt statistics, the EMA, every random generator (python, numpy, torch, CUDA, the
 minibatch shuffling, the policy's noise) and, for an exact resume, the env's state and the agent's last
 observation. The model itself is never part of it: it comes from the env the agent is built on.
 
-``save`` writes one zip (``.zip`` added as SB3 does): ``agent.json`` (class, algorithm config, env shape, package
-versions) and ``state.pt`` (the state without the env, loadable with ``torch.load(weights_only=True)``), so its
-size is about that of the trained weights plus the optimizer. ``load`` builds the agent on the env you pass and
-restores that state; training then starts from a fresh env reset, as after any SB3 ``load``.
+``save`` writes one zip of the save format's files (:mod:`agents.save_format`, the same files a training job's
+checkpoint folder holds) without the env state. ``load`` builds the agent on the env you pass (any num_envs
+dividing samples_per_epoch, or the very env the agent trained on) and restores the state; training then starts
+from a fresh env reset, as after any SB3 ``load``. The saved class is found in :data:`AGENT_CLASSES`, which every
+agent class joins when it is defined.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.metadata
+import importlib
 import io
-import json
 import os
 import random
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,59 +27,94 @@ from typing import Any
 import numpy as np
 import torch
 
-SAVE_FORMAT = 1
-PACKAGES = ("ddpo-env", "torch", "diffusers", "transformers", "gymnasium", "stable-baselines3", "peft", "numpy")
+from agents.save_format import (
+    SAVE_FORMAT,
+    numpy_to_torch,
+    package_versions,
+    read_payload,
+    write_folder,
+    write_zip,
+)
+
+#: Every agent class by "module:qualname", filled as classes are defined (AgentState.__init_subclass__).
+AGENT_CLASSES: dict[str, type] = {}
+#: Format-1 files name only the class; these are the classes that wrote them.
+FORMAT1_CLASSES = {"DDPO_IS": "agents.ddpo:DDPO_IS", "DDPO_SF": "agents.reinforce:DDPO_SF", "RWR": "agents.rwr:RWR",
+                   "SparseRWR": "agents.rwr:SparseRWR"}
 
 
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def env_signature(diffusion_env: Any) -> dict[str, Any]:
+    """What a saved state must match in the env it is loaded into (a DenoisingDiffusionVectorEnv)."""
+    return {"model": diffusion_env.backend.name, "num_envs": diffusion_env.num_envs,
+            "num_steps": diffusion_env.num_steps, "latent_shape": list(diffusion_env.latent_shape)}
 
 
-def numpy_to_torch(tree: Any) -> Any:
-    """numpy arrays → tensors, recursively (so ``torch.load(weights_only=True)`` reads the state back)."""
-    if isinstance(tree, np.ndarray):  # unsigned ints travel as int64 (torch's uint32 support is partial)
-        values = tree.astype(np.int64) if tree.dtype.kind == "u" else tree.copy()
-        return {"__ndarray__": torch.from_numpy(values), "dtype": str(tree.dtype)}
-    if isinstance(tree, dict):
-        return {k: numpy_to_torch(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(numpy_to_torch(v) for v in tree)
-    return tree
+def signature_mismatch(found: dict[str, Any], expected: dict[str, Any], source: Any, fix: str,
+                       ignore: tuple[str, ...] = ()) -> ValueError | None:
+    """The error for a state saved (in ``source``) with another env, naming the differences; None if it fits."""
+    diff = {k: (found.get(k), v) for k, v in expected.items() if k not in ignore and found.get(k) != v}
+    return ValueError(f"{source} was saved with a different env: {diff} (saved, here): {fix}") if diff else None
 
 
-def torch_to_numpy(tree: Any) -> Any:
-    """The inverse of :func:`numpy_to_torch`."""
-    if isinstance(tree, dict):
-        if set(tree) == {"__ndarray__", "dtype"}:
-            return tree["__ndarray__"].numpy().astype(tree["dtype"])
-        return {k: torch_to_numpy(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(torch_to_numpy(v) for v in tree)
-    return tree
+def agent_payload(agent: Any, include_env: bool) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor],
+                                                          dict[str, torch.Tensor] | None]:
+    """(agent.json's content, the state without weights as torch.save takes it, the weights, their EMA or None)."""
+    cls = type(agent)
+    meta = {"format": SAVE_FORMAT, "agent": cls.__name__, "agent_class": f"{cls.__module__}:{cls.__qualname__}",
+            "config": asdict(agent.config), "env": agent.env_signature(), "env_state": include_env,
+            "packages": package_versions()}
+    state = agent.state_dict(include_env=include_env)
+    weights = {k: v.contiguous() for k, v in state.pop("weights").items()}
+    ema = None
+    if agent.ema is not None:  # the averaged weights under the same names (the value head's stay in state.pt)
+        ema = {k: v.contiguous().cpu() for k, v in zip(weights, agent.ema.shadow, strict=False)}
+    return meta, numpy_to_torch(state), weights, ema
+
+
+def write_payload(folder: Path, agent: Any, include_env: bool) -> None:
+    """Write ``agent`` in the save format into ``folder`` (a checkpoint: with ``include_env``)."""
+    write_folder(folder, *agent_payload(agent, include_env))
+
+
+def agent_class(meta: dict[str, Any], source: Any) -> type:
+    """The class that saved ``meta`` (agent.json), found in :data:`AGENT_CLASSES` (its module imported when it is one
+    of this package's)."""
+    path = meta.get("agent_class") or FORMAT1_CLASSES.get(meta["agent"], f"?:{meta['agent']}")
+    if path not in AGENT_CLASSES:
+        module = path.partition(":")[0]
+        if module.split(".")[0] != "agents":
+            raise ValueError(f"{source} holds a {meta['agent']} ({path}), a class not imported here: import its "
+                             f"module ({module}) before loading")
+        importlib.import_module(module)
+    return AGENT_CLASSES[path]
+
+
+def existing_save(path: Any) -> Any:
+    """``path``, or ``path.zip`` when only that exists (SB3 adds the suffix on save)."""
+    if isinstance(path, (str, os.PathLike)) and not Path(path).exists() and Path(f"{path}.zip").exists():
+        return f"{path}.zip"
+    return path
 
 
 class AgentState:
     """``state_dict`` / ``load_state_dict`` / ``save`` / ``load`` of :class:`agents.base.DiffusionAgent`."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        AGENT_CLASSES[f"{cls.__module__}:{cls.__qualname__}"] = cls  # what load finds a saved class by
+
     def env_signature(self) -> dict[str, Any]:
         """What a saved state must match in the env it is loaded into."""
-        env = self.diffusion_env
-        return {"model": env.backend.name, "num_envs": env.num_envs, "num_steps": env.num_steps,
-                "latent_shape": list(env.latent_shape)}
+        return env_signature(self.diffusion_env)
 
     def check_env_signature(self, found: dict[str, Any], source: Any,
-                            fix: str = "build the env with the saved run's settings") -> None:
-        """Refuse a state saved (in ``source``) with another env than this agent's, naming the differences."""
-        expected = self.env_signature()
-        if found != expected:
-            diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-            raise ValueError(f"{source} was saved with a different env: {diff} (saved, here): {fix}")
+                            fix: str = "build the env with the saved run's settings",
+                            ignore: tuple[str, ...] = ()) -> None:
+        """Refuse a state saved (in ``source``) with another env than this agent's, naming the differences (the
+        keys in ``ignore`` may differ)."""
+        error = signature_mismatch(found, self.env_signature(), source, fix, ignore)
+        if error is not None:
+            raise error
 
     def state_dict(self, include_env: bool = True) -> dict[str, Any]:
         """The agent's whole state as tensors, numpy arrays and plain Python (see the module docstring); without
@@ -144,60 +178,107 @@ class AgentState:
     # ------------------------------------------------------------------------ stable-baselines3's save / load
 
     def save(self, path: str | os.PathLike | io.BufferedIOBase, exclude: Any = None, include: Any = None) -> None:
-        """Write the agent to one zip file (SB3's ``save``; ``.zip`` is added to a path without a suffix). The env
-        and the model are not in it: :meth:`load` takes the env."""
+        """Write the agent to one zip file (SB3's ``save``; ``.zip`` is added to a path without a suffix) holding the
+        save format's files without the env state. The env and the model are not in it: :meth:`load` takes the env."""
         if exclude is not None or include is not None:
             raise ValueError("exclude/include select pickled attributes in SB3; this agent saves its state_dict: "
                              "call save(path)")
-        meta = {"format": SAVE_FORMAT, "agent": type(self).__name__, "config": asdict(self.config),
-                "env": self.env_signature(), "packages": package_versions()}
-        buffer = io.BytesIO()
-        torch.save(numpy_to_torch(self.state_dict(include_env=False)), buffer)
         if isinstance(path, (str, os.PathLike)):
             path = Path(path)
             if not path.suffix:
                 path = path.with_suffix(".zip")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
-            _write_zip(tmp, meta, buffer.getvalue())
+            write_zip(tmp, *agent_payload(self, include_env=False))
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         else:
-            _write_zip(path, meta, buffer.getvalue())
+            write_zip(path, *agent_payload(self, include_env=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike | io.BufferedIOBase, env: Any = None, device: Any = "auto",
              custom_objects: Any = None, print_system_info: bool = False, force_reset: bool = True,
              **kwargs: Any) -> Any:
-        """Build the saved agent on ``env`` and restore its state (SB3's ``load``). ``env`` is required: the
-        model lives in it. Keyword arguments override fields of the saved algorithm config."""
-        if isinstance(path, (str, os.PathLike)) and not Path(path).exists() and Path(f"{path}.zip").exists():
-            path = f"{path}.zip"
-        with zipfile.ZipFile(path) as archive:
-            if "agent.json" not in archive.namelist():
-                raise ValueError(f"{path} was not written by a ddpo-env agent's save() (no agent.json)")
-            meta = json.loads(archive.read("agent.json"))
-            state = torch.load(io.BytesIO(archive.read("state.pt")), map_location="cpu", weights_only=True)
-        if meta.get("format", 0) > SAVE_FORMAT:
-            raise ValueError(f"{path} has save format {meta['format']}; this ddpo-env reads up to {SAVE_FORMAT}: "
-                             "upgrade ddpo-env")
+        """Build the saved agent on ``env`` and restore its state (SB3's ``load``), from a ``save`` zip or a job's
+        checkpoint folder (its env state is left out). ``env`` is required, the model lives in it: one built like
+        the saved one, with any num_envs that divides samples_per_epoch (a single env is vectorised), also the very
+        env the agent trained on (the new agent takes its UNet over, see :class:`agents.policy.DiffusionPolicy`).
+        Keyword arguments override fields of the saved algorithm config."""
+        path = existing_save(path)
+        meta, state = read_payload(path)
+        name = meta["agent"]
         if env is None:
             raise ValueError(f"{cls.__name__}.load needs the env the agent trains on (the model lives in it): "
                              f"{cls.__name__}.load(path, env=gym.make_vec('DenoisingDiffusion-v0', ...)) with the "
                              f"saved env's settings {meta['env']}")
-        from agents import AGENTS  # the saved class, also when called on the base class
-
-        by_name = {c.__name__: c for c in AGENTS.values()}
-        saved = by_name.get(meta["agent"])
-        if saved is None or not issubclass(saved, cls):
-            raise ValueError(f"{path} holds a {meta['agent']}, not a {cls.__name__}: load it with "
-                             f"{meta['agent']}.load")
-        agent = saved(env, config=saved.config_class(**{**meta["config"], **kwargs}))
-        agent.check_env_signature(meta["env"], path)
-        agent.load_state_dict(torch_to_numpy(state))
+        saved = agent_class(meta, path)
+        if not issubclass(saved, cls):
+            raise ValueError(f"{path} holds a {name}, not a {cls.__name__}: load it with {name}.load")
+        config = saved.config_class(**{**meta["config"], **kwargs})
+        target = _diffusion_env(env)
+        if target is not None:  # checked before the agent takes the env's UNet over
+            error = signature_mismatch(meta["env"], env_signature(target), path,
+                                       "build the env with the saved run's settings", ignore=("num_envs",))
+            if error is not None:
+                raise error
+            n, per_epoch = target.num_envs, config.samples_per_epoch
+            if per_epoch % n:
+                raise ValueError(
+                    f"{path} trains samples_per_epoch={per_epoch}, not a multiple of this env's num_envs={n}: pass a "
+                    f"multiple, e.g. {name}.load(path, env=env, samples_per_epoch={-(-per_epoch // n) * n}) (and a "
+                    f"batch_size dividing it), or build the env with a num_envs dividing {per_epoch}")
+        agent = saved(env, config=config)
+        agent.check_env_signature(meta["env"], path, ignore=("num_envs",))
+        for key in ("env", "last_obs"):  # SB3's load: training starts from a fresh env reset
+            state.pop(key, None)
+        agent.load_state_dict(state)
         return agent
 
+    def get_parameters(self) -> dict[str, dict[str, Any]]:
+        """SB3's ``get_parameters``: {"policy": the trained weights ("unet.<name>", and "value_net.<name>" with a
+        value head), "policy.optimizer": the optimizer's state}; the frozen model stays out."""
+        policy = self.policy
+        weights = {f"unet.{k}": v.detach().cpu() for k, v in policy.trainable_state_dict().items()}
+        if policy.value_net is not None:
+            weights.update({f"value_net.{k}": v for k, v in policy.value_net.state_dict().items()})
+        return {"policy": weights, "policy.optimizer": policy.optimizer.state_dict()}
 
-def _write_zip(target: Any, meta: dict[str, Any], state: bytes) -> None:
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("agent.json", json.dumps(meta, indent=2, default=str))
-        archive.writestr("state.pt", state)
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: Any = "auto") -> None:
+        """SB3's ``set_parameters``: the trained weights and the optimizer state from a file :meth:`save` wrote (or a
+        checkpoint folder), or from a dict as :meth:`get_parameters` returns it; counters, RNGs and the EMA stay.
+        With ``exact_match`` both entries and every weight must be given, else any subset. ``device`` is unused:
+        the values go to the parameters' own device."""
+        if isinstance(load_path_or_dict, dict):
+            params = load_path_or_dict
+        else:
+            path = existing_save(load_path_or_dict)
+            meta, state = read_payload(path)
+            self.check_env_signature(meta["env"], path, ignore=("num_envs",))
+            weights = {f"unet.{k}": v for k, v in state["weights"].items()}
+            weights.update({f"value_net.{k}": v for k, v in (state.get("value_net") or {}).items()})
+            params = {"policy": weights, "policy.optimizer": state["optimizer"]}
+        expected = {"policy", "policy.optimizer"}
+        if not set(params) <= expected or (exact_match and set(params) != expected):
+            raise ValueError(f"set_parameters takes a dict with the keys {sorted(expected)} (as get_parameters() "
+                             f"returns it; exact_match=False for some of them), got {sorted(params)}")
+        policy = self.policy
+        if "policy" in params:
+            unet = {k.removeprefix("unet."): v for k, v in params["policy"].items() if k.startswith("unet.")}
+            value = {k.removeprefix("value_net."): v for k, v in params["policy"].items() if k.startswith("value_net.")}
+            other = sorted(set(params["policy"]) - {f"unet.{k}" for k in unet} - {f"value_net.{k}" for k in value})
+            if other or (value and policy.value_net is None):
+                raise ValueError(f"parameters {(other or sorted(value))[:3]} are not trained by this policy: pass the "
+                                 "names get_parameters()['policy'] has")
+            policy.load_trainable_state_dict(unet, strict=exact_match)
+            if policy.value_net is not None and (value or exact_match):
+                policy.value_net.load_state_dict(value, strict=exact_match)
+        if "policy.optimizer" in params:
+            policy.optimizer.load_state_dict(params["policy.optimizer"])
+
+
+def _diffusion_env(env: Any) -> Any:
+    """The DenoisingDiffusionVectorEnv under ``env`` (an SB3VecEnv, a wrapped vector or single env), or None."""
+    inner = getattr(env, "venv", env)  # SB3VecEnv
+    inner = getattr(getattr(inner, "unwrapped", inner), "vector", getattr(inner, "unwrapped", inner))
+    return inner if all(hasattr(inner, a) for a in ("backend", "num_envs", "num_steps", "latent_shape")) else None
+
+

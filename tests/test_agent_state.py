@@ -54,8 +54,10 @@ def test_sb3_save_then_load_round_trips_exactly_and_the_file_is_small(trained, t
         RWR.load(path, env=tiny_env())
     with pytest.raises(ValueError, match=r"needs the env the agent trains on .*gym.make_vec"):
         DDPO_IS.load(path)
-    with pytest.raises(ValueError, match="saved with a different env"):
-        DDPO_IS.load(path, env=tiny_env(num_envs=2))
+    with pytest.raises(ValueError) as e:
+        DDPO_IS.load(path, env=tiny_env(num_steps=5))
+    assert str(e.value) == (f"{path} was saved with a different env: {{'num_steps': (4, 5)}} (saved, here): build the "
+                            "env with the saved run's settings")
 
 
 def test_state_dict_round_trip_continues_training_identically():

@@ -101,7 +101,9 @@ def test_save_then_load_in_a_fresh_process_is_exact(trained_job, tmp_path):
     with pytest.raises(ValueError) as e:
         load_checkpoint(other, path)
     assert str(e.value) == (f"checkpoint {path} was saved with a different env: {{'num_envs': (3, 2)}} (saved, here): "
-                            "build the agent with the saved run's config")
+                            "build the agent with the saved run's config (a checkpoint holds each env's state, so "
+                            "resuming needs the same env; Class.load(path, env=env) loads the agent alone onto "
+                            "another num_envs)")
     sixteen = job(tmp_path, lora_rank=8)
     with pytest.raises(ValueError, match=r"build the policy with the saved run's model and lora_rank$"):
         load_checkpoint(build_agent(sixteen, build_env(sixteen)), path)
@@ -247,14 +249,15 @@ def test_checkpoint_records_versions_and_config_and_refuses_newer_formats(traine
     path = tmp_path / "epoch-000003"
     shutil.copytree(latest_checkpoint(trained_job[2]), path)  # this test rewrites its meta.json
     meta = read_meta(path)
-    assert meta["format_version"] == FORMAT_VERSION == 1
+    assert meta["format_version"] == FORMAT_VERSION == 2
     assert meta["packages"]["torch"] == torch.__version__ and meta["packages"]["diffusers"]
     assert meta["config"]["model"] == "tiny" and meta["agent_config"]["lora_rank"] == 4
     assert meta["env"] == {"model": "tiny(seed=0)", "num_envs": 3, "num_steps": 4, "latent_shape": [4, 8, 8]}
-    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))
+    assert sorted(p.name for p in path.iterdir()) == ["agent.json", "meta.json", "state.pt", "trainable.safetensors"]
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 3}))
     with pytest.raises(ValueError) as e:
         read_meta(path)
-    assert str(e.value) == (f"checkpoint {path} has format version 2; this ddpo-env reads versions up to 1: "
+    assert str(e.value) == (f"checkpoint {path} has format version 3; this ddpo-env reads versions up to 2: "
                             "upgrade ddpo-env to load it")
 
 

@@ -37,6 +37,31 @@ def test_readme_custom_reward_example_runs():
     assert terminated.all() and np.array_equal(info["reward_brightness"], reward)
 
 
+def test_readme_agents_example_runs(tmp_path, monkeypatch):
+    """The block under "## Agents and rewards" as written, on the tiny model and one epoch: train, save, load back
+    onto the env it trained on, state_dict."""
+    from agents import DDPO_IS
+    from tests.conftest import TINY
+
+    section = README.read_text(encoding="utf-8").split("## Agents and rewards", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    model = ", ".join(f"{k}={v!r}" for k, v in TINY.items())
+    for written, small in (('gym.make_vec("DenoisingDiffusion-v0", num_envs=16)',
+                            f'gym.make_vec("DenoisingDiffusion-v0", num_envs=16, {model})'),
+                           ("agent.learn(total_samples=64 * 70)", "agent.learn(total_samples=64 * 1)")):
+        assert code.count(written) == 1, f"the README's agents example no longer has {written}: update this test"
+        code = code.replace(written, small)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)
+    agent, state = namespace["agent"], namespace["state"]
+    assert type(agent) is DDPO_IS and agent.num_epochs == 1 and (tmp_path / "runs" / "agent.zip").is_file()
+    assert agent.diffusion_env is namespace["env"].unwrapped  # loaded onto the env it trained on
+    assert state["counters"]["num_epochs"] == 1 and state["weights"]
+    agent.learn(total_samples=64)  # and it trains on
+    assert agent.num_epochs == 2
+
+
 def test_every_test_the_reliability_table_names_exists():
     import re
 

@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
 
 from ddpo_env import DDIMSampler
@@ -76,3 +77,38 @@ def test_sb3_vec_env_api():
     obs = venv.reset()
     assert inner.unwrapped.prompt_strings(obs["prompt_id"]) == ["a cat", "a cat"]
     venv.close()
+
+
+def test_make_agent_on_a_single_env_trains_on_its_vector_env_with_its_reward(capsys):
+    """As SB3 wraps a single env in a DummyVecEnv: gym.make's env (reward-wrapped) becomes its own 1-env vector env
+    with the reward carried over, and trains as an agent on gym.make_vec(num_envs=1) does."""
+    from agents import make_agent
+    from rewards import JpegCompressibility, TerminalReward, VectorTerminalReward
+
+    config = {"samples_per_epoch": 2, "batch_size": 1, "seed": 0, "learning_rate": 1e-3}
+    single = TerminalReward(gym.make("DenoisingDiffusion-v0", **TINY), JpegCompressibility(upscale=4))
+    agent = make_agent("ddpo-is", single, verbose=1, **config)
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "Wrapping the env in its DenoisingDiffusionVectorEnv (num_envs=1) with "
+        "VectorTerminalReward(jpeg_compressibility)")
+    assert agent.env.num_envs == 1 and agent.diffusion_env is single.unwrapped.vector
+    agent.learn(total_samples=2)
+    vector = gym.make_vec("DenoisingDiffusion-v0", num_envs=1, **TINY)
+    vector = VectorTerminalReward(vector, JpegCompressibility(upscale=4))
+    twin = make_agent("ddpo-is", vector, **config)
+    twin.learn(total_samples=2)
+    np.testing.assert_array_equal(agent.rollout_rewards, twin.rollout_rewards)
+    assert (agent.rollout_rewards < 0).all()  # minus kilobytes: the reward was carried over
+    for name, value in agent.policy.trainable_state_dict().items():
+        assert torch.equal(value, twin.policy.trainable_state_dict()[name]), name
+
+    capsys.readouterr()
+    bare = make_agent("ddpo-is", gym.make("DenoisingDiffusion-v0", **TINY), **config)  # no reward: 0, and no print
+    assert bare.env.num_envs == 1 and capsys.readouterr().out == ""
+    shifted = gym.wrappers.TransformReward(gym.make("DenoisingDiffusion-v0", **TINY), lambda r: r + 1)
+    with pytest.raises(TypeError) as e:
+        make_agent("ddpo-is", shifted, **config)
+    assert str(e.value) == (
+        "the single env is wrapped in TransformReward, which the agent cannot carry over to the vector env it trains "
+        "on (only TerminalReward is): build the vector env yourself, gym.make_vec(\"DenoisingDiffusion-v0\", "
+        "num_envs=..., ...) with a VectorTerminalReward")

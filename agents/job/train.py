@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +39,15 @@ import ddpo_env  # noqa: F401  (registers the env)
 from agents import make_agent
 from agents.distributed import Ranks, close_process_group, init_from_environment
 from agents.job.callbacks import CheckpointEvery, EpochProgress, ImageGrids
-from agents.job.checkpoint import is_writer, latest_checkpoint, load_checkpoint, read_meta
+from agents.job.checkpoint import (
+    checkpoint_problem,
+    is_writer,
+    list_checkpoints,
+    load_resumable,
+    newest_good,
+    read_meta,
+    unreadable,
+)
 from agents.job.config import TrainConfig
 from agents.job.evaluation import EvaluationResult, evaluate_policy
 from agents.job.export import export_weights
@@ -161,14 +169,30 @@ def plot_rewards(history: list[dict[str, float]], before: float | None, after: f
     plt.close(fig)
 
 
-def resolve_resume(resume: str, output_dir: str) -> Path | None:
-    """The checkpoint a job resumes from (None: a fresh start); ``resume`` as in :class:`TrainConfig`."""
+def resolve_resume(resume: str, output_dir: str, log: Callable[[str], None] | None = None) -> Path | None:
+    """The checkpoint a job resumes from (None: a fresh start); ``resume`` as in :class:`TrainConfig`. ``auto`` takes
+    the newest checkpoint of the run that reads, skipping unreadable ones; ``log`` (e.g. print) gets a line for each
+    skipped one, or says that the run starts afresh. A checkpoint that cannot be read is an error naming the file
+    and the newest earlier one that reads."""
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(Path(output_dir) / "checkpoints")  # nothing saved yet: a fresh start
+        root = Path(output_dir) / "checkpoints"
+        found = list_checkpoints(root)
+        if not found:
+            if log is not None:
+                log(f"--resume auto: no checkpoint in {root} yet: starting afresh")
+            return None
+        good = newest_good(root, log=log)
+        if good is None:
+            raise ValueError(f"--resume auto: no checkpoint in {root} reads ({checkpoint_problem(found[-1])}): "
+                             "restore one, or start the run afresh with --overwrite")
+        return good
     path = Path(resume)
     read_meta(path)  # a clear error when it is not a checkpoint
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise unreadable(path, problem)
     return path
 
 
@@ -230,7 +254,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     ranks = Ranks.current()
     main = is_writer()  # rank 0 (or the only process): it evaluates, logs and writes
     out = Path(cfg.output_dir)
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_from = resolve_resume(cfg.resume, cfg.output_dir, log=print if main else None)
     if not cfg.resume:  # (--resume auto with no checkpoint yet restarts that run in its folder)
         claim_output_dir(out, cfg.overwrite, main)
     if ranks:
@@ -246,7 +270,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     history: list[dict[str, float]] = []
     saved_monitor: list[dict[str, Any]] = []
     if resume_from is not None:
-        saved = load_checkpoint(agent, resume_from)["config"]
+        resume_from, loaded = load_resumable(agent, resume_from, fall_back=cfg.resume == "auto",
+                                             log=print if main else None)
+        saved = loaded["config"]
         history, saved_monitor = saved.get("history", []), saved.get("monitor", [])
         if main:
             print(f"resuming from {resume_from} (epoch {agent.num_epochs} of {cfg.epochs})")
