@@ -1,4 +1,7 @@
-"""Agent configuration: a typed dataclass per algorithm, one docstring per field, checked at construction."""
+"""Agent configuration: a typed dataclass per algorithm, one docstring per field, checked at construction (each
+value against its field's type, :mod:`ddpo_env.fields`, and the choices; the ranges that depend on the env when the
+agent is built, :meth:`AgentConfig.validate`). Imports no torch: :data:`AGENT_CONFIGS` names each agent's config
+class for the command line, which parses and checks its flags before any model code loads."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from agents.advantages import GROUP_STDS
+from ddpo_env.fields import check_fields
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 #: The UNet modules that get a LoRA adapter by default: the attention projections (as in DDPO's reference code).
@@ -104,8 +108,13 @@ class AgentConfig:
     """Seeds the env, the LoRA init, the policy's noise and the training shuffles."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_targets, (list, str)):  # from a config file, or one name
-            self.lora_targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
+        if isinstance(self.lora_targets, str):  # one name (a list from a config file becomes a tuple below)
+            self.lora_targets = (self.lora_targets,)
+        check_fields(self)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
+        if self.group_std not in GROUP_STDS:
+            raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         """Raise ValueError naming the offending values; called by the agent once the env is known."""
@@ -134,8 +143,6 @@ class AgentConfig:
             raise ValueError(f"grad_workers must be a positive int, got {self.grad_workers!r}")
         if not isinstance(self.steps_per_pass, int) or self.steps_per_pass < 0:
             raise ValueError(f"steps_per_pass must be an int >= 0 (0: all trained steps), got {self.steps_per_pass!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
         if not (0 < self.timestep_fraction <= 1):
             raise ValueError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
         for name in ("skip_first_steps", "skip_last_steps", "step_stats_every"):
@@ -159,8 +166,6 @@ class AgentConfig:
         if not self.lora_targets or not all(isinstance(t, str) and t for t in self.lora_targets):
             raise ValueError(f"lora_targets must be non-empty module names, e.g. {list(LORA_TARGETS)}, got "
                              f"{list(self.lora_targets)!r}")
-        if self.group_std not in GROUP_STDS:
-            raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
         if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
             raise ValueError(f"kl_coef must be finite and >= 0 (0: no KL penalty), got {self.kl_coef!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
@@ -252,6 +257,15 @@ class SparseRWRConfig(AgentConfig):
         if not (0 < self.top_fraction <= 1):
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction!r}")
         _no_step_stats(self)
+
+
+#: Each agent's name → its config class (the algorithms themselves: ``agents.AGENTS``, which imports torch).
+AGENT_CONFIGS: dict[str, type[AgentConfig]] = {
+    "ddpo-is": DDPOISConfig,
+    "ddpo-sf": DDPOSFConfig,
+    "rwr": RWRConfig,
+    "rwr-sparse": SparseRWRConfig,
+}
 
 
 def _no_step_stats(config: AgentConfig) -> None:

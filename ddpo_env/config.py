@@ -1,14 +1,22 @@
-"""The env's configuration: one typed dataclass, one docstring per field, checked at construction."""
+"""The env's configuration: one typed dataclass, one docstring per field, checked at construction (each value
+against its field's type, :mod:`ddpo_env.fields`, then the ranges). Imports no torch: the command line builds its
+flags from it before any model code loads."""
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from ddpo_env.prompts import PromptsLike
+from ddpo_env.fields import check_fields
+
+#: What ``prompts`` takes: ddpo_env.prompts.PromptsLike, spelled out here because that module imports torch.
+PromptsLike = Sequence[str] | str | os.PathLike | Callable[[np.random.Generator], str]
 
 #: EnvConfig.attention's kernels.
 ATTENTION_KERNELS = ("sdpa", "matmul")
@@ -19,7 +27,9 @@ class EnvConfig:
     """Everything that defines a DenoisingDiffusion-v0 task. ``gym.make`` keyword arguments map onto it."""
 
     model: Any = "default"
-    """'default' (embedded model), 'tiny', a local diffusers pipeline folder, a hub id, or a pipeline/backend."""
+    """'default' (the embedded digits model), 'shapes' (the embedded shapes model), 'tiny' or 'tiny-sd3' (random
+    tiny Stable Diffusion 1 / 3, for smoke runs), a local diffusers pipeline folder, a hub id 'org/name', or a
+    pipeline/backend instance."""
 
     prompts: PromptsLike | None = None
     """Prompt distribution: a list of strings, a text file (one per line) or fn(rng) -> str. None: the model's."""
@@ -68,6 +78,7 @@ class EnvConfig:
     """None or 'rgb_array' (render() decodes the current latents to images)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.eta is not None and not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta)
                                          and self.eta > 0):
             raise ValueError(

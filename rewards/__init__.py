@@ -4,30 +4,73 @@ thin wrappers that add a scorer's score to the env's reward at the last step, in
     env = VectorTerminalReward(gym.make_vec("DenoisingDiffusion-v0", num_envs=16), JpegCompressibility(upscale=4))
     env = add_reward(gym.make("DenoisingDiffusion-v0"), "digit_margin")     # by name; single or vector env
 
-Imports ``ddpo_env``, never ``agents``.
+Imports ``ddpo_env``, never ``agents``. ``import rewards`` loads the wrappers and the scorer base at once and each
+built-in scorer on first use, so it imports no torch.
 """
 
-from rewards.aesthetic import AestheticScore
-from rewards.alignment import AlignmentConfig, AlignmentScorer, PromptAlignment
-from rewards.combine import add_reward, make_scorer, resolve_reward, weighted_sum
-from rewards.digits import DigitAlignment, DigitMargin, digit_agreement, prompted_digit
-from rewards.geneval import GenEval, GenEvalBinary, GenEvalStrict, Verdict, geneval_accuracy, verify
-from rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
-from rewards.scorer import FunctionScorer, RewardError, Scorer, checked_scores
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from rewards.combine import add_reward, builtin_rewards, make_scorer, resolve_reward, weighted_sum
+from rewards.scorer import (
+    FunctionScorer,
+    NonFiniteRewardError,
+    RewardError,
+    RewardShapeError,
+    RewardTypeError,
+    Scorer,
+    checked_scores,
+)
 from rewards.wrappers import TerminalReward, VectorTerminalReward, from_callable, wrap_reward
 
-#: The built-in scorers by name (``add_reward(env, name, **options)``, ``ddpo train --reward name``).
-REWARDS: dict[str, type[Scorer]] = {
-    "jpeg_compressibility": JpegCompressibility,
-    "jpeg_incompressibility": JpegIncompressibility,
-    "digit_alignment": DigitAlignment,
-    "digit_margin": DigitMargin,
-    "aesthetic": AestheticScore,
-    "alignment": PromptAlignment,
-    "geneval": GenEval,
-    "geneval_binary": GenEvalBinary,
-    "geneval_strict": GenEvalStrict,
+#: The scorers' names → their modules, imported on first access (PEP 562): several import torch or load models, and
+#: ``import rewards`` (the wrappers, ``RewardError``) needs none of them.
+_LAZY = {
+    "AestheticScore": "rewards.aesthetic",
+    "AlignmentConfig": "rewards.alignment",
+    "AlignmentScorer": "rewards.alignment",
+    "PromptAlignment": "rewards.alignment",
+    "DigitAlignment": "rewards.digits",
+    "DigitMargin": "rewards.digits",
+    "digit_agreement": "rewards.digits",
+    "prompted_digit": "rewards.digits",
+    "GenEval": "rewards.geneval",
+    "GenEvalBinary": "rewards.geneval",
+    "GenEvalStrict": "rewards.geneval",
+    "Verdict": "rewards.geneval",
+    "geneval_accuracy": "rewards.geneval",
+    "verify": "rewards.geneval",
+    "JpegCompressibility": "rewards.jpeg",
+    "JpegIncompressibility": "rewards.jpeg",
+    "jpeg_size_kb": "rewards.jpeg",
 }
+def __getattr__(name: str) -> Any:
+    if name == "REWARDS":
+        value: Any = builtin_rewards()  # the built-in scorers by name (``add_reward(env, name)``, ``--reward name``)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        return _submodule(name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def _submodule(name: str) -> Any:
+    """``rewards.<name>`` as an attribute after a plain ``import rewards`` (e.g. ``rewards.jpeg``)."""
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "REWARDS"})
+
 
 __all__ = [
     "REWARDS",
@@ -42,8 +85,11 @@ __all__ = [
     "GenEvalStrict",
     "JpegCompressibility",
     "JpegIncompressibility",
+    "NonFiniteRewardError",
     "PromptAlignment",
     "RewardError",
+    "RewardShapeError",
+    "RewardTypeError",
     "Scorer",
     "TerminalReward",
     "VectorTerminalReward",

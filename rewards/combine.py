@@ -4,10 +4,10 @@
 Wrappers add ``weight × score`` to the env's reward, so stacking them is a weighted sum; each score stays visible in
 ``info["reward_<name>"]`` (and an agent logs each as ``rollout/reward_<name>``).
 
-A reward is named by a key of ``rewards.REWARDS``, by an import path ``package.module:attribute``, or by a key of
-``custom`` (name → object). The object is a scorer class (built as ``cls(**options)``; a ``device`` it takes
-defaults to the env's), a scorer object, or a function ``fn(images, prompts) -> (B,) floats`` (named after the
-term).
+A reward is named by a key of ``rewards.REWARDS`` (:data:`BUILTIN_REWARDS`), by an import path
+``package.module:attribute``, or by a key of ``custom`` (name → object). The object is a scorer class (built as
+``cls(**options)``; a ``device`` it takes defaults to the env's), a scorer object, or a function
+``fn(images, prompts) -> (B,) floats`` (named after the term).
 """
 
 from __future__ import annotations
@@ -21,15 +21,37 @@ from typing import Any
 from rewards.scorer import FunctionScorer
 from rewards.wrappers import wrap_reward
 
+#: The built-in scorers: name → (module, class). A module is imported when its reward is first used (several load
+#: torch or models); ``rewards.REWARDS`` is :func:`builtin_rewards`.
+BUILTIN_REWARDS: dict[str, tuple[str, str]] = {
+    "jpeg_compressibility": ("rewards.jpeg", "JpegCompressibility"),
+    "jpeg_incompressibility": ("rewards.jpeg", "JpegIncompressibility"),
+    "digit_alignment": ("rewards.digits", "DigitAlignment"),
+    "digit_margin": ("rewards.digits", "DigitMargin"),
+    "aesthetic": ("rewards.aesthetic", "AestheticScore"),
+    "alignment": ("rewards.alignment", "PromptAlignment"),
+    "geneval": ("rewards.geneval", "GenEval"),
+    "geneval_binary": ("rewards.geneval", "GenEvalBinary"),
+    "geneval_strict": ("rewards.geneval", "GenEvalStrict"),
+}
+
+
+def builtin_rewards() -> dict[str, type]:
+    """The built-in scorer classes by name (imports all of them)."""
+    return {name: _builtin(name) for name in BUILTIN_REWARDS}
+
+
+def _builtin(name: str) -> type:
+    module, cls = BUILTIN_REWARDS[name]
+    return getattr(importlib.import_module(module), cls)
+
 
 def resolve_reward(name: str, custom: Mapping[str, Any] | None = None) -> Any:
     """The scorer class, object or function a reward ``name`` stands for (see the module docstring)."""
-    from rewards import REWARDS
-
     if custom and name in custom:
         return custom[name]
-    if name in REWARDS:
-        return REWARDS[name]
+    if name in BUILTIN_REWARDS:
+        return _builtin(name)
     if ":" in name:
         module, _, attribute = name.partition(":")
         try:
@@ -37,7 +59,7 @@ def resolve_reward(name: str, custom: Mapping[str, Any] | None = None) -> Any:
         except (ImportError, AttributeError) as error:
             raise ValueError(f"reward {name!r} cannot be imported ({error}): give package.module:function with "
                              "the package importable (installed or on PYTHONPATH)") from None
-    known = sorted(REWARDS) + sorted(custom or {})
+    known = sorted(BUILTIN_REWARDS) + sorted(custom or {})
     raise ValueError(f"unknown reward {name!r}: use one of {known} or an import path package.module:function")
 
 

@@ -16,7 +16,21 @@ ScoreFn = Callable[[np.ndarray, list[str]], Any]
 
 
 class RewardError(RuntimeError):
-    """A scorer raised while scoring a rollout's images; the message names the reward."""
+    """A reward failed on a rollout's images: its scorer raised (the original error chained) or returned something
+    other than one finite float per image. The message names the reward and what it raised or returned, so a
+    training run can stop on one line (``ddpo train`` does; ``--debug`` shows the traceback)."""
+
+
+class RewardTypeError(RewardError, TypeError):
+    """A scorer returned no array of numbers (also a TypeError)."""
+
+
+class RewardShapeError(RewardError, ValueError):
+    """A scorer returned an array of the wrong shape (also a ValueError)."""
+
+
+class NonFiniteRewardError(RewardError, FloatingPointError):
+    """A scorer returned NaN or Inf (also a FloatingPointError, like the agents' other non-finite values)."""
 
 
 class Scorer:
@@ -59,23 +73,24 @@ def scorer_name(scorer: Any) -> str:
 
 
 def checked_scores(scorer: Any, images: np.ndarray, prompts: list[str], name: str | None = None) -> np.ndarray:
-    """``scorer(images, prompts)`` as (B,) finite float64, else an error that names the reward: a scorer that raises
-    is re-raised as :class:`RewardError` (the original chained), a wrong type, shape or a NaN/Inf as TypeError,
-    ValueError or FloatingPointError."""
+    """``scorer(images, prompts)`` as (B,) finite float64, else a :class:`RewardError` that names the reward: a
+    scorer that raises is re-raised as one (the original chained); a wrong type, shape or a NaN/Inf raises
+    :class:`RewardTypeError`, :class:`RewardShapeError` or :class:`NonFiniteRewardError` (also TypeError,
+    ValueError and FloatingPointError)."""
     name = name or scorer_name(scorer)
     try:
         values = scorer(images, prompts)
     except Exception as error:
         raise RewardError(f"reward {name!r} raised {type(error).__name__}: {error}") from error
     if not isinstance(values, (np.ndarray, list, tuple)) and not hasattr(values, "__array__"):
-        raise TypeError(f"reward {name!r} returned {type(values).__name__}, expected an array of floats")
+        raise RewardTypeError(f"reward {name!r} returned {type(values).__name__}, expected an array of floats")
     values = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
     if values.dtype == object or not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"reward {name!r} returned dtype {values.dtype}, expected floats")
+        raise RewardTypeError(f"reward {name!r} returned dtype {values.dtype}, expected floats")
     if values.shape != (len(images),):
-        raise ValueError(f"reward {name!r} returned shape {values.shape} for {len(images)} images, "
+        raise RewardShapeError(f"reward {name!r} returned shape {values.shape} for {len(images)} images, "
                          f"expected ({len(images)},)")
     if not np.isfinite(values).all():
         bad = np.flatnonzero(~np.isfinite(values)).tolist()
-        raise FloatingPointError(f"reward {name!r} returned NaN or Inf for sample(s) {bad}")
+        raise NonFiniteRewardError(f"reward {name!r} returned NaN or Inf for sample(s) {bad}")
     return values.astype(np.float64)

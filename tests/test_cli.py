@@ -221,3 +221,63 @@ def test_every_shipped_config_file_builds_a_job_config(path):
     from agents.job.cli import read_config_file
 
     assert read_config_file(path)  # unknown keys and invalid settings raise
+
+
+BEFORE_TORCH = """
+import sys
+from agents.job.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--epochs", "ten"], "ddpo train: error: argument --epochs: invalid int value: 'ten'"),
+    (["train", "--no-such-flag"], "ddpo: error: unrecognized arguments: --no-such-flag"),
+    (["train", "--agent", "nope"], "ddpo train: error: unknown agent 'nope': use one of ['ddpo-is', 'ddpo-sf', "
+                                   "'rwr', 'rwr-sparse']"),
+    (["train", "--optimizer", "sgd"], "ddpo train: error: unknown optimizer 'sgd': use one of ['adamw', 'adamw8bit']"),
+    (["train", "--epochs", "0"], "ddpo train: error: epochs must be >= 1, got 0"),
+    (["train", "--config", "{tmp}/job.toml"], "ddpo train: error: config file '{tmp}/job.toml': evaluate must be a "
+                                              "bool, got 'no' (str)"),
+    (["sample"], "ddpo sample: error: the following arguments are required: --checkpoint"),
+    (["eval", "--checkpoint"], "ddpo eval: error: argument --checkpoint: expected one argument"),
+])
+def test_bad_arguments_are_answered_before_torch_is_imported(tmp_path, args, message):
+    (tmp_path / "job.toml").write_text('evaluate = "no"\n')
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = subprocess.run([sys.executable, "-c", BEFORE_TORCH, *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.stdout.strip() == "exit 2 False"  # exit code 2, and torch never imported
+    assert result.stderr.strip().splitlines()[-1] == message.replace("{tmp}", str(tmp_path))
+
+
+def test_prompts_mean_the_same_for_train_and_sample(tmp_path):
+    from agents.job.cli import chosen_prompts
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--prompts", "a cat, a dog"]).prompts == ("a cat", "a dog")
+    assert job_config(parser.parse_args(["train", "--prompts", "a cat,a dog"])).env.prompts == ("a cat", "a dog")
+    assert parser.parse_args(["train", "--prompts", "mine.txt"]).prompts == "mine.txt"  # a file: read by the env
+    sample = parser.parse_args(["sample", "--checkpoint", "x", "--prompts", "a cat, a dog", "--per-prompt", "2"])
+    assert chosen_prompts(sample) == ["a cat", "a cat", "a dog", "a dog"]
+    (tmp_path / "p.txt").write_text("a bird\n\na fish\n")
+    from_file = parser.parse_args(["sample", "--checkpoint", "x", "--prompts", str(tmp_path / "p.txt")])
+    assert chosen_prompts(from_file) == ["a bird", "a fish"]
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "On the command line: comma-separated prompts, or the path of a text file with one prompt per line." in (
+        help_text)
+
+
+def test_sample_writes_its_grid_into_the_run_folder(run, tmp_path):
+    out, _ = run
+    result = subprocess.run([sys.executable, "-m", "agents.job.cli", "sample", "--checkpoint", str(out), "--prompts",
+                             "a cat"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == f"  grid written to {out / 'samples.png'}"
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size[0] > 64
+    assert list(tmp_path.iterdir()) == []  # nothing in the current folder

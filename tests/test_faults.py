@@ -121,3 +121,42 @@ def test_a_reward_that_raises_mid_rollout_keeps_the_last_checkpoint_and_names_th
     load_checkpoint(fresh, latest_checkpoint(root))
     assert fresh.num_epochs == 1
     assert all(torch.equal(at_failure[k], v) for k, v in fresh.policy.trainable_state_dict().items())
+
+
+def unreachable_score(images, prompts):
+    """A reward whose scoring server is gone (used by name: tests.test_faults:unreachable_score)."""
+    raise ConnectionError("scoring server went away")
+
+
+def nan_score(images, prompts):
+    """A reward that returns NaN for the second image of every batch."""
+    scores = np.ones(len(images))
+    scores[1] = np.nan
+    return scores
+
+
+@pytest.mark.parametrize(("reward", "message"), [
+    ("unreachable_score", "ddpo train: error: reward 'unreachable_score' raised ConnectionError: scoring server went "
+                          "away"),
+    ("nan_score", "ddpo train: error: reward 'nan_score' returned NaN or Inf for sample(s) [1]"),
+])
+def test_a_failing_reward_ends_ddpo_train_in_one_line_with_exit_code_2(tmp_path, reward, message):
+    from tests.test_cli import TINY_FLAGS, ddpo
+
+    result = ddpo("train", *TINY_FLAGS, "--epochs", "1", "--no-evaluate", "--no-tensorboard", "--image-every", "0",
+                  "--reward", f"tests.test_faults:{reward}", "--output-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == message and "Traceback" not in result.stderr
+    assert all(line.lstrip("\r").startswith("train:") for line in lines[:-1]), lines  # else only the progress bar
+
+
+def test_debug_shows_the_traceback_of_a_failing_reward(tmp_path):
+    from tests.test_cli import TINY_FLAGS, ddpo
+
+    result = ddpo("train", *TINY_FLAGS, "--epochs", "1", "--no-evaluate", "--no-tensorboard", "--image-every", "0",
+                  "--reward", "tests.test_faults:unreachable_score", "--output-dir", str(tmp_path / "run"), "--debug")
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert "ConnectionError: scoring server went away" in result.stderr  # the scorer's own error, chained
+    assert result.stderr.strip().splitlines()[-1] == (
+        "rewards.scorer.RewardError: reward 'unreachable_score' raised ConnectionError: scoring server went away")

@@ -101,3 +101,40 @@ def test_no_import_cycles_between_modules_and_no_file_over_400_lines():
     for module in sorted(edges):
         cycle = cycle_from(module, module, [module])
         assert cycle is None, " → ".join(cycle)
+
+
+def test_the_package_tops_and_the_command_line_import_no_torch():
+    """``import ddpo_env, agents, rewards`` and the CLI's parser load no torch (its names load on first use), and
+    ``import ddpo_env`` still registers the env; then every name in each package's __all__ resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gymnasium, ddpo_env, agents, rewards, agents.job.cli; "
+            "print('torch' in sys.modules, 'DenoisingDiffusion-v0' in gymnasium.registry); "
+            "[getattr(package, name) for package in (ddpo_env, agents, rewards) for name in package.__all__]; "
+            "print(ddpo_env.backends.__name__, rewards.jpeg.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["False True", "ddpo_env.backends rewards.jpeg"]
+    from agents import AGENTS, DDPO_IS, make_agent  # the lazy names are the real ones
+    from agents.ddpo import DDPO_IS as defined
+    from rewards import REWARDS, JpegCompressibility
+
+    assert DDPO_IS is defined and AGENTS["ddpo-is"] is defined
+    assert REWARDS["jpeg_compressibility"] is JpegCompressibility
+    with pytest.raises(ValueError, match=r"unknown agent 'ppo': use one of \['ddpo-is', 'ddpo-sf', 'rwr', "):
+        make_agent("ppo", None)
+    import ddpo_env
+
+    with pytest.raises(AttributeError, match="module 'ddpo_env' has no attribute 'no_such_name'"):
+        ddpo_env.no_such_name  # noqa: B018
+
+
+def test_loading_a_stable_diffusion_pipeline_prints_no_torchvision_notice():
+    """diffusers' pipeline module imports transformers' CLIPImageProcessor, whose torchvision fallback notice
+    ddpo_env filters out (the env never uses an image processor)."""
+    import subprocess
+    import sys
+
+    code = "import ddpo_env; from diffusers import StableDiffusionPipeline; print('loaded')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "loaded" and "torchvision" not in result.stderr, result.stderr

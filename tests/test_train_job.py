@@ -84,3 +84,54 @@ def test_a_users_reward_goes_through_the_job_alone_or_in_a_weighted_sum(tmp_path
     epoch = train(TrainConfig.from_flat(flat), rewards={"mine": brightness, "contrast": Contrast}).metrics["epochs"][0]
     assert 0 < epoch["reward_contrast"] < 0.255  # 1e-3 × a std of uint8 pixels
     assert epoch["reward_mean"] == pytest.approx(epoch["reward_mine"] + 0.5 * epoch["reward_contrast"])
+
+
+# train() leaves the failed run's progress.csv open (its logger is closed only after a run that ends): the file is
+# closed when collected, which pytest reports as an unraisable exception (in whichever test collects it: see below).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_run_that_failed_before_its_first_checkpoint_is_replaced_by_a_plain_rerun(tmp_path, capsys):
+    import gc
+
+    from rewards import RewardError
+
+    def fails_in_training(images, prompts):  # scores the 25-env evaluation, fails on the 4-env training rollout
+        if len(images) < 25:
+            raise ConnectionError("scoring server went away")
+        return images.mean(axis=(1, 2, 3)) / 255
+
+    flat = dict(model="tiny", num_steps=2, epochs=1, samples_per_epoch=4, num_envs=4, batch_size=4, device="cpu",
+                tensorboard=False, image_every=0, output_dir=str(tmp_path), reward="score")
+    with pytest.raises(RewardError):
+        train(TrainConfig.from_flat(flat), rewards={"score": fails_in_training})
+    gc.collect()  # (closes the failed run's progress.csv here, where its warning is ignored)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "before.npz" in left and "logs" in left and not (tmp_path / "checkpoints" / "epoch-000001").exists()
+    capsys.readouterr()
+    train(TrainConfig.from_flat(flat), rewards={"score": lambda images, prompts: images.mean(axis=(1, 2, 3))})
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"output_dir {tmp_path} holds a run that stopped before its first checkpoint ({', '.join(left)}): "
+        "replacing it")
+    assert (tmp_path / "checkpoints" / "epoch-000001" / "meta.json").is_file()
+    with pytest.raises(FileExistsError) as e:  # now it holds a checkpoint: a plain rerun is refused
+        train(TrainConfig.from_flat(flat), rewards={"score": fails_in_training})
+    assert str(e.value) == (
+        f"output_dir {tmp_path} already holds a run (before.npz, before_after.png, checkpoints, logs, lora; newest "
+        "checkpoint epoch-000001): continue it with --resume auto, start afresh with --overwrite (deletes it), or "
+        "choose another --output-dir")
+
+
+def test_a_folder_with_files_no_run_writes_is_refused_unless_overwrite(tmp_path, capsys):
+    from agents.job.train import claim_output_dir
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError) as e:
+        claim_output_dir(tmp_path, overwrite=False, main=True)
+    assert str(e.value) == (f"output_dir {tmp_path} holds files but no checkpoint to continue (notes.txt): choose "
+                            "another --output-dir, or --overwrite (deletes them)")
+    assert (tmp_path / "notes.txt").is_file()
+    claim_output_dir(tmp_path, overwrite=True, main=True)
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
+    (tmp_path / "logs").mkdir()
+    claim_output_dir(tmp_path, overwrite=False, main=False)  # another rank: neither deletes nor prints
+    assert (tmp_path / "logs").is_dir() and capsys.readouterr().out == ""

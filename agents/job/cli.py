@@ -1,7 +1,7 @@
 """``ddpo train | sample | eval``: the command line over :class:`agents.job.train.TrainConfig`.
 
     ddpo train [--config job.json|job.toml] [--agent ddpo-is] [--reward jpeg_compressibility] ... [--resume auto]
-    ddpo sample --checkpoint runs/train/checkpoints/epoch-000056 [--prompts "a handwritten 3,the digit seven"]
+    ddpo sample --checkpoint runs/train [--prompts "a handwritten 3,the digit seven"]    (→ runs/train/samples.png)
     ddpo eval   --checkpoint runs/train/checkpoints/epoch-000056
     ddpo diagnose --model default --num-steps 20 --png steps.png   (per-step conditioning: ddpo_env.diagnose)
 
@@ -9,7 +9,13 @@ Every field of the config tree (``TrainConfig``: the job, its ``EnvConfig`` and 
 docstring is the help); a config file gives any of them (flat, or in [env] / [algorithm] sections), and flags
 given on the command line win. A setting of another agent than the chosen one is an error. ``--resume`` continues
 the saved job with its saved config (flags given on the
-command line, e.g. a larger ``--epochs``, still win).
+command line, e.g. a larger ``--epochs``, still win). ``--prompts`` means the same for every command: comma-separated
+prompts, or the path of a text file with one prompt per line.
+
+Bad input answers in one line, ``ddpo <command>: error: ...``, with exit code 2: arguments and settings (each value
+is checked against its field's type) before torch is imported, so at once; during a run a bad setting, a missing
+file, a folder that already holds a run, a non-finite value or a failing reward (:class:`rewards.RewardError`).
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,9 +34,24 @@ from typing import Any
 
 import numpy as np
 
-from agents.job.config import TrainConfig, agent_classes, flag_fields
-from agents.job.train import EVAL_SEED
+from agents.config import AGENT_CONFIGS
+from agents.job.config import TrainConfig, flag_fields
 from ddpo_env.config import EnvConfig
+from rewards.scorer import RewardError
+
+#: The errors a user can fix (bad settings, missing or occupied paths, non-finite values, a failing reward): one line
+#: on stderr and exit code 2, unless --debug.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RewardError)
+#: What --prompts takes, for every command.
+PROMPTS_HELP = "comma-separated prompts, or the path of a text file with one prompt per line"
+
+
+def prompts_arg(text: str) -> str | tuple[str, ...]:
+    """A ``--prompts`` value: a text file's path (ending in .txt, or naming a file) as given, else the comma-separated
+    prompts as a tuple (``"a,b"`` is two prompts; a prompt that holds a comma goes in a file)."""
+    if text.endswith(".txt") or Path(text).is_file():
+        return text
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -50,6 +71,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _flag_type(annotation: str, default: Any) -> Callable[[str], Any]:
     """How a flag's text becomes the field's value, from the field's annotation (a string: postponed annotations)."""
+    if annotation.startswith("PromptsLike"):
+        return prompts_arg
     if annotation.startswith("dict"):
         return json.loads
     if annotation.startswith("tuple[str"):
@@ -73,7 +96,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         shown = getattr(default, "value", default)
         shown = ",".join(shown) if isinstance(shown, tuple) else shown
-        flag, help_text = f"--{name.replace('_', '-')}", f"{docs.get(name, '')} (default: {shown!r})"
+        doc = docs.get(name, "") + (f" On the command line: {PROMPTS_HELP}." if name == "prompts" else "")
+        flag, help_text = f"--{name.replace('_', '-')}", f"{doc} (default: {shown!r})"
         help_text = help_text.replace("%", "%%")
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -121,14 +145,15 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def job_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < saved config of the resumed checkpoint < config file < command-line flags."""
-    from agents.job.train import resolve_resume
-
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "debug")}
     values = read_config_file(args.config) if args.config else {}
     merged = {**values, **given}
-    path = resolve_resume(merged.get("resume", ""), merged.get("output_dir", TrainConfig.output_dir))
-    if path is not None:
-        values = {**saved_job(path), **values}
+    if merged.get("resume"):  # (the checkpoint code imports torch: only when resuming)
+        from agents.job.train import resolve_resume
+
+        path = resolve_resume(merged["resume"], merged.get("output_dir", TrainConfig.output_dir))
+        if path is not None:
+            values = {**saved_job(path), **values}
     return TrainConfig.from_flat({**values, **given})
 
 
@@ -139,9 +164,12 @@ def saved_job(checkpoint: str | Path) -> dict[str, Any]:
 
     saved = read_meta(checkpoint)["config"]
     agent = saved.get("agent", TrainConfig.agent)
+    if agent not in AGENT_CONFIGS:
+        raise ValueError(f"checkpoint {checkpoint} was saved by agent {agent!r}, which this version lacks (it has "
+                         f"{sorted(AGENT_CONFIGS)}): use the version that wrote it")
     known = {f.name for f in fields(TrainConfig) if f.name not in ("env", "algorithm")}
     known |= {f.name for f in fields(EnvConfig)}
-    known |= {f.name for f in fields(agent_classes()[agent].config_class)}
+    known |= {f.name for f in fields(AGENT_CONFIGS[agent])}
     return {k: v for k, v in saved.items() if k in known}
 
 
@@ -173,21 +201,36 @@ def policy_from_checkpoint(checkpoint: Path, device: str | None) -> tuple[Any, T
 
 
 def chosen_prompts(args: argparse.Namespace) -> list[str] | None:
-    """--prompts (comma-separated) or --prompt-file (one per line), each --per-prompt times; None: the defaults."""
+    """--prompts (:func:`prompts_arg`) or --prompt-file (one per line), each --per-prompt times; None: the
+    defaults."""
     if args.prompts and args.prompt_file:
         raise ValueError("give --prompts or --prompt-file, not both")
-    if args.prompt_file:
-        file = Path(args.prompt_file)
-        if not file.is_file():
-            raise FileNotFoundError(f"prompt file {args.prompt_file!r} does not exist")
-        prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif args.prompts:
-        prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
-    else:
+    if not (args.prompts or args.prompt_file):
         return None
+    given = args.prompt_file or prompts_arg(args.prompts)
+    if isinstance(given, str):
+        file = Path(given)
+        if not file.is_file():
+            raise FileNotFoundError(f"prompt file {given!r} does not exist")
+        prompts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = list(given)
     if not prompts:
         raise ValueError("no prompts given: --prompts 'a, b' or a --prompt-file with one prompt per line")
     return [p for p in prompts for _ in range(args.per_prompt)]
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/epoch-NNNNNN`` → ``<run>``); a checkpoint
+    outside a run's checkpoints/ folder: its parent."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def evaluation_seed(args: argparse.Namespace) -> int:
+    """--seed, or the seed of the fixed evaluation set (imported here: agents.job.train imports torch)."""
+    from agents.job.train import EVAL_SEED
+
+    return EVAL_SEED if args.seed is None else args.seed
 
 
 def sample(args: argparse.Namespace) -> None:
@@ -197,14 +240,16 @@ def sample(args: argparse.Namespace) -> None:
     from agents.job.train import build_env, evaluation_prompts
 
     checkpoint = resolve_checkpoint(args.checkpoint)
+    prompts = chosen_prompts(args)  # (a missing prompt file is named before the model loads)
+    output = Path(args.output) if args.output else run_folder(checkpoint) / "samples.png"
     agent, cfg, env = policy_from_checkpoint(checkpoint, args.device)
-    prompts = chosen_prompts(args) or [p for p in evaluation_prompts(env)[::10] for _ in range(args.per_prompt)]
+    prompts = prompts or [p for p in evaluation_prompts(env)[::10] for _ in range(args.per_prompt)]
     eval_env = build_env(cfg, num_envs=min(len(prompts), 25), model=env.unwrapped.backend)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed, progress=True)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=evaluation_seed(args), progress=True)
     cols = args.per_prompt if args.per_prompt > 1 else min(len(prompts), 8)
-    Image.fromarray(result.grid(cols)).save(args.output)
+    Image.fromarray(result.grid(cols)).save(output)
     print(f"{len(prompts)} samples from {checkpoint}: reward {result.rewards.mean():.4f} ± "
-          f"{result.rewards.std():.4f}\n  {args.output}")
+          f"{result.rewards.std():.4f}\n  grid written to {output}")
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -212,10 +257,11 @@ def evaluate(args: argparse.Namespace) -> None:
     from agents.job.train import build_env, evaluation_prompts
 
     checkpoint = resolve_checkpoint(args.checkpoint)
+    prompts = chosen_prompts(args)
     agent, cfg, env = policy_from_checkpoint(checkpoint, args.device)
-    prompts = chosen_prompts(args) or evaluation_prompts(env)
+    prompts = prompts or evaluation_prompts(env)
     eval_env = build_env(cfg, num_envs=min(len(prompts), 25), model=env.unwrapped.backend)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=args.seed, progress=True)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=evaluation_seed(args), progress=True)
     report = {"checkpoint": str(checkpoint), "reward": cfg.reward, "samples": len(prompts),
               "reward_mean": float(result.rewards.mean()), "reward_std": float(result.rewards.std()),
               "per_prompt": {p: float(np.mean(result.rewards[[q == p for q in prompts]]))
@@ -236,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, max_help_position=36, width=118)
     train_parser.add_argument("--config", default=None, metavar="FILE",
                               help="a .toml or .json file of settings (any of the flags below, without --)")
+    add_debug_flag(train_parser)
     add_config_flags(train_parser)
     commands.add_parser("diagnose", add_help=False,
                         help="per-step conditioning of the policy's log-prob (ddpo diagnose --help for its flags)")
@@ -244,21 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--checkpoint", required=True, metavar="PATH",
                          help="a run folder (its newest checkpoint) or a checkpoint (…/checkpoints/epoch-NNNNNN)")
-        sub.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of x_T and the sampling noise")
+        sub.add_argument("--seed", type=int, default=None,
+                         help="seed of x_T and the sampling noise (default: the fixed evaluation set's)")
         sub.add_argument("--device", default=None, help="override the saved run's device")
         default_prompts = "ten of the model's" if name == "sample" else "the 100 fixed evaluation prompts"
-        sub.add_argument("--prompts", default="", help=f"comma-separated prompts (default: {default_prompts})")
+        sub.add_argument("--prompts", default="", help=f"{PROMPTS_HELP} (default: {default_prompts})")
         sub.add_argument("--prompt-file", default="", help="a text file with one prompt per line")
+        add_debug_flag(sub)
         if name == "sample":
             sub.add_argument("--per-prompt", type=int, default=1, help="samples per prompt (one row each)")
-            sub.add_argument("--output", default="samples.png", help="where the grid PNG goes")
+            sub.add_argument("--output", default="", help="where the grid PNG goes (default: samples.png in the "
+                             "checkpoint's run folder)")
         else:
             sub.add_argument("--per-prompt", type=int, default=10, help="samples per given prompt (seeds)")
             sub.add_argument("--output", default="", help="also write the report as JSON here")
     return parser
 
 
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # absent: not a setting
+                        help="on an error, show the full traceback instead of one line")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``ddpo``'s entry point: parse ``argv`` (default: the command line) and run the command; an error the user
+    can fix (:data:`USER_ERRORS`) ends in one line on stderr and exit code 2, unless --debug."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["diagnose"]:  # its own parser (ddpo_env needs nothing of the agents)
         from ddpo_env.diagnose import main as diagnose
@@ -268,16 +325,37 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "train":
+            cfg = job_config(args)  # checked before torch loads with the training code
             from agents.job.train import train
 
-            train(job_config(args))
+            train(cfg)
         elif args.command == "sample":
             sample(args)
         else:
             evaluate(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"ddpo {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as error:
+        close_progress_bars()
+        if getattr(args, "debug", False):
+            raise
+        print(f"ddpo {args.command}: error: {one_line(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BaseException:  # a bug, or Ctrl-C: the traceback, after the progress bars
+        close_progress_bars()
+        raise
+
+
+def close_progress_bars() -> None:
+    """Close the tqdm bars an error left open, so that the error is the last line of stderr (an open bar ends
+    without a newline, and tqdm redraws it when the process exits)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):  # tqdm's registry of open bars
+        bar.close()
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a multi-line message is joined; an empty one is the error's class)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 Every field of the three has exactly one default, in its own dataclass. The command line, config files and
 checkpoints use the *flat* view (``{"learning_rate": 3e-4, "eta": 1.0, "epochs": 56}``): field names are unique across
 the tree, so :meth:`TrainConfig.from_flat` routes each key to its place, and a key that belongs to another agent
-than the chosen one, or to nothing, is an error that says so.
+than the chosen one, or to nothing, is an error that says so. Every value is checked against its field's type
+(:func:`ddpo_env.fields.check_fields`) when its dataclass is built. Imports no torch.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from agents.config import AgentConfig
+from agents.config import AGENT_CONFIGS, AgentConfig
 from ddpo_env.config import EnvConfig
+from ddpo_env.fields import check_fields
 
-
-def agent_classes() -> dict[str, type]:
-    from agents import AGENTS
-
-    return AGENTS
+#: Job settings that must be at least 1; the other int settings of the job must be at least 0.
+_AT_LEAST_ONE = ("epochs", "num_envs")
+_AT_LEAST_ZERO = ("save_every", "keep_last", "image_every", "threads", "monitor_every")
 
 
 @dataclass
@@ -74,17 +74,21 @@ class TrainConfig:
     """The agent's settings: an instance of the chosen agent's config class (None: its defaults)."""
 
     def __post_init__(self) -> None:
-        agents = agent_classes()
-        if self.agent not in agents:
-            raise ValueError(f"unknown agent {self.agent!r}: use one of {sorted(agents)}")
-        config_class = agents[self.agent].config_class
+        if isinstance(self.env, Mapping):
+            self.env = EnvConfig(**self.env)
+        check_fields(self)
+        if self.agent not in AGENT_CONFIGS:
+            raise ValueError(f"unknown agent {self.agent!r}: use one of {sorted(AGENT_CONFIGS)}")
+        config_class = AGENT_CONFIGS[self.agent]
         if self.algorithm is None:
             self.algorithm = config_class()
         elif type(self.algorithm) is not config_class:
             raise ValueError(f"agent {self.agent!r} takes a {config_class.__name__}, got a "
                              f"{type(self.algorithm).__name__}: pass algorithm={config_class.__name__}(...)")
-        if isinstance(self.env, Mapping):
-            self.env = EnvConfig(**self.env)
+        for names, least in ((_AT_LEAST_ONE, 1), (_AT_LEAST_ZERO, 0)):
+            for name in names:
+                if getattr(self, name) < least:
+                    raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
 
     # ------------------------------------------------------------------------------------------------ flat view
 
@@ -94,15 +98,14 @@ class TrainConfig:
         are errors naming them."""
         values = dict(values)
         agent = values.get("agent", cls.agent)
-        agents = agent_classes()
-        if agent not in agents:
-            raise ValueError(f"unknown agent {agent!r}: use one of {sorted(agents)}")
-        config_class = agents[agent].config_class
+        if agent not in AGENT_CONFIGS:
+            raise ValueError(f"unknown agent {agent!r}: use one of {sorted(AGENT_CONFIGS)}")
+        config_class = AGENT_CONFIGS[agent]
         job_names, env_names = _names(cls) - {"env", "algorithm"}, _names(EnvConfig)
         agent_names = _names(config_class)
         unknown = sorted(set(values) - job_names - env_names - agent_names)
         if unknown:
-            other = {name: sorted(a for a, c in agents.items() if name in _names(c.config_class)) for name in unknown}
+            other = {name: sorted(a for a, c in AGENT_CONFIGS.items() if name in _names(c)) for name in unknown}
             foreign = {name: owners for name, owners in other.items() if owners}
             if foreign:
                 name, owners = next(iter(foreign.items()))
@@ -154,7 +157,6 @@ def _plain(value: Any) -> Any:
 def flag_fields() -> list[tuple[str, str, dataclasses.Field, type]]:
     """(group title, flat name, field, owning class) of every settable field, in help order: the job, the env, the
     settings every agent shares, then each agent's own."""
-    agents = agent_classes()
     shared = _names(AgentConfig)
     groups: list[tuple[str, type, set[str] | None]] = [
         ("job", TrainConfig, None), ("environment (DenoisingDiffusion-v0)", EnvConfig, None),
@@ -166,10 +168,10 @@ def flag_fields() -> list[tuple[str, str, dataclasses.Field, type]]:
             if f.name not in seen:
                 seen.add(f.name)
                 out.append((title, f.name, f, cls))
-    for agent_class in agents.values():
-        for f in fields(agent_class.config_class):
+    for config_class in AGENT_CONFIGS.values():
+        for f in fields(config_class):
             if f.name not in shared and f.name not in seen:
                 seen.add(f.name)
-                owners = [a for a, c in agents.items() if f.name in _names(c.config_class)]
-                out.append((f"{' / '.join(owners)} only", f.name, f, agent_class.config_class))
+                owners = [a for a, c in AGENT_CONFIGS.items() if f.name in _names(c)]
+                out.append((f"{' / '.join(owners)} only", f.name, f, config_class))
     return out

@@ -14,6 +14,12 @@ gets
     checkpoints/       epoch-NNNNNN/ folders (atomic; resume with --resume auto)
     logs/              TensorBoard events (scalars and captioned sample grids) and progress.csv
     lora/              the LoRA adapter in diffusers' format (pipe.load_lora_weights), or unet/ for a full fine-tune
+    before.npz         the evaluation before training (images, rewards; written first), which a resumed job reuses
+                       instead of evaluating the base model again
+    samples.png        written later by ``ddpo sample --checkpoint <this folder>``
+
+A fresh run refuses a folder that holds a checkpoint (continue it with --resume auto, or --overwrite) or files no run
+writes; a run that stopped before its first checkpoint (logs/, before.npz only) is replaced, with one line saying so.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from agents.job.callbacks import CheckpointEvery, EpochProgress, ImageGrids
 from agents.job.checkpoint import (
     checkpoint_problem,
     is_writer,
+    latest_checkpoint,
     list_checkpoints,
     load_resumable,
     newest_good,
@@ -213,21 +220,36 @@ def continue_progress_csv(logger: Logger, earlier: str, epochs: int) -> None:
 
 
 def claim_output_dir(out: Path, overwrite: bool, main: bool) -> None:
-    """A fresh run's folder must be empty: a run written into an earlier one would mix their metrics, pictures and
-    checkpoints (and a later --resume auto would pick the wrong one). With ``overwrite`` rank 0 empties it."""
+    """A fresh run's folder must hold no other run: a run written into an earlier one would mix their metrics,
+    pictures and checkpoints (and a later --resume auto would pick the wrong one). Refused: a folder holding a
+    checkpoint (continue it with --resume auto) or files a run does not write. A run that stopped before its first
+    checkpoint (only logs/, before.npz, an empty checkpoints/) has nothing to continue: it is replaced, with one line
+    saying so. With ``overwrite`` any folder is emptied. Only rank 0 (``main``) deletes and prints."""
     if not out.is_dir() or not any(out.iterdir()):
         return
+    names = sorted(p.name for p in out.iterdir())
+    checkpoint = latest_checkpoint(out / "checkpoints") if (out / "checkpoints").is_dir() else None
     if not overwrite:
-        found = ", ".join(sorted(p.name for p in out.iterdir())[:5])
-        raise FileExistsError(f"output_dir {out} already holds a run ({found}): continue it with --resume auto, "
-                              "start afresh with --overwrite (deletes it), or choose another --output-dir")
+        if checkpoint is not None:
+            raise FileExistsError(f"output_dir {out} already holds a run ({', '.join(names[:5])}; newest checkpoint "
+                                  f"{checkpoint.name}): continue it with --resume auto, start afresh with --overwrite "
+                                  "(deletes it), or choose another --output-dir")
+        early = ("logs", "before.npz", "checkpoints")  # what a run writes before its first checkpoint
+        other = [name for name in names if name not in early]
+        if other:
+            raise FileExistsError(f"output_dir {out} holds files but no checkpoint to continue ({', '.join(other[:5])})"
+                                  ": choose another --output-dir, or --overwrite (deletes them)")
+        if main:
+            print(f"output_dir {out} holds a run that stopped before its first checkpoint ({', '.join(names)}): "
+                  "replacing it")
     if main:
         for path in out.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, resumed: bool) -> EvaluationResult:
-    """The untrained model's evaluation, kept in before.npz so a resumed job reuses it."""
+    """The untrained model's evaluation on the fixed set, kept in before.npz (arrays ``images`` (N, H, W, 3) uint8
+    and ``rewards`` (N,)) so a resumed job reuses it rather than evaluating the base model again."""
     path = out / "before.npz"
     if resumed and path.is_file():
         saved = np.load(path)
