@@ -27,9 +27,9 @@ class EnvConfig:
     """Everything that defines a DenoisingDiffusion-v0 task. ``gym.make`` keyword arguments map onto it."""
 
     model: Any = "default"
-    """'default' (the embedded digits model), 'shapes' (the embedded shapes model), 'tiny' or 'tiny-sd3' (random
-    tiny Stable Diffusion 1 / 3, for smoke runs), a local diffusers pipeline folder, a hub id 'org/name', or a
-    pipeline/backend instance."""
+    """A task's model: 'default' (the embedded digits model), 'shapes' (the embedded shapes model), 'tiny' or
+    'tiny-sd3' (random tiny Stable Diffusion 1 / 3, for smoke runs), or your own task as package.module:TASK; else a
+    local diffusers pipeline folder, a hub id 'org/name', or a pipeline/backend instance."""
 
     prompts: PromptsLike | None = None
     """Prompt distribution: a list of strings, a text file (one per line) or fn(rng) -> str. None: the model's."""

@@ -281,3 +281,13 @@ def test_sample_writes_its_grid_into_the_run_folder(run, tmp_path):
     with Image.open(out / "samples.png") as grid:
         assert grid.size[0] > 64
     assert list(tmp_path.iterdir()) == []  # nothing in the current folder
+
+
+def test_model_help_names_every_registered_task():
+    from agents.job.cli import field_docs
+    from ddpo_env.config import EnvConfig
+    from ddpo_env.tasks import task_names
+
+    doc = field_docs(EnvConfig)["model"]
+    assert all(f"'{name}'" in doc for name in task_names()), (task_names(), doc)
+    assert "package.module:TASK" in doc
