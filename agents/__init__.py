@@ -28,14 +28,11 @@ _LAZY = {
     "SparseRWR": "agents.rwr",
     "PerPromptStatTracker": "agents.stat_tracking",
 }
-#: AGENTS' entries: name → (module, class); the same names as AGENT_CONFIGS.
-_ALGORITHMS = {"ddpo-is": ("agents.ddpo", "DDPO_IS"), "ddpo-sf": ("agents.reinforce", "DDPO_SF"),
-               "rwr": ("agents.rwr", "RWR"), "rwr-sparse": ("agents.rwr", "SparseRWR")}
 
 
 def __getattr__(name: str) -> Any:
     if name == "AGENTS":
-        value: Any = {key: getattr(importlib.import_module(module), cls) for key, (module, cls) in _ALGORITHMS.items()}
+        value: Any = {key: _algorithm(key) for key in AGENT_CONFIGS}
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:
@@ -48,12 +45,23 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, "AGENTS"})
 
 
+def _algorithm(name: str) -> type[DiffusionAgent]:
+    module, _, cls = AGENT_CONFIGS[name].algorithm.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def make_agent(name: str, env: Any, **kwargs: Any) -> DiffusionAgent:
-    """Build the agent called ``name`` ("ddpo-is" | "ddpo-sf" | "rwr" | "rwr-sparse") on ``env``."""
+    """Build the agent called ``name`` ("ddpo-is" | "ddpo-sf" | "rwr" | "rwr-sparse") on ``env`` with its config's
+    fields as keyword arguments (or ``config=``).
+
+    ``env``: a DenoisingDiffusion-v0 vector env (``gym.make_vec``, possibly reward-wrapped), its SB3VecEnv, or a
+    single env (``gym.make``, possibly with ``TerminalReward``), which is vectorised as its own 1-env vector env, as
+    stable-baselines3 wraps a single env in a DummyVecEnv (printed with ``verbose=1``). A later agent built on the
+    same env (another ``make_agent``, or ``Class.load(path, env=env)``) takes its UNet over; this one then raises
+    on use."""
     if name not in AGENT_CONFIGS:
         raise ValueError(f"unknown agent {name!r}: use one of {sorted(AGENT_CONFIGS)}")
-    module, cls = _ALGORITHMS[name]
-    return getattr(importlib.import_module(module), cls)(env, **kwargs)
+    return _algorithm(name)(env, **kwargs)
 
 
 __all__ = [

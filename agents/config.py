@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from agents.advantages import GROUP_STDS
 from ddpo_env.fields import check_fields
@@ -34,6 +35,9 @@ def optimizer_class(name: str) -> type:
 @dataclass
 class AgentConfig:
     """Settings shared by every agent (sampling, storage, optimisation)."""
+
+    algorithm: ClassVar[str] = ""
+    """Where the agent class that takes this config lives, ``"module:Class"`` (each agent's config sets it)."""
 
     samples_per_epoch: int = 64
     """Episodes (denoising trajectories) collected per rollout; a multiple of the env's num_envs."""
@@ -209,6 +213,8 @@ class AgentConfig:
 class DDPOISConfig(AgentConfig):
     """DDPO-IS: PPO's clipped importance-sampling objective over denoising steps."""
 
+    algorithm: ClassVar[str] = "agents.ddpo:DDPO_IS"
+
     clip_range: float = 1e-4
     """PPO clip ε on the ratio π_θ/π_old (tuned to mean-reduced log-probs)."""
 
@@ -220,6 +226,8 @@ class DDPOISConfig(AgentConfig):
 @dataclass
 class DDPOSFConfig(AgentConfig):
     """DDPO-SF: REINFORCE (score function), one on-policy gradient step per rollout."""
+
+    algorithm: ClassVar[str] = "agents.reinforce:DDPO_SF"
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         super().validate(num_envs, num_steps)
@@ -233,6 +241,8 @@ class DDPOSFConfig(AgentConfig):
 @dataclass
 class RWRConfig(AgentConfig):
     """Reward-weighted regression: the denoising loss on final samples, weighted by softmax(r/τ)."""
+
+    algorithm: ClassVar[str] = "agents.rwr:RWR"
 
     temperature: float = 1.0
     """τ of the weights softmax(Â/τ) on normalised rewards Â. For Â ~ N(0, 1) the effective sample size is
@@ -249,6 +259,8 @@ class RWRConfig(AgentConfig):
 class SparseRWRConfig(AgentConfig):
     """Sparse RWR: the unweighted denoising loss on the top fraction of samples by reward."""
 
+    algorithm: ClassVar[str] = "agents.rwr:SparseRWR"
+
     top_fraction: float = 0.1
     """Fraction of each rollout's samples kept (the best by reward), in (0, 1]."""
 
@@ -259,7 +271,8 @@ class SparseRWRConfig(AgentConfig):
         _no_step_stats(self)
 
 
-#: Each agent's name → its config class (the algorithms themselves: ``agents.AGENTS``, which imports torch).
+#: The one table of agents: each name → its config class, whose ``algorithm`` names the class that trains
+#: (``"module:Class"``, imported by ``agents.make_agent`` / ``agents.AGENTS``, which import torch).
 AGENT_CONFIGS: dict[str, type[AgentConfig]] = {
     "ddpo-is": DDPOISConfig,
     "ddpo-sf": DDPOSFConfig,

@@ -86,9 +86,6 @@ def test_a_users_reward_goes_through_the_job_alone_or_in_a_weighted_sum(tmp_path
     assert epoch["reward_mean"] == pytest.approx(epoch["reward_mine"] + 0.5 * epoch["reward_contrast"])
 
 
-# train() leaves the failed run's progress.csv open (its logger is closed only after a run that ends): the file is
-# closed when collected, which pytest reports as an unraisable exception (in whichever test collects it: see below).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_run_that_failed_before_its_first_checkpoint_is_replaced_by_a_plain_rerun(tmp_path, capsys):
     import gc
 
@@ -103,7 +100,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_replaced_by_a_plain_re
                 tensorboard=False, image_every=0, output_dir=str(tmp_path), reward="score")
     with pytest.raises(RewardError):
         train(TrainConfig.from_flat(flat), rewards={"score": fails_in_training})
-    gc.collect()  # (closes the failed run's progress.csv here, where its warning is ignored)
+    gc.collect()  # a file the failed run left open would warn here (warnings are errors): train() closes its logs
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "before.npz" in left and "logs" in left and not (tmp_path / "checkpoints" / "epoch-000001").exists()
     capsys.readouterr()

@@ -98,15 +98,11 @@ def parse_rewards(spec: str, custom: Mapping[str, Any] | None = None) -> dict[st
 
 
 def validate(cfg: TrainConfig, custom: Mapping[str, Any] | None = None) -> None:
+    """What a TrainConfig cannot check alone (its types and ranges it checks when built): the rewards it names,
+    and options only for those."""
     unknown = sorted(set(cfg.reward_options) - set(parse_rewards(cfg.reward, custom)))
     if unknown:
         raise ValueError(f"reward_options for {unknown}, which are not in reward={cfg.reward!r}")
-    for name in ("epochs", "num_envs"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("save_every", "keep_last", "image_every", "threads", "monitor_every"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 
 
 def build_env(cfg: TrainConfig, num_envs: int | None = None, model: Any = None,
@@ -329,11 +325,13 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
         own.append(ImageGrids(eval_env, prompts[::10][:8] * 2, cfg.image_every, final_epoch=cfg.epochs))
     remaining = cfg.epochs - agent.num_epochs
     start = time.perf_counter()
-    if remaining > 0:
-        agent.learn(total_samples=remaining * cfg.samples_per_epoch, callback=[*own, *callbacks],
-                    reset_num_timesteps=resume_from is None)
+    try:
+        if remaining > 0:
+            agent.learn(total_samples=remaining * cfg.samples_per_epoch, callback=[*own, *callbacks],
+                        reset_num_timesteps=resume_from is None)
+    finally:  # also when training fails: progress.csv and the TensorBoard file are closed, what they hold kept
+        agent.logger.close()
     seconds = time.perf_counter() - start
-    agent.logger.close()
     metrics: dict[str, Any] = {"config": cfg.to_flat(), "samples": agent.num_epochs * cfg.samples_per_epoch,
                                "train_seconds": seconds, "epochs": progress.history}
     if not main:
