@@ -15,8 +15,10 @@ as prompted (what a run destroys).
 Settings (``cpu`` preset): the embedded model with 10-step episodes (``--num-steps 20``: its own 20), LoRA rank 4
 (the paper's method), 64 samples per rollout in micro-batches of 32 (≥ 32 samples per optimizer step) trained on
 every step, 3 steps per pass, matmul attention, DDPO-IS clip 1e-3, RWR at τ = 1 (effective sample size ≈ 37 % of a
-rollout). Runs are independent one-thread processes (``--workers``); finished runs are kept in the JSON as they
-complete, so an interrupted benchmark continues (``--resume``).
+rollout). Runs are independent one-thread processes run by :mod:`benchmarks.harness` (``--workers``; each job's log
+in ``runs/benchmarks/NAME/JOB/job.log``); finished runs are kept in the JSON as they complete, so an interrupted
+benchmark continues (``--resume``). The rates are chosen on the evaluation set the main run reports (the sweep
+trains on another seed but scores the same prompts and sampling seeds): the JSON's ``settings_from`` says so.
 ``--epochs`` makes it larger; ``--preset gpu`` runs a Stable Diffusion folder (``--model``) with the paper's settings.
 
 Writes ``benchmarks/results/algorithms.{json,md,png}`` and summary.json's ``algorithms`` (final evaluation reward
@@ -26,12 +28,6 @@ per reward × agent, mean over seeds) and ``algorithms_optimizer_steps``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
-import multiprocessing as mp
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +40,23 @@ from benchmarks.algorithms_sweep import (
     SWEEP_REWARD,
     SWEEP_SEED,
     best_rates,
-    cell,
     parse_rates,
-    provenance,
+    rates_source,
     sweep_markdown,
     sweep_table,
 )
-from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
+from benchmarks.harness import Grid, GridRun, Job, add_arguments, job_id, output_dir, settings_with
+from benchmarks.record import command_line, update_summary
+from benchmarks.reports import (
+    cell,
+    curve_stats,
+    mean_present,
+    over_seeds,
+    provenance,
+    summary_env,
+    wall_time,
+    write_report,
+)
 
 AGENTS = ("ddpo-is", "ddpo-sf", "rwr")
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility")  # the paper's Fig. 4 pair: the default invocation
@@ -74,27 +80,21 @@ AGENT_SETTINGS: dict[str, dict[str, Any]] = {"ddpo-is": {"clip_range": 1e-3}, "r
 DEFAULT_RATES = {"ddpo-is": 3e-3, "ddpo-sf": 3e-3, "rwr": 3e-3, "rwr-sparse": 3e-3}  # until a sweep says better
 
 
-def run_key(agent: str, reward: str, seed: int, learning_rate: float) -> str:
-    return f"{agent}|{reward}|{seed}|{learning_rate:g}"
+KEY_FIELDS = ("agent", "reward", "seed", "learning_rate")  # what names a run (its job id)
 
 
-def run_one(job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One training run (in a worker process): its reward history, evaluations, diagnostics and time."""
-    import torch
-
+def train_job(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A harness job (in a worker process): one training run, its reward history, evaluations, diagnostics and
+    time."""
     from agents.job.train import train
 
-    torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        cfg = TrainConfig.from_flat({**job, "output_dir": out})
-        result = train(cfg)
+    cfg = TrainConfig.from_flat({**job, "output_dir": output_dir(run_dir)})
+    result = train(cfg)
     m = result.metrics
     epochs = m["epochs"]
 
     def mean_of(key: str) -> float | None:
-        values = [e[key] for e in epochs if key in e]
-        return float(np.mean(values)) if values else None
+        return mean_present([e.get(key) for e in epochs])
 
     return {
         "agent": cfg.agent, "reward": cfg.reward, "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate,
@@ -108,10 +108,6 @@ def run_one(job: dict[str, Any], threads: int) -> dict[str, Any]:
     }
 
 
-def _run_star(args: tuple[dict[str, Any], int]) -> dict[str, Any]:
-    return run_one(*args)
-
-
 def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str]) -> dict[str, dict[str, Any]]:
     """Per reward × agent: final evaluation reward (mean, std over seeds), the gain in initial stds, the curves and
     the diagnostics (means over seeds)."""
@@ -122,32 +118,27 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str])
             if not mine:  # (an unfinished benchmark: not run yet)
                 continue
             table.setdefault(reward, {})
-            after = np.array([np.mean(r["eval_after"]) for r in mine])
+            after = over_seeds([np.mean(r["eval_after"]) for r in mine])
             before = np.array([np.mean(r["eval_before"]) for r in mine])
             initial_std = np.mean([np.std(r["eval_before"]) for r in mine])
-            gains = (after - before) / max(initial_std, 1e-12)
-            curves = np.array([r["train_reward_mean"] for r in mine])
+            gains = over_seeds((np.array(after.per_seed) - before) / max(initial_std, 1e-12))
+            curve_mean, curve_std = curve_stats([r["train_reward_mean"] for r in mine])
             table[reward][agent] = {
                 "seeds": len(mine),
                 "learning_rate": mine[0]["learning_rate"],
                 "eval_before": float(before.mean()),
-                "eval_after_mean": float(after.mean()),
-                "eval_after_std": float(after.std()),
-                "gain_in_initial_std": float(gains.mean()),
-                "gain_in_initial_std_per_seed": gains.tolist(),
-                "curve_mean": curves.mean(0).tolist(),
-                "curve_std": curves.std(0).tolist(),
+                "eval_after_mean": after.mean,
+                "eval_after_std": after.std,
+                "gain_in_initial_std": gains.mean,
+                "gain_in_initial_std_per_seed": gains.per_seed,
+                "curve_mean": curve_mean,
+                "curve_std": curve_std,
                 "minutes_per_run": float(np.mean([r["train_seconds"] for r in mine]) / 60),
-                **{key: _mean([r.get(key) for r in mine]) for key in (
+                **{key: mean_present([r.get(key) for r in mine]) for key in (
                     "optimizer_steps", "clip_fraction", "kl_to_base", "effective_sample_size", "agreement_before",
                     "agreement_after")},
             }
     return table
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, title: str) -> None:
@@ -173,12 +164,12 @@ def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, t
     plt.close(fig)
 
 
-def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str, Any], settings: dict[str, Any],
-             png: str, title: str = "RL algorithms on diffusion") -> str:
+def markdown(data: dict[str, Any], png: str, title: str = "RL algorithms on diffusion") -> str:
+    table, env_info, settings = data["table"], data["environment"], data["settings"]
     agents = list(dict.fromkeys(a for per_agent in table.values() for a in per_agent))
     lines = [
         f"# {title}\n",
-        *provenance(env_info, command),
+        *provenance(env_info, data["settings_from"]),
         "Final reward on the fixed evaluation set (100 prompts × seeds), mean ± std over seeds; in brackets the "
         "gain over the untrained model in units of its per-sample std. Same settings and samples for all: "
         + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; learning rates per algorithm below.\n",
@@ -193,7 +184,8 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
     lines += ["\nPer run (means over seeds): learning rate, optimizer steps, mean clip fraction (DDPO-IS), KL to the "
               "base model along the evaluation trajectories, effective sample size of a rollout (RWR), digits the "
               "classifier reads as prompted after training (before: "
-              + cell(_mean([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%") + ").\n",
+              + cell(mean_present([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%")
+              + ").\n",
               "| reward | agent | lr | optimizer steps | clip fraction | KL to base | ESS | digits read | "
               "gain per seed (std) | min/run |", "|---|---|---|---|---|---|---|---|---|---|"]
     for reward, per_agent in table.items():
@@ -205,14 +197,7 @@ def markdown(table: dict[str, dict[str, Any]], command: str, env_info: dict[str,
                 f"| {cell(r['effective_sample_size'], '.1f')} | {cell(r['agreement_after'], '.0%')} | "
                 + ", ".join(f"{g:+.2f}" for g in r["gain_in_initial_std_per_seed"])
                 + f" | {r['minutes_per_run']:.1f} |")
-    if env_info.get("runs_missing"):
-        lines.insert(2, f"**Partial: {env_info['runs_planned'] - env_info['runs_missing']} of "
-                        f"{env_info['runs_planned']} runs finished** (`--resume` runs the rest; a cell's seeds are "
-                        "counted in its row below).\n")
-    if "wall_minutes" in env_info:
-        lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
-                     "invocation.")
-    lines.append(f"\n![reward vs samples]({png})\n")
+    lines += [*wall_time(env_info), f"\n![reward vs samples]({png})\n"]
     return "\n".join(lines)
 
 
@@ -237,90 +222,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rates", default=",".join(str(r) for r in SWEEP_RATES),
                         help="the sweep's rates: 1e-3,3e-3 for every agent, or ddpo-is=5e-3,rwr=2e-3 per agent "
                              "(with --resume, added to the runs already there)")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--resume", action="store_true", help="keep finished runs from the results JSON")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: write the table, plot and summary from the runs in the results JSON (e.g. "
-                             "of an unfinished benchmark; --resume later runs the rest)")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default="algorithms",
-                        help="results file stem: NAME.{json,md,png}; the sweep writes (and the main run reads) "
-                             "NAME_sweep.{json,md}")
+    add_arguments(parser, "algorithms", name_help="results file stem: NAME.{json,md,png}; the sweep writes (and the "
+                  "main run reads) NAME_sweep.{json,md}")
     args = parser.parse_args(argv)
     name = f"{args.name}_sweep" if args.sweep else args.name
 
-    settings = dict(PRESETS[args.preset])
-    if args.model:
-        settings["model"] = args.model
+    settings = settings_with(PRESETS[args.preset], model=args.model, epochs=args.epochs,
+                             samples_per_epoch=args.samples_per_epoch, num_steps=args.num_steps,
+                             lora_rank=args.lora_rank)
     if "model" not in settings:
         parser.error("--preset gpu needs --model: a local Stable Diffusion folder (save_pretrained)")
-    for key, value in (("epochs", args.epochs), ("samples_per_epoch", args.samples_per_epoch)):
-        if value:
-            settings[key] = value
-    if args.num_steps:
-        settings["num_steps"] = args.num_steps
-    if args.lora_rank is not None:
-        settings["lora_rank"] = args.lora_rank
-    for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
-        settings[key] = min(settings[key], settings["samples_per_epoch"])
     base = {**settings, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
     agents = args.agents.split(",")
     rewards = (args.rewards or (SWEEP_REWARD if args.sweep else ",".join(REWARDS))).replace(
         "all", ",".join(ALL_REWARDS)).split(",")
     results_dir = Path(args.results_dir)
-    rates = {**DEFAULT_RATES, **best_rates(results_dir / f"{args.name}_sweep.json")}
-    env_info = environment(command_line("benchmarks.algorithms", argv))
-    env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
-
-    json_path = results_dir / f"{name}.json"
-    done: dict[str, dict[str, Any]] = {}
-    saved_env = None
-    if (args.resume or args.report_only) and json_path.exists():
-        saved_env = json.loads(json_path.read_text())["environment"]
-        done = {run_key(r["agent"], r["reward"], r["seed"], r["learning_rate"]): r
-                for r in json.loads(json_path.read_text())["runs"]}
+    sweep_json = results_dir / f"{args.name}_sweep.json"
+    chosen = best_rates(sweep_json)
+    rates = {**DEFAULT_RATES, **chosen}
     if args.sweep:
         per_agent = parse_rates(args.rates, agents)
         grid = [(a, r, SWEEP_SEED, lr) for r in rewards for a in agents for lr in per_agent.get(a, [])]
     else:
         grid = [(a, r, s, rates[a]) for r in rewards for s in range(args.seeds) for a in agents]
-    jobs = [TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, {}), "agent": a, "reward": r, "seed": s,
-                                   "learning_rate": lr}).to_flat()
-            for a, r, s, lr in grid if run_key(a, r, s, lr) not in done]
-    env_info["runs_missing"], env_info["runs_planned"] = len(jobs), len(grid)
-    if args.report_only:
-        env_info = {**(saved_env or env_info), "runs_missing": len(jobs), "runs_planned": len(grid),
-                    "report_command": env_info["command"]}
-        jobs = []
-    print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
+    jobs = [Job(job_id(a, r, s, lr), TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, {}), "agent": a,
+                                                             "reward": r, "seed": s, "learning_rate": lr}).to_flat())
+            for a, r, s, lr in grid]
+    runner = GridRun.from_args(
+        Grid(name, train_job, jobs, KEY_FIELDS, rates_source(args.sweep, sweep_json, chosen, agents),
+             {"settings": settings, "agent_settings": AGENT_SETTINGS}),
+        args, parser, command_line("benchmarks.algorithms", argv))
 
-    def save() -> dict[str, Any]:
-        runs = sorted(done.values(), key=lambda r: (r["reward"], r["agent"], r["seed"], r["learning_rate"]))
-        table = aggregate(runs, agents, rewards) if not args.sweep else sweep_table(runs)
-        data = {"settings": settings, "agent_settings": AGENT_SETTINGS, "table": table, "runs": runs,
-                "environment": env_info}
-        write_json(json_path, data)
-        return data
+    def document(records: list[dict[str, Any]]) -> dict[str, Any]:
+        runs = sorted(records, key=lambda r: (r["reward"], r["agent"], r["seed"], r["learning_rate"]))
+        table = sweep_table(runs) if args.sweep else aggregate(runs, agents, rewards)
+        return {"settings": settings, "agent_settings": AGENT_SETTINGS, "table": table, "runs": runs}
 
-    start = time.perf_counter()
-    ctx = mp.get_context("spawn")  # fresh interpreters: no torch thread pool or RNG state inherited
-    with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
-        for run in pool.imap_unordered(_run_star, [(job, args.threads) for job in jobs]):
-            done[run_key(run["agent"], run["reward"], run["seed"], run["learning_rate"])] = run
-            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['agent']:>10} {run['reward']:<22} "
-                  f"seed {run['seed']} lr {run['learning_rate']:g}: eval {np.mean(run['eval_before']):.3f} → "
-                  f"{np.mean(run['eval_after']):.3f}", flush=True)
-            data = save()
-    if jobs:
-        env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # this invocation's runs
-        env_info["runs_timed"] = len(jobs)
-        env_info["runs_missing"] = 0
-    data = save()
+    data = runner.run(document, describe=lambda run: (
+        f"{run['agent']:>10} {run['reward']:<22} seed {run['seed']} lr {run['learning_rate']:g}: eval "
+        f"{np.mean(run['eval_before']):.3f} → {np.mean(run['eval_after']):.3f}"))
     if args.sweep:
-        text = sweep_markdown(data["table"], env_info, settings, best_rates(json_path))
-        (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
-        print(text)
+        write_report(results_dir, name, sweep_markdown(data, best_rates(runner.path)))
         return data
     table = data["table"]
     png = results_dir / f"{name}.png"
@@ -328,18 +270,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          f"{settings['model']} model, {settings.get('num_steps', 'default')} steps, "
          f"LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
          f"{settings['epochs']} × {settings['samples_per_epoch']} samples per run")
-    text = markdown(table, env_info["command"], env_info, settings, png.name)
-    (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
+    write_report(results_dir, name, markdown(data, png.name))
     figures = {reward: {agent: row["eval_after_mean"] for agent, row in per_agent.items()}
                for reward, per_agent in table.items()}
     steps = {agent: row["optimizer_steps"] for per_agent in table.values() for agent, row in per_agent.items()}
     update_summary({name: (figures, "final evaluation reward, mean over seeds"),
                     f"{name}_optimizer_steps": (steps, "optimizer steps per run (equal samples per run)")},
-                   {**env_info, "command": env_info.get("report_command", env_info["command"])}, results_dir)
-    print(text)
+                   summary_env(data["environment"]), results_dir)
     return data
-
-
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """The algorithms benchmark's learning-rate sweep (``python -m benchmarks.algorithms --sweep``): its grid, the rate it
-picks per agent for the main run, and its report."""
+picks per agent for the main run, where the main run's rates came from (``settings_from``), and its report.
+
+The sweep trains on its own seed (:data:`SWEEP_SEED`) but scores every rate on the job's fixed evaluation set, the
+same 100 prompts and sampling seeds the main run reports: the main run's rates are chosen on its test split."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import SettingsSource
+from benchmarks.reports import cell, provenance
+
 LABELS = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr": "RWR", "rwr-sparse": "RWR sparse"}
 SWEEP_SEED = 100  # the learning-rate sweep's seed: never one of the reported runs' (0, 1, 2, ...)
 SWEEP_RATES = (1e-3, 3e-3, 1e-2)
@@ -16,20 +22,6 @@ SWEEP_REWARD = "jpeg_compressibility"
 #: The main run's rate for an agent is its best sweep rate among those that keep this share of the digits readable
 #: (make train's floor): a rate that gains reward by destroying the model is not the algorithm doing better.
 MIN_AGREEMENT = 0.8
-
-
-def cell(value: float | None, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def provenance(env_info: dict[str, Any], command: str | None = None) -> list[str]:
-    """A report's header lines: the command, date, machine and revision of its runs, and the command that wrote the
-    report when it was rewritten from saved runs (``--report-only``)."""
-    lines = [f"`{command or env_info['command']}` — {env_info['date']}, {env_info['machine']}, "
-             f"rev {env_info['git_revision']}\n"]
-    if env_info.get("report_command"):
-        lines.append(f"(This report was written from the saved runs by `{env_info['report_command']}`.)\n")
-    return lines
 
 
 def run_gain(run: dict[str, Any]) -> float:
@@ -85,11 +77,30 @@ def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
-def sweep_markdown(table: dict[str, Any], env_info: dict[str, Any], settings: dict[str, Any],
-                   chosen: dict[str, float]) -> str:
+def rates_source(sweep: bool, sweep_json: Path, chosen: dict[str, float], agents: list[str]) -> SettingsSource:
+    """Where a grid's learning rates came from: for the sweep, nowhere (it reports every rate); for the main run, the
+    sweep in ``sweep_json`` (its ``chosen`` rates), scored on the evaluation set the main run reports, or the
+    defaults for the agents it has no rate for."""
+    if sweep:
+        return SettingsSource("none", f"every rate is reported; the main run takes its rates from this sweep, which "
+                                      f"trains on seed {SWEEP_SEED} but scores the same 100 evaluation prompts and "
+                                      "sampling seeds the main run reports.")
+    defaults = [a for a in agents if a not in chosen]
+    if len(defaults) == len(agents):
+        return SettingsSource("none", f"no sweep at {sweep_json}: every agent at its default learning rate; the other "
+                                      "settings fixed in advance (PRESETS, AGENT_SETTINGS).")
+    rest = f"; {', '.join(defaults)} at the default rate (not in the sweep)" if defaults else ""
+    return SettingsSource("test", f"learning rates from the sweep {sweep_json.name} (training seed {SWEEP_SEED}, not a "
+                                  "reported seed, but scored on the same 100 evaluation prompts and sampling seeds as "
+                                  f"these runs; best gain keeping ≥ {MIN_AGREEMENT:.0%} of the digits readable){rest}; "
+                                  "the other settings fixed in advance (PRESETS, AGENT_SETTINGS).")
+
+
+def sweep_markdown(data: dict[str, Any], chosen: dict[str, float]) -> str:
+    table, settings = data["table"], data["settings"]
     rewards = sorted({reward for rates in table.values() for row in rates.values() for reward in row})
     lines = [f"# Learning-rate sweep of the algorithms benchmark (seed {SWEEP_SEED})\n",
-             *provenance(env_info),
+             *provenance(data["environment"], data["settings_from"]),
              "Evaluation gain in initial stds (digits read as prompted after training, KL to the base model per step) "
              "per agent and learning rate; "
              "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f". The main benchmark takes, per "

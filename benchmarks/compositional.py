@@ -17,8 +17,10 @@ trains on the training prompts of some categories only (e.g. ``position``), stil
 Settings (``cpu`` preset): the embedded algorithms benchmark's (10 DDIM steps, η = 1, LoRA rank 4, 64 samples per
 epoch in micro-batches of 32, 3 steps per pass, matmul attention), 14 epochs, and per agent :data:`AGENT_SETTINGS`
 (measured on this task: the policy-gradient agents train the first 4 of the 10 steps, at 3e-3). Runs are
-independent one-thread processes (``--workers``), kept in the JSON as they finish (``--resume``). ``--epochs``
-makes it larger; ``--preset gpu`` runs on CUDA with bigger rollouts.
+independent one-thread processes run by :mod:`benchmarks.harness` (``--workers``; each job's log in
+``runs/benchmarks/NAME/JOB/job.log``), kept in the JSON as they finish (``--resume``). ``--epochs`` makes it larger;
+``--preset gpu`` runs on CUDA with bigger rollouts. The settings were chosen on the evaluation set this benchmark
+reports (:data:`benchmarks.compositional_task.SETTINGS_FROM`; the JSON's ``settings_from``).
 
 Writes benchmarks/results/compositional.{json,md}, compositional_curves.png, compositional_grid.png (before / after,
 captioned with the verifier's verdict) and summary.json's ``compositional_base_score``,
@@ -28,143 +30,73 @@ captioned with the verifier's verdict) and summary.json's ``compositional_base_s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
-import multiprocessing as mp
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
+from benchmarks.compositional_report import GRID_PROMPTS, aggregate, write_reports
+from benchmarks.compositional_task import (
+    AGENT_SETTINGS,
+    BASE,
+    PRESETS,
+    QUIET,
+    REWARD,
+    REWARDS,
+    SETTINGS_FROM,
+    SPLITS,
+    add_eval_arguments,
+    agent_settings,
+    eval_prompts,
+    eval_signature,
+    sample_args,
+    sample_job,
+    saved_eval_signature,
+    split_scores,
+    training_prompts,
+)
+from benchmarks.harness import Grid, GridRun, Job, add_arguments, job_id, settings_with
+from benchmarks.record import command_line
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
-#: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep;
-#: docs/shapes.md). The policy-gradient agents train only the first 4 of the 10 steps: training more of the later
-#: steps learns less, although those steps decide much of the reward (benchmarks.reward_decided): their gradients
-#: are larger and do not agree between samples (benchmarks.step_gradients). 3e-3 is the best of 1e-3, 3e-3 and 1e-2.
-#: RWR regresses onto the model's own samples and degrades it at 1e-3; at 1e-4 it holds the base model's score.
-SKIP_LAST_STEPS = 6
-AGENT_SETTINGS: dict[str, dict[str, Any]] = {
-    "ddpo-is": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},
-    "grpo": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS,
-             "group_advantages": True, "group_size": 8},
-    "ddpo-sf": {"agent": "ddpo-sf", "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},
-    "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 1e-4},
-}
-PRESET_STEPS = 10  # the episode length the skip above was measured for
-
-
-def agent_settings(agent: str, num_steps: int) -> dict[str, Any]:
-    """:data:`AGENT_SETTINGS` of ``agent`` for ``num_steps``-step episodes: the skip scaled from 10 steps, so the same
-    early part of the noise schedule is trained (at least one step). The untrained model's job takes DDPO-IS's."""
-    settings = dict(AGENT_SETTINGS.get(agent, AGENT_SETTINGS["ddpo-is"]))
-    if "skip_last_steps" in settings and num_steps != PRESET_STEPS:
-        settings["skip_last_steps"] = min(num_steps - 1, round(SKIP_LAST_STEPS * num_steps / PRESET_STEPS))
-    return settings
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"model": "shapes", "device": "cpu", "epochs": 14, "samples_per_epoch": 64, "num_envs": 16,
-            "batch_size": 32, "lora_rank": 4, "num_steps": 10, "steps_per_pass": 3, "attention": "matmul"},
-    "gpu": {"model": "shapes", "device": "cuda", "epochs": 60, "samples_per_epoch": 256, "num_envs": 64,
-            "batch_size": 128, "lora_rank": 4, "num_steps": 10},
-}
-REWARD = "geneval"
-#: The training rewards the benchmark offers (``--reward``), with what each is, for the report.
-REWARDS = {"geneval": "the verifier's partial credit",
-           "geneval_strict": "the verifier's partial credit × asked / max(asked, found): extra objects cost reward"}
-EVAL_SEED = 10_000  # x_T and noise of the evaluation samples: the same for the base model and every run
-BASE = "base"  # the untrained model's evaluation job
-
-
-def eval_prompts(split: str, eval_seeds: int, limit: int = 0) -> list[str]:
-    """The evaluation prompts of a split (its first ``limit`` when > 0), each ``eval_seeds`` times in a row."""
-    from ddpo_env.scenes import prompt_set
-
-    prompts = prompt_set(split)[:limit] if limit > 0 else prompt_set(split)
-    return [p for p in prompts for _ in range(eval_seeds)]
-
-
-def evaluate(policy: Any, backend: Any, cfg: Any, eval_seeds: int, limit: int) -> dict[str, Any]:
-    """Samples of ``policy`` for the evaluation prompts of both splits: images and per-sample KL to the base model."""
-    from agents.job.evaluation import evaluate_policy
-    from agents.job.train import build_env
-
-    env = build_env(cfg, num_envs=min(29, cfg.num_envs * 2), model=backend)
-    out = {}
-    for split in ("train", "heldout"):
-        prompts = eval_prompts(split, eval_seeds, limit)
-        result = evaluate_policy(policy, env, prompts, seed=EVAL_SEED, kl=policy.lora_rank > 0)
-        out[split] = {"images": result.images, "kl": result.kl, "prompts": prompts}
-    return out
-
-
-def run_one(job: dict[str, Any], threads: int, eval_seeds: int, limit: int) -> dict[str, Any]:
-    """One training run, or (agent ``base``, or ``benchmark_untrained``) the untrained model, evaluated (in a worker
-    process)."""
-    import torch
-
-    from agents.job.config import TrainConfig
-    from agents.job.train import build_agent, build_env, train
-
-    torch.set_num_threads(threads)
-    name = job.pop("benchmark_agent")
-    untrained = job.pop("benchmark_untrained", name == BASE)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        cfg = TrainConfig.from_flat({**job, "output_dir": out, "evaluate": False})
-        if untrained:
-            agent, curve = build_agent(cfg, build_env(cfg)), []
-        else:
-            result = train(cfg)
-            agent, curve = result.agent, [e["reward_mean"] for e in result.metrics["epochs"]]
-        train_seconds = time.perf_counter() - start
-        samples = evaluate(agent.policy, agent.diffusion_env.backend, cfg, eval_seeds, limit)
-    return {"agent": name, "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate, "curve": curve,
-            "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "samples": samples}
-
-
-def _run_star(args: tuple[dict[str, Any], int, int, int]) -> dict[str, Any]:
-    return run_one(*args)
 
 
 def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]) -> dict[str, Any]:
     """A run's record: scores per category, feature distance, diversity and KL per split (its images dropped)."""
-    from benchmarks.scene_metrics import category_scores, diversity, frechet_distance
+    from benchmarks.scene_metrics import diversity, frechet_distance
 
     record = {k: v for k, v in run.items() if k != "samples"}
     for split, s in run["samples"].items():
         f = features.features(s["images"])
-        scores = category_scores(s["images"], s["prompts"])
-        record[split] = {"overall": scores["overall"], "partial": scores["partial"],
-                         "extra_objects": scores["extra_objects"], "categories": scores["categories"],
-                         "relations": scores["relations"],
-                         "correct": scores["correct"],
+        record[split] = {**split_scores(s["images"], s["prompts"], s["kl"], full_categories=True),
                          "feature_distance": frechet_distance(f, reference[split]),
-                         "diversity": diversity(f, s["prompts"]),
-                         "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
+                         "diversity": diversity(f, s["prompts"])}
     return record
 
 
-def training_prompts(categories: list[str]) -> list[str]:
-    """The training prompts of these GenEval categories (``--categories``)."""
-    from ddpo_env.scenes import parse_prompt, prompt_set
+def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[str], categories: list[str]) -> Grid:
+    """The base model's evaluation and every agent × seed, each a training job of ``settings``."""
+    from agents.job.config import TrainConfig
 
-    return [p for p in prompt_set("train") if parse_prompt(p).category in categories]
+    base = {**settings, "reward": args.reward, **QUIET}
+    if categories:
+        base["prompts"] = training_prompts(categories)
+    steps = settings["num_steps"]
+    jobs = [Job(job_id(a, s), sample_args(a, TrainConfig.from_flat({**base, **agent_settings(a, steps), "seed": s})
+                                          .to_flat(), args.eval_seeds, args.eval_prompts, untrained=a == BASE))
+            for a, s in [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]]
+    signature = {"settings": settings, "agent_settings": {a: agent_settings(a, steps) for a in agents},
+                 "reward": args.reward, "categories": categories, **eval_signature(args.eval_seeds, args.eval_prompts)}
 
+    def saved_signature(saved: dict[str, Any]) -> dict[str, Any]:  # files from before a field existed: its default
+        return {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents},
+                "reward": saved.get("reward", REWARD), "categories": saved.get("categories", []),
+                **saved_eval_signature(saved)}
 
-def run_key(agent: str, seed: int) -> str:
-    return f"{agent}|{seed}"
+    return Grid(args.name, sample_job, jobs, ("agent", "seed"), SETTINGS_FROM, signature, saved_signature)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from agents.job.config import TrainConfig
-    from benchmarks.compositional_report import GRID_PROMPTS, aggregate, write_reports
     from benchmarks.scene_metrics import categories_arg, renders, scene_features
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -181,96 +113,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--categories", default="",
                         help="train on the training prompts of these GenEval categories only, comma-separated "
                         "(default: all); the evaluation still covers every category")
-    parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
-    parser.add_argument("--eval-prompts", type=int, default=0,
-                        help="evaluate on the first N prompts of each split only (0: all; for smoke tests)")
+    add_eval_arguments(parser)
     parser.add_argument("--feature-steps", type=int, default=600,
                         help="training steps of the feature CNN (benchmarks.scene_metrics; fewer for smoke tests)")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--resume", action="store_true", help="keep finished runs from the results JSON")
-    parser.add_argument("--report-only", action="store_true", help="run nothing: rewrite the reports from the JSON")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default="compositional", help="results file stem")
+    add_arguments(parser, "compositional")
     args = parser.parse_args(argv)
     agents = args.agents.split(",")
     unknown = [a for a in agents if a not in AGENT_SETTINGS]
     if unknown:
         parser.error(f"unknown agent(s) {unknown}: use {', '.join(AGENT_SETTINGS)}")
     categories = categories_arg(parser, args.categories)
-    settings = dict(PRESETS[args.preset])
-    for key in ("epochs", "samples_per_epoch", "num_steps", "model"):
-        if getattr(args, key):
-            settings[key] = getattr(args, key)
+    settings = settings_with(PRESETS[args.preset], epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+                             num_steps=args.num_steps, model=args.model)
     if args.model not in (None, "shapes") and args.name == "compositional":
         parser.error("--model: give the results a --name of their own (compositional is the shipped model's)")
-    for key in ("num_envs", "batch_size"):  # a smaller --samples-per-epoch takes them down with it
-        settings[key] = min(settings[key], settings["samples_per_epoch"])
-    results_dir = Path(args.results_dir)
-    json_path = results_dir / f"{args.name}.json"
-    env_info = environment(command_line("benchmarks.compositional", argv))
-    env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
-
-    done: dict[str, dict[str, Any]] = {}
-    if (args.resume or args.report_only) and json_path.exists():
-        saved = json.loads(json_path.read_text())
-        done = {run_key(r["agent"], r["seed"]): r for r in saved["runs"]}
-        mine = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
-                "reward": args.reward, "categories": categories}
-        theirs = {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents},
-                  "reward": saved.get("reward", REWARD), "categories": saved.get("categories", [])}
-        if args.resume and json.loads(json.dumps(mine)) != theirs:
-            parser.error(f"--resume: {json_path} was run with other settings ({theirs}, now {mine}): give this run "
-                         "another --name, or drop --resume to start over")
-        if args.report_only:
-            env_info = {**saved["environment"], "report_command": env_info["command"]}
-    grid = [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]
-    base = {**settings, "reward": args.reward, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
-    if categories:
-        base["prompts"] = training_prompts(categories)
-    jobs = [] if args.report_only else [
-        {**TrainConfig.from_flat({**base, **agent_settings(a, settings["num_steps"]), "seed": s}).to_flat(),
-         "benchmark_agent": a}
-        for a, s in grid if run_key(a, s) not in done]
-    print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
+    runner = GridRun.from_args(make_grid(args, settings, agents, categories), args, parser,
+                               command_line("benchmarks.compositional", argv))
 
     features = scene_features(steps=args.feature_steps)  # trained on renders, seeded: the same in every invocation
-    sets = {split: eval_prompts(split, args.eval_seeds, args.eval_prompts) for split in ("train", "heldout")}
+    sets = {split: eval_prompts(split, args.eval_seeds, args.eval_prompts) for split in SPLITS}
     reference = {split: features.features(renders(prompts, seed=2)) for split, prompts in sets.items()}
     floor = {split: _floor(features, prompts, reference[split]) for split, prompts in sets.items()}
     columns = [(split, i) for split, i in GRID_PROMPTS if i < len(sets[split]) // args.eval_seeds]
+    results_dir = Path(args.results_dir)
     samples_path = results_dir / f"{args.name}_grid.npz"
-    grid_images = dict(np.load(samples_path)) if samples_path.exists() and done else {}
+    grid_images = dict(np.load(samples_path)) if samples_path.exists() and runner.finished else {}
 
-    def save() -> dict[str, Any]:
-        runs = sorted(done.values(), key=lambda r: (r["agent"] != BASE, r["agent"], r["seed"]))
-        data = {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
+    def document(records: list[dict[str, Any]]) -> dict[str, Any]:
+        runs = sorted(records, key=lambda r: (r["agent"] != BASE, r["agent"], r["seed"]))
+        return {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
                 "reward": args.reward, "categories": categories,
                 "eval_seeds": args.eval_seeds, "eval_prompts": {k: len(p) // args.eval_seeds for k, p in sets.items()},
-                "grid_columns": columns, "renders": floor, "table": aggregate(runs, agents), "runs": runs,
-                "environment": env_info}
-        write_json(json_path, data)
-        return data
+                "grid_columns": columns, "renders": floor, "table": aggregate(runs, agents), "runs": runs}
 
-    start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        tasks = [(job, args.threads, args.eval_seeds, args.eval_prompts) for job in jobs]
-        for run in pool.imap_unordered(_run_star, tasks):
-            if run["seed"] == 0:  # the grid: seed 0's first sample of the grid's prompts
-                grid_images[run["agent"]] = np.stack([run["samples"][split]["images"][i * args.eval_seeds]
-                                                      for split, i in columns])
-                np.savez_compressed(samples_path, **grid_images)
-            record = measure(run, features, reference)
-            done[run_key(record["agent"], record["seed"])] = record
-            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {record['agent']:>8} seed {record['seed']}: "
-                  f"train {record['train']['overall']:.1%}, held-out {record['heldout']['overall']:.1%}", flush=True)
-            save()
-    if jobs:
-        env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-        env_info["runs_timed"] = len(jobs)
-    data = save()
-    text = write_reports(data, grid_images, results_dir, args.name)
-    print(text)
+    def collect(job: Job, run: dict[str, Any]) -> dict[str, Any]:
+        if run["seed"] == 0:  # the grid: seed 0's first sample of the grid's prompts
+            grid_images[run["agent"]] = np.stack([run["samples"][split]["images"][i * args.eval_seeds]
+                                                  for split, i in columns])
+            np.savez_compressed(samples_path, **grid_images)
+        return measure(run, features, reference)
+
+    data = runner.run(document, collect, lambda r: f"{r['agent']:>8} seed {r['seed']}: train "
+                      f"{r['train']['overall']:.1%}, held-out {r['heldout']['overall']:.1%}")
+    write_reports(data, grid_images, results_dir, args.name)
     return data
 
 

@@ -12,6 +12,8 @@ row matches its base model.
 
 It is the yardstick for the RL runs: what supervision on the right answers teaches the same policy from as many
 samples and updates, and from more. ``--variants 3,4 --checkpoints 0,280,840,1400`` fits longer at lower rates.
+Runs are one-thread processes run by :mod:`benchmarks.harness` (``--workers``, ``--resume``; each job's log in
+``runs/benchmarks/NAME/JOB/job.log``).
 
 Writes benchmarks/results/compositional_oracle.{json,md}.
 """
@@ -19,18 +21,23 @@ Writes benchmarks/results/compositional_oracle.{json,md}.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import multiprocessing as mp
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.compositional import PRESETS, evaluate
-from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
+from benchmarks.compositional_task import (
+    PRESETS,
+    add_eval_arguments,
+    eval_signature,
+    evaluate,
+    saved_eval_signature,
+    split_scores,
+)
+from benchmarks.harness import Grid, GridRun, Job, SettingsSource, add_arguments, job_id
+from benchmarks.record import command_line
+from benchmarks.reports import provenance, wall_time, write_report
 
 #: (name, LoRA rank (0: the whole UNet), learning rate)
 VARIANTS: tuple[tuple[str, int, float], ...] = (
@@ -44,6 +51,9 @@ DEFAULT_VARIANTS = (0, 1, 2)  # the lower rates (3, 4) for long runs: --variants
 BATCH = 32
 RL_UPDATES = PRESETS["cpu"]["epochs"] * PRESETS["cpu"]["samples_per_epoch"] // PRESETS["cpu"]["batch_size"]
 CHECKPOINTS = (0, RL_UPDATES, 3 * RL_UPDATES, 10 * RL_UPDATES)
+SETTINGS_FROM = SettingsSource(
+    "none", "fixed in advance: the RL runs' policy, batch and budget, at learning rates around theirs; every variant "
+    "and checkpoint is reported (a best row read off the table is chosen on the evaluation set it reports).")
 
 
 def render_batch(prompts: list[str], rng: np.random.Generator, size: int) -> tuple[list[str], list[Any]]:
@@ -55,23 +65,20 @@ def render_batch(prompts: list[str], rng: np.random.Generator, size: int) -> tup
     return chosen, [make_scene(parse_prompt(p), rng) for p in chosen]
 
 
-def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: int, limit: int) -> dict[str, Any]:
-    """One fine-tuning run on renders, scored at each checkpoint (in a worker process, one thread)."""
+def fit(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: int, limit: int) -> dict[str, Any]:
+    """One fine-tuning run on renders, scored at each checkpoint."""
     import torch
 
     from agents.job.config import TrainConfig
     from agents.job.train import build_agent, build_env
     from agents.rwr import denoising_mse
-    from benchmarks.scene_metrics import category_scores
     from ddpo_env.scenes import prompt_set
 
-    torch.set_num_threads(1)
     name, rank, lr = VARIANTS[variant]
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        cfg = TrainConfig.from_flat({**PRESETS["cpu"], "agent": "rwr", "lora_rank": rank, "learning_rate": lr,
-                                     "seed": seed, "reward": "geneval", "output_dir": out, "evaluate": False})
-        agent = build_agent(cfg, build_env(cfg))
+    # the job's policy, env and optimizer settings only: nothing is written to its output_dir
+    cfg = TrainConfig.from_flat({**PRESETS["cpu"], "agent": "rwr", "lora_rank": rank, "learning_rate": lr,
+                                 "seed": seed, "reward": "geneval", "evaluate": False})
+    agent = build_agent(cfg, build_env(cfg))
     policy, diffusion = agent.policy, agent.diffusion_env
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.algorithm.adam_weight_decay)
@@ -79,14 +86,9 @@ def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: i
     prompts, scores, losses, start = prompt_set("train"), [], [], time.perf_counter()
     for update in range(max(checkpoints) + 1):
         if update in checkpoints:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                samples = evaluate(policy, diffusion.backend, cfg, eval_seeds, limit)
-            row = {"updates": update, "renders": update * BATCH}
-            for split, s in samples.items():
-                c = category_scores(s["images"], s["prompts"])
-                row[split] = {"overall": c["overall"], "partial": c["partial"], "extra_objects": c["extra_objects"],
-                              "categories": {k: v["accuracy"] for k, v in c["categories"].items()}}
-            scores.append(row)
+            samples = evaluate(policy, diffusion.backend, cfg, eval_seeds, limit)
+            scores.append({"updates": update, "renders": update * BATCH,
+                           **{split: split_scores(s["images"], s["prompts"]) for split, s in samples.items()}})
         if update == max(checkpoints):
             break
         chosen, scenes = render_batch(prompts, rng, BATCH)
@@ -104,8 +106,9 @@ def run_one(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: i
             "seconds": time.perf_counter() - start}
 
 
-def _run_star(args: tuple[int, int, tuple[int, ...], int, int]) -> dict[str, Any]:
-    return run_one(*args)
+def fit_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """:func:`fit` as a harness job (in a worker process)."""
+    return fit(**args)
 
 
 def table(runs: list[dict[str, Any]], checkpoints: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -125,11 +128,11 @@ def table(runs: list[dict[str, Any]], checkpoints: tuple[int, ...]) -> list[dict
 
 
 def markdown(data: dict[str, Any]) -> str:
-    env = data["environment"]
     lines = [
         "# Supervised fine-tuning on the generator's renders, at the RL budget and beyond",
         "",
-        f"`{env['command']}` ({env.get('wall_minutes', '?')} min, {env['machine']}). The shapes model's policy fit "
+        *provenance(data["environment"], data["settings_from"]),
+        f"The shapes model's policy fit "
         f"by RWR's denoising loss (uniform weights) on renders of the {data['train_prompts']} training prompts, "
         f"{BATCH} per update; "
         f"{RL_UPDATES} updates = the compositional benchmark's RL budget ({RL_UPDATES * BATCH} samples). Scored as "
@@ -143,6 +146,7 @@ def markdown(data: dict[str, Any]) -> str:
         each = " / ".join(f"{v:.1%}" for v in row["train_each"])
         lines.append(f"| {row['variant']} | {row['updates']} | {row['renders']} | {row['train_overall']:.1%} | "
                      f"{each} | {row['heldout_overall']:.1%} | {row['train_extra_objects']:.2f} |")
+    lines += wall_time(data["environment"])
     return "\n".join(lines) + "\n"
 
 
@@ -155,11 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="indices into VARIANTS: " + "; ".join(f"{i} {v[0]}" for i, v in enumerate(VARIANTS)))
     parser.add_argument("--checkpoints", default=",".join(str(c) for c in CHECKPOINTS),
                         help="updates after which each run is scored")
-    parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
-    parser.add_argument("--eval-prompts", type=int, default=0, help="first N prompts of each split only (0: all)")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one-thread processes)")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default="compositional_oracle", help="results file stem")
+    add_eval_arguments(parser)
+    add_arguments(parser, "compositional_oracle")
     args = parser.parse_args(argv)
     variants = [int(v) for v in args.variants.split(",")]
     if any(v not in range(len(VARIANTS)) for v in variants):
@@ -170,26 +171,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--checkpoints: comma-separated update counts, e.g. 0,28,280, got {args.checkpoints!r}")
     if checkpoints[0] < 0:
         parser.error(f"--checkpoints must be >= 0, got {args.checkpoints}")
-    env_info = environment(command_line("benchmarks.compositional_oracle", argv))
-    env_info["machine"] += f"; {args.workers} workers × 1 thread"
-    tasks = [(v, s, checkpoints, args.eval_seeds, args.eval_prompts) for v in variants for s in range(args.seeds)]
-    start, runs = time.perf_counter(), []
-    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        for run in pool.imap_unordered(_run_star, tasks):
-            runs.append(run)
-            trail = ", ".join(f"{s['updates']}: {s['train']['overall']:.1%}" for s in run["scores"])
-            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['variant']} seed {run['seed']}: {trail}",
-                  flush=True)
-    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    runs.sort(key=lambda r: (r["variant"], r["seed"]))
-    data = {"batch": BATCH, "rl_updates": RL_UPDATES, "checkpoints": list(checkpoints), "seeds": args.seeds,
-            "eval_seeds": args.eval_seeds, "train_prompts": len(prompt_set("train")),
-            "table": table(runs, checkpoints), "runs": runs, "environment": env_info}
-    results = Path(args.results_dir)
-    write_json(results / f"{args.name}.json", data)
-    text = markdown(data)
-    (results / f"{args.name}.md").write_text(text)
-    print(text)
+    jobs = [Job(job_id(VARIANTS[v][0], s), {"variant": v, "seed": s, "checkpoints": checkpoints,
+                                            "eval_seeds": args.eval_seeds, "limit": args.eval_prompts})
+            for v in variants for s in range(args.seeds)]
+    evaluation = eval_signature(args.eval_seeds, args.eval_prompts)
+    runner = GridRun.from_args(
+        Grid(args.name, fit_job, jobs, ("variant", "seed"), SETTINGS_FROM,
+             {"batch": BATCH, "checkpoints": list(checkpoints), **evaluation},
+             lambda saved: {"batch": saved.get("batch"), "checkpoints": saved.get("checkpoints"),
+                            **saved_eval_signature(saved)}),
+        args, parser, command_line("benchmarks.compositional_oracle", argv))
+
+    def document(records: list[dict[str, Any]]) -> dict[str, Any]:
+        runs = sorted(records, key=lambda r: (r["variant"], r["seed"]))
+        return {"batch": BATCH, "rl_updates": RL_UPDATES, "checkpoints": list(checkpoints), "seeds": args.seeds,
+                **evaluation, "train_prompts": len(prompt_set("train")), "table": table(runs, checkpoints),
+                "runs": runs}
+
+    def describe(run: dict[str, Any]) -> str:
+        trail = ", ".join(f"{s['updates']}: {s['train']['overall']:.1%}" for s in run["scores"])
+        return f"{run['variant']} seed {run['seed']}: {trail}"
+
+    data = runner.run(document, describe=describe)
+    write_report(Path(args.results_dir), args.name, markdown(data))
     return data
 
 

@@ -1,4 +1,5 @@
-"""The compositional benchmark's tables, curves, sample grid and summary figures (``benchmarks.compositional``)."""
+"""The compositional benchmark's tables, curves, sample grid and summary figures (``benchmarks.compositional``),
+from its results JSON alone."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.algorithms_sweep import provenance
-from benchmarks.compositional import REWARDS, training_prompts
+from benchmarks import reports
+from benchmarks.compositional_task import BASE, REWARDS, SPLITS, training_prompts
 from benchmarks.record import update_summary
 
 LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
           "rwr": "RWR"}
 #: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.
 GRID_PROMPTS = [("train", i) for i in range(8)] + [("heldout", i) for i in range(4)]
-SPLITS = ("train", "heldout")
 
 
 def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[str, Any]]:
@@ -24,38 +24,31 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[s
     from ddpo_env.scenes import CATEGORIES
 
     table: dict[str, dict[str, Any]] = {}
-    base = next((r for r in runs if r["agent"] == "base"), None)
-    for agent in ["base", *agents]:
+    base = next((r for r in runs if r["agent"] == BASE), None)
+    for agent in [BASE, *agents]:
         mine = [r for r in runs if r["agent"] == agent]
         if not mine:
             continue
         row: dict[str, Any] = {"seeds": len(mine), "minutes_per_run": float(np.mean([r["seconds"] for r in mine]) / 60)}
         for split in SPLITS:
-            overall = np.array([r[split]["overall"] for r in mine])
+            overall = reports.over_seeds([r[split]["overall"] for r in mine])
             row[split] = {
-                "overall_mean": float(overall.mean()), "overall_std": float(overall.std()),
-                "per_seed": overall.tolist(),
+                "overall_mean": overall.mean, "overall_std": overall.std, "per_seed": overall.per_seed,
                 "categories": {c: float(np.mean([r[split]["categories"][c]["accuracy"] for r in mine]))
                                for c in CATEGORIES if c in mine[0][split]["categories"]},
-                **{k: _mean([r[split].get(k) for r in mine]) for k in ("partial", "feature_distance", "diversity",
-                                                                        "kl_to_base", "extra_objects")},
+                **{k: reports.mean_present([r[split].get(k) for r in mine])
+                   for k in ("partial", "feature_distance", "diversity", "kl_to_base", "extra_objects")},
             }
             relations = [r[split].get("relations") for r in mine]
             if all(relations):
                 row[split]["relations"] = {k: float(np.mean([x[k] for x in relations])) for k in relations[0]}
             if base is not None:
-                row[split]["gain"] = float(overall.mean() - base[split]["overall"])
-        if agent != "base":
-            curves = np.array([r["curve"] for r in mine])
-            row["curve_mean"], row["curve_std"] = curves.mean(0).tolist(), curves.std(0).tolist()
+                row[split]["gain"] = float(overall.mean - base[split]["overall"])
+        if agent != BASE:
+            row["curve_mean"], row["curve_std"] = reports.curve_stats([r["curve"] for r in mine])
             row["learning_rate"] = mine[0]["learning_rate"]
         table[agent] = row
     return table
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def markdown(data: dict[str, Any], name: str) -> str:
@@ -65,7 +58,7 @@ def markdown(data: dict[str, Any], name: str) -> str:
     floor = data["renders"]
     lines = [
         "# RL on a compositional task with a verifiable reward\n",
-        *provenance(env_info),
+        *reports.provenance(env_info, data["settings_from"]),
         f"The shapes model fine-tuned with the `{data['reward']}` reward ({REWARDS[data['reward']]}) on the "
         f"{_trained_on(data.get('categories'))}; {settings['epochs']} epochs × {settings['samples_per_epoch']}"
         f" samples per run, " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("epochs",)) + ". "
@@ -84,22 +77,21 @@ def markdown(data: dict[str, Any], name: str) -> str:
         lines.append(
             f"| {LABELS.get(agent, agent)} ({row['seeds']}) | {t['overall_mean']:.1%} ± {t['overall_std']:.1%} | "
             f"{_signed(t.get('gain'))} | {h['overall_mean']:.1%} ± {h['overall_std']:.1%} | {_signed(h.get('gain'))} "
-            f"| {t['feature_distance']:.2f} | {t['diversity']:.2f} | {_cell(t.get('extra_objects'), '.2f')} | "
-            f"{_cell(t['kl_to_base'], '.3g')} | "
-            f"{_cell(row.get('learning_rate'), 'g')} | {row['minutes_per_run']:.1f} |")
+            f"| {t['feature_distance']:.2f} | {t['diversity']:.2f} | {reports.cell(t.get('extra_objects'), '.2f')} | "
+            f"{reports.cell(t['kl_to_base'], '.3g')} | "
+            f"{reports.cell(row.get('learning_rate'), 'g')} | {row['minutes_per_run']:.1f} |")
+    extra = reports.cell(floor["train"].get("extra_objects"), ".2f")
     lines.append(f"| generator renders | 100 % | | 100 % | | {floor['train']['feature_distance']:.2f} (floor) | "
-                 f"{floor['train']['diversity']:.2f} | {_cell(floor['train'].get('extra_objects'), '.2f')} | | | |")
+                 f"{floor['train']['diversity']:.2f} | {extra} | | | |")
     for split, categories in (("train", CATEGORIES), ("heldout", HELDOUT_CATEGORIES)):
         lines += [f"\n## Per category, {'training' if split == 'train' else 'held-out'} prompts\n",
                   "| agent | " + " | ".join(categories) + " |", "|---|" + "---|" * len(categories)]
         for agent, row in table.items():
-            cells = [_cell(row[split]["categories"].get(c), ".0%") for c in categories]
+            cells = [reports.cell(row[split]["categories"].get(c), ".0%") for c in categories]
             lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
     lines += _relation_table(table)
-    if "wall_minutes" in env_info:
-        lines.append(f"\nWall time: {env_info['wall_minutes']} min for the {env_info['runs_timed']} runs of this "
-                     "invocation.")
-    lines += [f"\n![training reward]({name}_curves.png)\n", f"![before and after]({name}_grid.png)\n"]
+    lines += [*reports.wall_time(env_info), f"\n![training reward]({name}_curves.png)\n",
+              f"![before and after]({name}_grid.png)\n"]
     return "\n".join(lines)
 
 
@@ -127,10 +119,6 @@ def _trained_on(categories: list[str] | None) -> str:
         return f"{len(prompt_set('train'))} training prompts"
     return (f"{len(training_prompts(categories))} training prompts of {', '.join(categories)} only (evaluated on "
             "every category)")
-
-
-def _cell(value: float | None, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def _signed(value: float | None) -> str:
@@ -181,21 +169,20 @@ def save_grid(grid_images: dict[str, np.ndarray], columns: list[tuple[str, int]]
 
 
 def write_reports(data: dict[str, Any], grid_images: dict[str, np.ndarray], results_dir: Path, name: str) -> str:
-    """The markdown report, curves, grid and summary figures; returns the markdown."""
+    """The markdown report (written and printed), curves, grid and summary figures; returns the markdown."""
     table = data["table"]
     plot_curves(table, data["settings"]["samples_per_epoch"], data["reward"], results_dir / f"{name}_curves.png")
     if grid_images:
         save_grid(grid_images, [tuple(c) for c in data["grid_columns"]], results_dir / f"{name}_grid.png")
     text = markdown(data, name)
-    (results_dir / f"{name}.md").write_text(text, encoding="utf-8")
-    env = data["environment"]
-    trained = {a: r["train"]["overall_mean"] for a, r in table.items() if a != "base"}
-    if "base" in table and trained and name == "compositional":
+    reports.write_report(results_dir, name, text)
+    trained = {a: r["train"]["overall_mean"] for a, r in table.items() if a != BASE}
+    if BASE in table and trained and name == "compositional":
         update_summary({
-            "compositional_base_score": (table["base"]["train"]["overall_mean"],
+            "compositional_base_score": (table[BASE]["train"]["overall_mean"],
                                          "GenEval-style accuracy of the shapes model, training prompts"),
             "compositional_trained_score": (trained, "after RL with the geneval reward, mean over seeds"),
-            "compositional_heldout_gain": ({a: r["heldout"]["gain"] for a, r in table.items() if a != "base"},
+            "compositional_heldout_gain": ({a: r["heldout"]["gain"] for a, r in table.items() if a != BASE},
                                            "held-out accuracy after − before (fraction)"),
-        }, {**env, "command": env.get("report_command", env["command"])}, results_dir)
+        }, reports.summary_env(data["environment"]), results_dir)
     return text

@@ -6,7 +6,9 @@ budget (``cpu`` preset: 14 epochs × 64 samples), once per setting and seed, sco
 verifier's binary accuracy, mean over categories, and the mean partial credit, on the same evaluation prompts and
 seeds). The settings vary ``skip_last_steps`` (how many of the 10 steps, counted from the end, are never trained) at
 one learning rate, then the learning rate at the chosen skip, then the skip again at the chosen rate, then other
-settings at those (:data:`SWEEP`). Runs are one-thread processes (``--workers``).
+settings at those (:data:`SWEEP`). Runs are one-thread processes run by :mod:`benchmarks.harness` (``--workers``,
+``--resume``; each job's log in ``runs/benchmarks/NAME/JOB/job.log``). Every setting is reported: this sweep is where
+the compositional benchmark's settings are chosen, on the evaluation prompts and seeds that benchmark reports.
 
 Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_sweep).
 """
@@ -14,16 +16,16 @@ Writes benchmarks/results/NAME.{json,md} (``--name``, default compositional_swee
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.config import LORA_TARGETS
-from benchmarks.compositional import AGENT_SETTINGS, BASE, PRESETS, REWARD, REWARDS, _run_star, agent_settings
-from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
+from benchmarks import compositional_task as task
+from benchmarks.harness import Grid, GridRun, Job, SettingsSource, add_arguments, job_id, settings_with
+from benchmarks.record import command_line
+from benchmarks.reports import provenance, wall_time, write_report
 
 UNTRAINED = "untrained"  # a row's override: evaluate the base model under the row's env settings, once
 
@@ -51,17 +53,17 @@ SWEEP: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def scores(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's record without its images: accuracy, partial credit and KL per split."""
-    from benchmarks.scene_metrics import category_scores
+SETTINGS_FROM = SettingsSource(
+    "none", "every setting is reported. This sweep is where benchmarks.compositional's settings are chosen: on the "
+    "training and held-out evaluation prompts and sampling seeds that benchmark reports (training seeds 0 and 1 "
+    "here, 0 to 2 there).")
 
+
+def scores(job: Job, run: dict[str, Any]) -> dict[str, Any]:
+    """A run's record without its images: accuracy, partial credit and KL per split."""
     record = {k: v for k, v in run.items() if k != "samples"}
     for split, s in run["samples"].items():
-        sc = category_scores(s["images"], s["prompts"])
-        record[split] = {"overall": sc["overall"], "partial": sc["partial"], "extra_objects": sc["extra_objects"],
-                         "relations": sc["relations"],
-                         "categories": {c: v["accuracy"] for c, v in sc["categories"].items()},
-                         "kl_to_base": None if s["kl"] is None else float(np.mean(s["kl"]))}
+        record[split] = task.split_scores(s["images"], s["prompts"], s["kl"])
     return record
 
 
@@ -77,9 +79,9 @@ def _extras(runs: list[dict[str, Any]]) -> str:
 def markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     runs = data["runs"]
-    base = next(r for r in runs if r["agent"] == BASE)
+    base = next(r for r in runs if r["agent"] == task.BASE)
     lines = ["# Which steps to train and how fast: the compositional task", "",
-             f"`{env['command']}` — {env['date']}, {env['machine']}, rev {env['git_revision']}", "",
+             *provenance(env, data["settings_from"]),
              f"GRPO-style DDPO-IS (groups of 8) on the shapes model with the `{data['reward']}` reward, "
              f"{data['settings']['epochs']} epochs × {data['settings']['samples_per_epoch']} samples per run, one run "
              "per seed. Scored on the compositional benchmark's evaluation prompts and seeds: binary accuracy (mean "
@@ -101,7 +103,7 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{_mean_and_each([r['train']['partial'] for r in mine], '.3f')} | "
                      f"{_mean_and_each([r['heldout']['overall'] for r in mine], '.1%')} | {_extras(mine)} | {kl:.2g} | "
                      f"{minutes:.1f} |")
-    lines += ["", f"Wall time: {env.get('wall_minutes', '?')} min for {env.get('runs_timed', '?')} runs."]
+    lines += wall_time(env)
     return "\n".join(lines) + "\n"
 
 
@@ -113,48 +115,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None, help="override the cpu preset's 14")
     parser.add_argument("--samples-per-epoch", type=int, default=None, help="override the preset's (smoke tests)")
     parser.add_argument("--num-steps", type=int, default=None, help="override the preset's 10 (smoke tests)")
-    parser.add_argument("--eval-seeds", type=int, default=2, help="evaluation samples per prompt")
-    parser.add_argument("--eval-prompts", type=int, default=0, help="first N prompts of each split only (0: all)")
+    task.add_eval_arguments(parser)
     parser.add_argument("--only", default="", help="comma-separated indices into the sweep (default: all)")
-    parser.add_argument("--reward", choices=REWARDS, default=REWARD, help="the training reward")
-    parser.add_argument("--name", default="compositional_sweep", help="results file stem")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--reward", choices=task.REWARDS, default=task.REWARD, help="the training reward")
+    add_arguments(parser, "compositional_sweep")
     args = parser.parse_args(argv)
     sweep = [SWEEP[int(i)] for i in args.only.split(",")] if args.only else list(SWEEP)
-    settings = dict(PRESETS["cpu"])
-    for key in ("epochs", "samples_per_epoch", "num_steps"):
-        if getattr(args, key):
-            settings[key] = getattr(args, key)
-    for key in ("num_envs", "batch_size"):
-        settings[key] = min(settings[key], settings["samples_per_epoch"])
-    base = {**settings, **agent_settings("grpo", settings["num_steps"]), "reward": args.reward, "tensorboard": False,
-            "image_every": 0, "save_every": 0, "keep_last": 1}
-    grid = [(BASE, {}, 0)] + [(name, over, seed) for name, over in sweep
+    settings = settings_with(task.PRESETS["cpu"], epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
+                             num_steps=args.num_steps)
+    base = {**settings, **task.agent_settings("grpo", settings["num_steps"]), "reward": args.reward, **task.QUIET}
+    grid = [(task.BASE, {}, 0)] + [(name, over, seed) for name, over in sweep
                               for seed in range(1 if over.get(UNTRAINED) else args.seeds)]
-    jobs = [{**TrainConfig.from_flat({**base, **{k: v for k, v in over.items() if k != UNTRAINED}, "seed": seed})
-             .to_flat(), "benchmark_agent": name, "benchmark_untrained": name == BASE or bool(over.get(UNTRAINED))}
-            for name, over, seed in grid]
-    env_info = environment(command_line("benchmarks.compositional_sweep", argv))
-    env_info["machine"] += f"; {args.workers} workers × 1 thread"
-    runs: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        tasks = [(job, 1, args.eval_seeds, args.eval_prompts) for job in jobs]
-        for run in pool.imap_unordered(_run_star, tasks):
-            record = scores(run)
-            runs.append(record)
-            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {record['agent']} seed {record['seed']}: "
-                  f"train {record['train']['overall']:.1%} (partial {record['train']['partial']:.3f})", flush=True)
-    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    env_info["runs_timed"] = len(jobs)
-    data = {"settings": settings, "agent": AGENT_SETTINGS["grpo"], "reward": args.reward, "sweep": sweep,
-            "runs": sorted(runs, key=lambda r: (r["agent"], r["seed"])), "environment": env_info}
-    results_dir = Path(args.results_dir)
-    write_json(results_dir / f"{args.name}.json", data)
-    text = markdown(data)
-    (results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
-    print(text)
+    jobs = [Job(job_id(name, seed), task.sample_args(
+        name, TrainConfig.from_flat({**base, **{k: v for k, v in over.items() if k != UNTRAINED}, "seed": seed})
+        .to_flat(), args.eval_seeds, args.eval_prompts, untrained=name == task.BASE or bool(over.get(UNTRAINED))))
+        for name, over, seed in grid]
+    signature = {"settings": settings, "agent": task.AGENT_SETTINGS["grpo"], "reward": args.reward,
+                 **task.eval_signature(args.eval_seeds, args.eval_prompts)}
+    runner = GridRun.from_args(
+        Grid(args.name, task.sample_job, jobs, ("agent", "seed"), SETTINGS_FROM, signature,
+             lambda saved: {**{k: saved.get(k) for k in ("settings", "agent", "reward")},
+                            **task.saved_eval_signature(saved)}),
+        args, parser, command_line("benchmarks.compositional_sweep", argv))
+
+    def document(records: list[dict[str, Any]]) -> dict[str, Any]:
+        kept = {r["agent"] for r in records}  # rows of other --only values, kept by --resume
+        rows = [*sweep, *(row for row in SWEEP if row[0] in kept and row not in sweep)]
+        return {**signature, "sweep": rows, "runs": sorted(records, key=lambda r: (r["agent"], r["seed"]))}
+
+    data = runner.run(document, scores, lambda r: f"{r['agent']} seed {r['seed']}: train {r['train']['overall']:.1%} "
+                      f"(partial {r['train']['partial']:.3f})")
+    write_report(Path(args.results_dir), args.name, markdown(data))
     return data
 
 

@@ -8,25 +8,23 @@ algorithms benchmark's former cpu preset (:data:`SETTINGS`); reward JPEG incompr
 
 Writes ``benchmarks/results/kl_frontier.{json,md,png}`` — the reward-vs-KL frontier (final held-out reward against
 final KL, per seed and mean) and the held-out curves — and summary.json's ``kl_frontier``. Runs are independent
-processes (``--workers`` × ``--threads``); finished runs are kept as they complete (``--resume``).
+processes run by :mod:`benchmarks.harness` (``--workers`` × ``--threads``; each job's log in
+``runs/benchmarks/NAME/JOB/job.log``); finished runs are kept as they complete (``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import multiprocessing as mp
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agents.job.train import TrainConfig
-from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
+from benchmarks.harness import Grid, GridRun, Job, SettingsSource, add_arguments, job_id, output_dir, settings_with
+from benchmarks.record import command_line, update_summary
+from benchmarks.reports import over_seeds, provenance, summary_env, wall_time, write_report
 
 #: name → TrainConfig overrides of DDPO-IS (the order of the table and the plots).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -44,25 +42,21 @@ METRICS = ("reward_train", "reward_held_out", "kl_held_out", "diversity_held_out
 SETTINGS: dict[str, Any] = {"model": "default", "device": "cpu", "epochs": 12, "samples_per_epoch": 64,
                             "num_envs": 16, "batch_size": 8, "learning_rate": 5e-4, "lora_rank": 0,
                             "clip_range": 1e-3}
+SETTINGS_FROM = SettingsSource(
+    "train", "the learning rate 5e-4 is the algorithms benchmark's former cpu preset's, taken because make train's "
+    "2e-4 had not climbed back from its first updates' dip in training reward by 1024 samples; the rest fixed in "
+    "advance; every β and k is reported.")
 
 
-def run_variant(name: str, job: dict[str, Any], threads: int) -> dict[str, Any]:
-    """One training run with the held-out monitor (in a worker process)."""
-    import torch
-
+def monitor_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A harness job (in a worker process): one training run with the held-out monitor."""
     from agents.job.train import train
 
-    torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        result = train(TrainConfig.from_flat({**job, "output_dir": out}))
+    job = args["config"]
+    result = train(TrainConfig.from_flat({**job, "output_dir": output_dir(run_dir)}))
     m = result.metrics
-    return {"variant": name, "seed": job["seed"], "monitor": m["monitor"],
+    return {"variant": args["variant"], "seed": job["seed"], "monitor": m["monitor"],
             "train_reward_mean": [h["reward_mean"] for h in m["epochs"]], "train_seconds": m["train_seconds"]}
-
-
-def _run_star(args: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
-    return run_variant(*args)
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -75,9 +69,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"seeds": len(mine), "samples": [rec["samples"] for rec in mine[0]["monitor"]]}
         for metric in (*METRICS, "kl_train", "diversity_train"):
             curves = np.array([[rec[metric] for rec in r["monitor"]] for r in mine])
-            row[metric] = {"initial": float(curves[:, 0].mean()), "final_mean": float(curves[:, -1].mean()),
-                           "final_std": float(curves[:, -1].std()), "final_per_seed": curves[:, -1].tolist(),
-                           "curve_mean": curves.mean(axis=0).tolist()}
+            final = over_seeds(curves[:, -1])
+            row[metric] = {"initial": float(curves[:, 0].mean()), "final_mean": final.mean, "final_std": final.std,
+                           "final_per_seed": final.per_seed, "curve_mean": curves.mean(axis=0).tolist()}
         table[name] = row
     return table
 
@@ -111,17 +105,16 @@ def plot(table: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def markdown(table: dict[str, dict[str, Any]], env_info: dict[str, Any], settings: dict[str, Any], png: str) -> str:
+def markdown(data: dict[str, Any], png: str) -> str:
     def cell(metric: dict[str, float]) -> str:
         return f"{metric['final_mean']:.4f} ± {metric['final_std']:.4f}"
 
+    table = data["table"]
     first = next(iter(table.values()))
     lines = [
         "# Beyond DDPO: KL penalty, group advantages, held-out monitor", "",
-        f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}",
-        f"({env_info.get('wall_minutes_total', '?')} min wall in all, {env_info.get('wall_minutes', '?')} in the "
-        "last invocation)", "",
-        f"Settings: {json.dumps(settings)}", "",
+        *provenance(data["environment"], data["settings_from"]),
+        f"Settings: {json.dumps(data['settings'])}", "",
         "Final monitor evaluation (deterministic ODE sampler; 10 train and 10 held-out prompts × 2 seeds), mean ± std "
         f"over seeds. Base model: train reward {first['reward_train']['initial']:.4f}, held-out "
         f"{first['reward_held_out']['initial']:.4f}, held-out diversity {first['diversity_held_out']['initial']:.4f}.",
@@ -131,7 +124,7 @@ def markdown(table: dict[str, dict[str, Any]], env_info: dict[str, Any], setting
     for name, row in table.items():
         lines.append(f"| {name} | {cell(row['reward_train'])} | {cell(row['reward_held_out'])} | "
                      f"{cell(row['kl_held_out'])} | {cell(row['diversity_held_out'])} |")
-    lines += ["", f"![frontier and held-out curves]({png})", ""]
+    lines += [*wall_time(data["environment"]), "", f"![frontier and held-out curves]({png})", ""]
     return "\n".join(lines)
 
 
@@ -146,67 +139,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=None, help="override the cpu preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--monitor-every", type=int, default=24, help="optimizer updates between evaluations")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--name", default="kl_frontier")
+    add_arguments(parser, "kl_frontier")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}: use names from {list(VARIANTS)}")
 
-    settings = {**SETTINGS, "reward": args.reward, "monitor_every": args.monitor_every}
-    for key, value in (("epochs", args.epochs), ("samples_per_epoch", args.samples_per_epoch), ("model", args.model),
-                       ("num_steps", args.num_steps), ("held_out_prompts", args.held_out_prompts)):
-        if value:
-            settings[key] = value
-    for key in ("num_envs", "batch_size"):
-        settings[key] = min(settings[key], settings["samples_per_epoch"])
+    settings = settings_with({**SETTINGS, "reward": args.reward, "monitor_every": args.monitor_every},
+                             epochs=args.epochs, samples_per_epoch=args.samples_per_epoch, model=args.model,
+                             num_steps=args.num_steps or None, held_out_prompts=args.held_out_prompts or None)
     base = TrainConfig.from_flat(dict(**settings, agent="ddpo-is", evaluate=False, tensorboard=False, image_every=0,
                                       save_every=0, keep_last=1))
-    env_info = environment(command_line("benchmarks.kl_frontier", argv))
-    env_info["machine"] += f"; {args.workers} workers × {args.threads} threads"
+    jobs = [Job(job_id(name, seed), {"variant": name, "config": base.replace(seed=seed, **VARIANTS[name]).to_flat()})
+            for seed in range(args.seeds) for name in names]
+    runner = GridRun.from_args(Grid(args.name, monitor_job, jobs, ("variant", "seed"), SETTINGS_FROM,
+                                    {"settings": settings}),
+                               args, parser, command_line("benchmarks.kl_frontier", argv))
+
+    def document(records: list[dict[str, Any]]) -> dict[str, Any]:
+        runs = sorted(records, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
+        return {"settings": settings, "table": aggregate(runs), "runs": runs}
+
+    def describe(run: dict[str, Any]) -> str:
+        last = run["monitor"][-1]
+        return (f"{run['variant']:<20} seed {run['seed']}: held-out reward {last['reward_held_out']:.3f}, "
+                f"KL {last['kl_held_out']:.4f}")
+
+    data = runner.run(document, describe=describe)
     results_dir = Path(args.results_dir)
-    json_path = results_dir / f"{args.name}.json"
-    done: dict[tuple[str, int], dict[str, Any]] = {}
-    earlier_minutes = 0.0  # wall time of the invocations whose runs are kept
-    if args.resume and json_path.exists():
-        kept = json.loads(json_path.read_text())
-        done = {(r["variant"], r["seed"]): r for r in kept["runs"]}
-        earlier_minutes = kept["environment"].get("wall_minutes_total", kept["environment"].get("wall_minutes", 0.0))
-    jobs = [(name, base.replace(seed=seed, **VARIANTS[name]).to_flat(), args.threads) for seed in range(args.seeds)
-            for name in names if (name, seed) not in done]
-    print(f"{len(jobs)} runs to do ({len(done)} kept), {args.workers} workers × {args.threads} threads", flush=True)
-
-    def save() -> dict[str, Any]:
-        runs = sorted(done.values(), key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-        data = {"settings": settings, "table": aggregate(runs), "runs": runs, "environment": env_info}
-        write_json(json_path, data)
-        return data
-
-    start = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        for run in pool.imap_unordered(_run_star, jobs):
-            done[(run["variant"], run["seed"])] = run
-            last = run["monitor"][-1]
-            print(f"[{(time.perf_counter() - start) / 60:5.1f} min] {run['variant']:<20} seed {run['seed']}: "
-                  f"held-out reward {last['reward_held_out']:.3f}, KL {last['kl_held_out']:.4f}", flush=True)
-            save()
-    env_info["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    env_info["wall_minutes_total"] = round(earlier_minutes + env_info["wall_minutes"], 1)
-    data = save()
     png = results_dir / f"{args.name}.png"
     plot(data["table"], png, f"DDPO-IS variants on the {settings['model']} model, reward {args.reward}, "
          f"{args.seeds} seeds × {settings['epochs']} × {settings['samples_per_epoch']} samples")
-    text = markdown(data["table"], env_info, settings, png.name)
-    (results_dir / f"{args.name}.md").write_text(text, encoding="utf-8")
+    write_report(results_dir, args.name, markdown(data, png.name))
     figures = {name: {"held_out_reward": row["reward_held_out"]["final_mean"],
                       "kl_held_out": row["kl_held_out"]["final_mean"]} for name, row in data["table"].items()}
     update_summary({args.name: (figures, "final held-out reward and KL to the base model, mean over seeds")},
-                   env_info, results_dir)
-    print(text)
+                   summary_env(data["environment"]), results_dir)
     return data
 
 

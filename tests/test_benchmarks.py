@@ -19,7 +19,7 @@ from ddpo_env.ddim import DDIMSchedule, ddim_step
 def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_path):
     argv = ["--model", "tiny", "--agents", "ddpo-is,rwr-sparse", "--rewards", "jpeg_compressibility", "--seeds", "1",
             "--epochs", "2", "--samples-per-epoch", "8", "--num-steps", "2", "--workers", "1",
-            "--results-dir", str(tmp_path)]
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     data = algorithms.main(argv)
     table = data["table"]["jpeg_compressibility"]
     assert set(table) == {"ddpo-is", "rwr-sparse"}
@@ -49,7 +49,7 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
 
 def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path):
     argv = ["--model", "tiny", "--agents", "ddpo-is", "--epochs", "1", "--samples-per-epoch", "4",
-            "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path)]
+            "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     argv += ["--name", "mine"]  # the sweep writes mine_sweep.*, which the main run mine.* reads
     sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2"])
     assert {r["seed"] for r in sweep["runs"]} == {algorithms_sweep.SWEEP_SEED}
@@ -92,7 +92,7 @@ def test_kl_frontier_benchmark_writes_frontier_held_out_curves_and_summary(tmp_p
     held_out.write_text("a zebra\na scribbled three\n", encoding="utf-8")
     argv = ["--model", "tiny", "--held-out-prompts", str(held_out), "--variants", "DDPO-IS,DDPO-IS β=10",
             "--seeds", "1", "--epochs", "2", "--samples-per-epoch", "8", "--num-steps", "2", "--monitor-every", "1",
-            "--workers", "1", "--results-dir", str(tmp_path)]
+            "--workers", "1", "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     data = kl_frontier.main(argv)
     table = data["table"]
     assert list(table) == ["DDPO-IS", "DDPO-IS β=10"]

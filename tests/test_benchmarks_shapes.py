@@ -8,12 +8,13 @@ import pytest
 import torch
 
 
+@pytest.mark.slow  # starts worker processes (benchmarks.harness)
 def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_path, capsys):
     from benchmarks import compositional
 
     argv = ["--agents", "grpo", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "8", "--num-steps", "3",
             "--eval-prompts", "6", "--eval-seeds", "2", "--feature-steps", "50", "--workers", "2",
-            "--results-dir", str(tmp_path)]
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     data = compositional.main(argv)
     table = data["table"]
     assert set(table) == {"base", "grpo"} and data["eval_prompts"] == {"train": 6, "heldout": 6}
@@ -42,7 +43,7 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
     again = compositional.main([*argv, "--resume"])  # nothing left to run
     assert again["runs"] == data["runs"]
     with pytest.raises(SystemExit):  # other settings never mix with the saved runs
-        compositional.main([*argv[:-2], "--epochs", "2", "--results-dir", str(tmp_path), "--resume"])
+        compositional.main([*argv, "--epochs", "2", "--resume"])
     assert "was run with other settings" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # nor do runs trained on some categories only
         compositional.main([*argv, "--categories", "position", "--resume"])
@@ -56,7 +57,7 @@ def test_compositional_benchmark_writes_scores_grid_and_summary_and_resumes(tmp_
 
 
 def test_compositional_categories_train_on_those_training_prompts_only():
-    from benchmarks.compositional import training_prompts
+    from benchmarks.compositional_task import training_prompts
     from ddpo_env.scenes import parse_prompt, prompt_set
 
     position = training_prompts(["position"])
@@ -93,6 +94,7 @@ def test_step_gradients_benchmark_measures_each_trained_step_and_skips_the_rest(
     assert "## skip_last_steps = 1" in md and "| 2 |" in md and "not trained" in md
 
 
+@pytest.mark.slow  # starts worker processes (benchmarks.harness)
 def test_compositional_sweep_scores_each_setting_against_the_base_model(tmp_path):
     from benchmarks import compositional_sweep
 
@@ -100,7 +102,8 @@ def test_compositional_sweep_scores_each_setting_against_the_base_model(tmp_path
     # advantage, so no update (the 3600-step shapes model ties where the first one did not)
     data = compositional_sweep.main(["--only", "0", "--seeds", "1", "--epochs", "1", "--samples-per-epoch", "16",
                                      "--num-steps", "3", "--eval-prompts", "4", "--eval-seeds", "1",
-                                     "--reward", "geneval_strict", "--name", "strict", "--results-dir", str(tmp_path)])
+                                     "--reward", "geneval_strict", "--name", "strict", "--results-dir", str(tmp_path),
+                                     "--runs-dir", str(tmp_path / "runs")])
     (name, over), = data["sweep"]
     assert [r["agent"] for r in data["runs"]] == ["base", name]
     base, run = data["runs"]
@@ -159,7 +162,7 @@ def test_compositional_oracle_renders_training_scenes_and_scores_every_variant_f
                                                             "position", "color_attr"}
     assert all(v.correct for v in verify(np.stack([s.image for s in scenes]), prompts))
 
-    runs = [compositional_oracle.run_one(v, seed=0, checkpoints=(0, 2), eval_seeds=1, limit=3) for v in (0, 2)]
+    runs = [compositional_oracle.fit(v, seed=0, checkpoints=(0, 2), eval_seeds=1, limit=3) for v in (0, 2)]
     lora, whole = runs
     assert [s["updates"] for s in lora["scores"]] == [0, 2] and whole["lora_rank"] == 0
     assert lora["scores"][0]["train"] == whole["scores"][0]["train"]  # both start from the same model and seeds
