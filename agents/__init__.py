@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from agents.config import AGENT_CONFIGS, AgentConfig, DDPOISConfig, DDPOSFConfig, RWRConfig, SparseRWRConfig
+from ddpo_env.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from agents.base import DiffusionAgent
@@ -30,24 +31,17 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name == "AGENTS":
-        value: Any = {key: _algorithm(key) for key in AGENT_CONFIGS}
-    elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    else:
-        raise AttributeError(f"module 'agents' has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "AGENTS"})
-
-
 def _algorithm(name: str) -> type[DiffusionAgent]:
     module, _, cls = AGENT_CONFIGS[name].algorithm.partition(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def _agents() -> dict[str, type[DiffusionAgent]]:
+    """``AGENTS``: each agent's name → its class (imports the algorithms, and so torch)."""
+    return {key: _algorithm(key) for key in AGENT_CONFIGS}
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, {"AGENTS": _agents})
 
 
 def make_agent(name: str, env: Any, **kwargs: Any) -> DiffusionAgent:

@@ -7,11 +7,11 @@ touches no GPU, downloads nothing and imports no torch: the names below load the
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
 from gymnasium.envs.registration import register, registry
+
+from ddpo_env.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 ENV_ID = "DenoisingDiffusion-v0"
@@ -46,27 +46,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        return _submodule(name)
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def _submodule(name: str) -> Any:
-    """``ddpo_env.<name>`` as an attribute after a plain ``import ddpo_env`` (e.g. ``ddpo_env.backends``)."""
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 class _TorchvisionFallbackFilter(logging.Filter):

@@ -10,9 +10,7 @@ built-in scorer on first use, so it imports no torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ddpo_env.lazy import lazy_attributes
 from rewards.combine import add_reward, builtin_rewards, make_scorer, resolve_reward, weighted_sum
 from rewards.scorer import (
     FunctionScorer,
@@ -46,31 +44,8 @@ _LAZY = {
     "JpegIncompressibility": "rewards.jpeg",
     "jpeg_size_kb": "rewards.jpeg",
 }
-def __getattr__(name: str) -> Any:
-    if name == "REWARDS":
-        value: Any = builtin_rewards()  # the built-in scorers by name (``add_reward(env, name)``, ``--reward name``)
-    elif name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    else:
-        return _submodule(name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def _submodule(name: str) -> Any:
-    """``rewards.<name>`` as an attribute after a plain ``import rewards`` (e.g. ``rewards.jpeg``)."""
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "REWARDS"})
-
+#: The built-in scorers by name (``add_reward(env, name)``, ``--reward name``), built on first access.
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, {"REWARDS": builtin_rewards})
 
 __all__ = [
     "REWARDS",
