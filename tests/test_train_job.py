@@ -132,3 +132,35 @@ def test_a_folder_with_files_no_run_writes_is_refused_unless_overwrite(tmp_path,
     (tmp_path / "logs").mkdir()
     claim_output_dir(tmp_path, overwrite=False, main=False)  # another rank: neither deletes nor prints
     assert (tmp_path / "logs").is_dir() and capsys.readouterr().out == ""
+
+
+def test_a_run_that_failed_after_a_checkpoint_is_continued_by_resume_auto(tmp_path, capsys):
+    """A reward that fails in epoch 2 ends the run; --resume auto continues from epoch 1's checkpoint and ends
+    with the weights of a run that never failed."""
+    import torch
+
+    from rewards import RewardError
+
+    calls = {"n": 0}
+
+    def fails_once(images, prompts):  # the 4-env training batches: the 3rd call is epoch 2's
+        if len(images) < 25:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise ConnectionError("scoring server went away")
+        return images.mean(axis=(1, 2, 3)) / 255
+
+    flat = dict(model="tiny", num_steps=2, epochs=2, samples_per_epoch=8, num_envs=4, batch_size=4, device="cpu",
+                tensorboard=False, image_every=0, evaluate=False, save_every=1, reward="score")
+    steady = train(TrainConfig.from_flat({**flat, "output_dir": str(tmp_path / "steady")}),
+                   rewards={"score": lambda images, prompts: images.mean(axis=(1, 2, 3)) / 255})
+    failed = TrainConfig.from_flat({**flat, "output_dir": str(tmp_path / "failed")})
+    with pytest.raises(RewardError):
+        train(failed, rewards={"score": fails_once})
+    capsys.readouterr()
+    resumed = train(failed.replace(resume="auto"), rewards={"score": fails_once})
+    assert f"resuming from {tmp_path / 'failed' / 'checkpoints' / 'epoch-000001'} (epoch 1 of 2)" in (
+        capsys.readouterr().out)
+    assert resumed.agent.num_epochs == 2
+    expected = steady.agent.policy.trainable_state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in resumed.agent.policy.trainable_state_dict().items())
