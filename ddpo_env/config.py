@@ -15,8 +15,16 @@ from gymnasium.vector import AutoresetMode
 
 from ddpo_env.fields import check_fields
 
-#: What ``prompts`` takes: ddpo_env.prompts.PromptsLike, spelled out here because that module imports torch.
-PromptsLike = Sequence[str] | str | os.PathLike | Callable[[np.random.Generator], str]
+#: A prompt function: draws one prompt with the generator it is given.
+PromptFn = Callable[[np.random.Generator], str]
+#: What ``prompts`` takes (read by :class:`ddpo_env.prompts.PromptSource`; defined here, where no torch is imported).
+PromptsLike = Sequence[str] | str | os.PathLike | PromptFn
+
+
+def is_prompt_file(text: str) -> bool:
+    """Whether a prompts string names a text file of prompts (it ends in .txt or names an existing file) rather
+    than being prompts itself."""
+    return text.endswith(".txt") or os.path.isfile(text)
 
 #: EnvConfig.attention's kernels.
 ATTENTION_KERNELS = ("sdpa", "matmul")

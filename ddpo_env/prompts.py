@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PromptFn = Callable[[np.random.Generator], str]
-PromptsLike = Sequence[str] | str | os.PathLike | PromptFn
+from ddpo_env.config import PromptFn, PromptsLike, is_prompt_file
 
 #: Ids are stored as float32 by stable-baselines3's preprocessing, exact up to 2**24.
 MAX_PROMPT_IDS = 2**24
@@ -38,9 +37,7 @@ class PromptSource:
         if callable(prompts):
             self.fn = prompts
             return
-        if isinstance(prompts, os.PathLike) or (
-            isinstance(prompts, str) and (prompts.endswith(".txt") or os.path.isfile(prompts))
-        ):
+        if isinstance(prompts, os.PathLike) or (isinstance(prompts, str) and is_prompt_file(prompts)):
             prompts = _read_prompt_file(Path(prompts))
         elif isinstance(prompts, str):
             prompts = [prompts]

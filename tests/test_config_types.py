@@ -84,7 +84,7 @@ def test_every_default_matches_its_own_annotation():
 
 
 def test_the_prompts_annotation_is_the_prompt_sources():
-    """EnvConfig spells out ddpo_env.prompts.PromptsLike (that module imports torch): the two stay the same."""
+    """EnvConfig.prompts takes what the prompt source reads (one PromptsLike, defined where no torch is imported)."""
     from ddpo_env.prompts import PromptsLike
 
     hint = field_hints(EnvConfig)["prompts"]

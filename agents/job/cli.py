@@ -36,7 +36,7 @@ import numpy as np
 
 from agents.config import AGENT_CONFIGS
 from agents.job.config import TrainConfig, flag_fields
-from ddpo_env.config import EnvConfig
+from ddpo_env.config import EnvConfig, is_prompt_file
 from rewards.scorer import RewardError
 
 #: The errors a user can fix (bad settings, missing or occupied paths, non-finite values, a failing reward): one line
@@ -49,7 +49,7 @@ PROMPTS_HELP = "comma-separated prompts, or the path of a text file with one pro
 def prompts_arg(text: str) -> str | tuple[str, ...]:
     """A ``--prompts`` value: a text file's path (ending in .txt, or naming a file) as given, else the comma-separated
     prompts as a tuple (``"a,b"`` is two prompts; a prompt that holds a comma goes in a file)."""
-    if text.endswith(".txt") or Path(text).is_file():
+    if is_prompt_file(text):
         return text
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
