@@ -85,6 +85,9 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
+    #: Whether the loss compares against the rollout's log-probs log π_old: with ``compile_sampling`` they are then
+    #: recomputed by the eager network after sampling (:meth:`recompute_log_probs`).
+    uses_old_log_probs: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -166,7 +169,8 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
         self.rollout_terms: dict[str, float] = {}  # the last rollout's mean score per reward term
         self._sampling_seconds = 0.0
-        self.global_advantages = torch.zeros(self.config.samples_per_epoch)  # every rank's, in rank order
+        # every rank's, in rank order
+        self.global_advantages = torch.zeros(self.config.samples_per_epoch, device=self.device)
         if self.ranks:
             self.reseed_rank(0)
             self.ranks.broadcast_parameters(self.policy.trainable_parameters())
@@ -174,8 +178,22 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
             self.policy.keep_reference()
         if self.config.compile_sampling:
             self.diffusion_env.backend.compile_inference()
+        # float16 gradients underflow below ~6e-8: scale the loss (the trained weights themselves are float32)
+        self.grad_scaler = (torch.amp.GradScaler(self.device.type)
+                            if self.diffusion_env.backend.dtype == torch.float16 else None)
         self.ema = (EMA(self.policy.trainable_parameters(), self.config.ema_decay, self.config.ema_update_interval)
                     if self.config.ema_decay > 0 else None)
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """SB3's seeding (python, numpy, torch, the action space, the env), without the switch SB3 makes on a GPU of the
+        whole process to deterministic cuDNN with autotuning off: that slows every convolution, other models' too,
+        and run-to-run identical CUDA kernels are not what this library promises (docs/training.md, "Resume");
+        set ``torch.backends.cudnn.deterministic`` yourself if you want them."""
+        flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        try:
+            super().set_random_seed(seed)
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
 
     @property
     def num_updates(self) -> int:
@@ -231,11 +249,39 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
                     if key.startswith("reward_"):
                         terms.setdefault(key.removeprefix("reward_"), []).append(float(value))
             self._last_obs = obs
+        if self.config.compile_sampling and self.uses_old_log_probs:
+            self.recompute_log_probs()
         self._compute_advantages(self.buffer.non_finite(), terms)
         self._sampling_seconds = time.perf_counter() - start
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def recompute_log_probs(self) -> None:
+        """Replace the rollout's log-probs (log π_old of the trained steps) by what the eager network computes for the
+        same transitions under the same weights, in micro-batches of the training passes' size. The compiled kernels
+        that sampled them (``compile_sampling``) round differently from the eager ones the update runs: in bfloat16
+        by more than PPO's clip range, so without this the first update's ratios would not be 1. Costs one
+        gradient-free forward per trained transition."""
+        n, trainable = self.buffer.num_samples, torch.tensor(list(self.trainable_steps()), device="cpu")
+        samples = torch.arange(n, device="cpu").repeat(len(trainable))  # step-major
+        steps = trainable.repeat_interleave(n)
+        size = self.rank_batch_size * (self.config.steps_per_pass or len(trainable))
+        with torch.no_grad(), self.diffusion_env.backend.eager():
+            for first in range(0, len(samples), size):
+                rows = samples[first : first + size].to(self.device)
+                columns = steps[first : first + size].to(self.device)
+                batch = self.buffer.transitions(rows, columns)
+                self.buffer.log_probs[rows, columns] = self.transition_log_probs(batch).to(self.buffer.log_probs.dtype)
+
+    def collect_rollout(self) -> None:
+        """Sample one rollout (``samples_per_epoch`` episodes) into ``self.buffer`` with the current policy, without
+        training on it: for diagnostics such as :func:`agents.step_stats.first_update_log_ratios`. The env is reset
+        first if no episode is under way; the rollout counts towards ``num_timesteps`` as ``learn``'s do."""
+        _, callback = self._setup_learn(self.rank_samples * self.num_steps, None,
+                                        reset_num_timesteps=self._last_obs is None, tb_log_name=type(self).__name__)
+        if not self.collect_rollouts(self.env, callback, None, self.n_steps):
+            raise RuntimeError("the rollout was stopped before its end")
 
     def _compute_advantages(self, problem: str | None = None, terms: dict[str, list[float]] | None = None) -> None:
         """Advantages from the rewards of the whole rollout (every rank's, gathered in rank order); raises
@@ -289,7 +335,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
 
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
-        return torch.arange(self.buffer.num_samples)
+        return torch.arange(self.buffer.num_samples, device="cpu")
 
     def trainable_steps(self) -> range:
         """Step indices k this agent trains on (the config's skip_first_steps / skip_last_steps left out)."""

@@ -8,7 +8,7 @@ The semantics, fixed so that a run on W ranks is the same algorithm as a run on 
 - Rewards and prompts are gathered (in rank order) before advantages are computed, so per-prompt statistics,
   batch normalisation and RWR weights are computed over the global rollout, identically on every rank.
 - The trainable gradients (the LoRA adapter, or the whole UNet) are averaged over ranks before every optimizer
-  step in one flat all-reduce; every rank then takes the same step, so parameters stay identical.
+  step in one flat all-reduce per dtype; every rank then takes the same step, so parameters stay identical.
 - Ranks agree on the number of optimizer steps of an epoch (a rank with fewer, e.g. sparse RWR's uneven top
   samples, contributes zero gradients), and a non-finite rollout on any rank is refused on all of them: no rank is
   left waiting in a collective the others never reach.
@@ -16,6 +16,7 @@ The semantics, fixed so that a run on W ranks is the same algorithm as a run on 
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import os
 from collections.abc import Sequence
@@ -26,10 +27,11 @@ import torch
 import torch.distributed as dist
 
 
-def init_from_environment(device: str) -> str:
+def init_from_environment(device: str, timeout_s: float = 3600) -> str:
     """Join the process group a launcher describes (WORLD_SIZE > 1 in the environment) unless already joined:
-    NCCL on CUDA, gloo on CPU. Returns the device this rank uses: any CUDA device becomes "cuda:<LOCAL_RANK>",
-    one GPU per process."""
+    NCCL on CUDA, gloo on CPU, each collective waiting up to ``timeout_s`` for the slowest rank (rank 0 evaluates
+    and saves while the others wait). Returns the device this rank uses: any CUDA device becomes
+    "cuda:<LOCAL_RANK>", one GPU per process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         cuda = device.startswith("cuda")
         if cuda:
@@ -41,7 +43,7 @@ def init_from_environment(device: str) -> str:
         # exception", SIGABRT). Imported before, close_process_group() joins those threads.
         importlib.import_module("torch._dynamo")  # (a plain import here would make `torch` a local name)
 
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     if device.startswith("cuda") and dist.is_initialized():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
@@ -84,16 +86,19 @@ class Ranks:
 
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Replace each parameter's ``.grad`` by its mean over ranks (a missing gradient counts as zeros), in one
-        all-reduce of the flattened gradients."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
+        all-reduce of the flattened gradients per dtype and device (each gradient keeps its parameter's dtype)."""
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
         for param in params:
-            n = param.numel()
-            param.grad = flat[offset : offset + n].view_as(param).clone()
-            offset += n
+            groups.setdefault((param.dtype, param.device), []).append(param)
+        for group in groups.values():
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for param in group:
+                n = param.numel()
+                param.grad = flat[offset : offset + n].view_as(param).clone()
+                offset += n
 
     def broadcast_parameters(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Rank 0's values into every rank's ``params`` (the same start, whatever each rank loaded)."""

@@ -60,7 +60,9 @@ class DiffusionPolicy(BasePolicy):
     Args:
         observation_space, action_space, lr_schedule: as SB3 passes them.
         diffusion_env: the DenoisingDiffusion env (vector or single, wrapped or not): model, schedule, prompts.
-        lora_rank: rank of the LoRA adapter on ``lora_targets``; 0 or None fine-tunes the whole UNet.
+        lora_rank: rank of the LoRA adapter on ``lora_targets``; 0 or None fine-tunes the whole UNet. The trained
+            weights are float32 in every dtype (half precision computes under autocast): the adapter's, or the whole
+            UNet's as master weights, so that Adam's state, the EMA and small updates keep full precision.
         lora_alpha: LoRA scale numerator (default, or 0: equal to the rank, so the scale is 1).
         lora_targets: attention projections that get the adapter.
         seed: seeds the LoRA initialisation, the value head and the policy's noise generator.
@@ -145,6 +147,8 @@ class DiffusionPolicy(BasePolicy):
                                           "full_fine_tune": self.lora_rank <= 0 or self._unet_trained_in_place}
         if self.lora_rank <= 0:
             self.unet.requires_grad_(True)
+            for param in self.unet.parameters():  # float32 master weights: the backend still computes in its half
+                param.data = param.data.float()  # dtype under autocast, and no update is lost to rounding
             return
         add_lora(self.unet, self.lora_rank, lora_alpha, lora_targets, seed)
 
@@ -203,6 +207,8 @@ class DiffusionPolicy(BasePolicy):
                     "keep the base model as reference (kl_coef > 0, the held-out monitor)"
                 )
             self._reference_unet = copy.deepcopy(self.unet).requires_grad_(False).eval()
+            for param in self._reference_unet.parameters():  # the base weights, exactly, in the dtype they came in
+                param.data = param.data.to(self._env.backend.dtype)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
@@ -251,17 +257,10 @@ class DiffusionPolicy(BasePolicy):
         backend = self._env.backend
         embeds = self._env.prompt_embeds(prompt_ids.cpu().numpy())
         network_timesteps = self.schedule.model_timesteps(timesteps).to(latents.device)
-        with self.autocast():
-            out = guided_model_output(
-                backend, latents, network_timesteps, embeds, self._env.negative_prompt_embeds(), self.guidance_scale,
-            )
+        out = guided_model_output(
+            backend, latents, network_timesteps, embeds, self._env.negative_prompt_embeds(), self.guidance_scale,
+        )
         return out.float()
-
-    def autocast(self):
-        dtype = self._env.backend.dtype
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self._env.backend.device.type, dtype=dtype)
 
     def step(
         self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None, deterministic: bool = False

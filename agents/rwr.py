@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agents.base import DiffusionAgent
+from agents.buffer import TrajectoryBatch
 from agents.config import RWRConfig, SparseRWRConfig
 from agents.kl import approx_kl
 
@@ -35,13 +36,12 @@ def sparse_rwr_weights(rewards: torch.Tensor, top_fraction: float) -> torch.Tens
     return weights
 
 
-def denoising_mse(diffusion_env: Any, policy: Any, x0: torch.Tensor, embeds: torch.Tensor,
+def denoising_mse(diffusion_env: Any, x0: torch.Tensor, embeds: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
     """The model's training loss on final samples x_0 (B, ...) with conditioning ``embeds``, per sample (B,): x_0
     noised at a random t (``generator``), the network's prediction against its target (ε, v or x_0)."""
     x_t, t, target = diffusion_env.schedule.training_pair(x0, generator)
-    with policy.autocast():
-        prediction = diffusion_env.backend.predict(x_t, t, embeds).float()
+    prediction = diffusion_env.backend.predict(x_t, t, embeds).float()
     return ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
 
 
@@ -50,6 +50,7 @@ class RWR(DiffusionAgent):
 
     config_class: ClassVar[type[RWRConfig]] = RWRConfig
     config: RWRConfig
+    uses_old_log_probs: ClassVar[bool] = False  # its loss has no ratio (the approx_kl probe recomputes its own)
 
     def sample_weights(self) -> torch.Tensor:
         """The weights of the whole rollout (every rank's samples)."""
@@ -63,23 +64,34 @@ class RWR(DiffusionAgent):
         return torch.nonzero(self.weights > 0).flatten().cpu()
 
     def train(self) -> None:
+        probe = self._kl_probe()
         super().train()
-        self.logger.record("train/approx_kl", self.approx_kl_after_update())
+        self.logger.record("train/approx_kl", self.approx_kl_after_update(*probe))
 
-    @torch.no_grad()
-    def approx_kl_after_update(self) -> float:
-        """½·mean (log π_θ − log π_old)² over one micro-batch of the rollout's transitions (its first samples, one
-        step each, chosen by a generator of their own) under the updated weights: how far the epoch's updates moved
-        the sampling policy. RWR's loss has no ratio to read it from, as the DDPO losses do."""
+    def _kl_probe(self) -> tuple[TrajectoryBatch, torch.Tensor]:
+        """One micro-batch of the rollout's transitions (its first samples, one step each, chosen by a generator of
+        their own) and their log-probs under the sampling weights, as the eager network computes them (the stored
+        ones unless ``compile_sampling`` sampled them with other kernels)."""
         n = min(self.rank_batch_size, self.buffer.num_samples)
-        choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs)
-        samples, steps = torch.arange(n), torch.randint(self.num_steps, (n,), generator=choose)
+        choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs + 1)  # the epoch trained
+        samples = torch.arange(n, device="cpu")
+        steps = torch.randint(self.num_steps, (n,), generator=choose, device="cpu")
         batch = self.buffer.transitions(samples.to(self.device), steps.to(self.device))
-        return approx_kl(self.transition_log_probs(batch), batch.old_log_probs)
+        if not self.config.compile_sampling:
+            return batch, batch.old_log_probs
+        with torch.no_grad(), self.diffusion_env.backend.eager():
+            return batch, self.transition_log_probs(batch)
+
+    def approx_kl_after_update(self, batch: TrajectoryBatch, old_log_probs: torch.Tensor) -> float:
+        """½·mean (log π_θ − log π_old)² over the probe's transitions (:meth:`_kl_probe`) under the updated weights:
+        how far the epoch's updates moved the sampling policy. RWR's loss has no ratio to read it from, as the DDPO
+        losses do."""
+        with torch.no_grad(), self.diffusion_env.backend.eager():
+            return approx_kl(self.transition_log_probs(batch), old_log_probs)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())
-        mse = denoising_mse(self.diffusion_env, self.policy, self.buffer.final_samples()[samples], embeds,
+        mse = denoising_mse(self.diffusion_env, self.buffer.final_samples()[samples], embeds,
                             self.loss_generator())
         weights = self.weights[samples]
         # β·KL(π_θ ‖ π_ref) on the rollout's own transitions of these samples at the micro-batch's steps

@@ -20,6 +20,7 @@ import importlib
 import io
 import os
 import random
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ class AgentState:
                          "num_epochs": self.num_epochs, "num_skipped_updates": self.num_skipped_updates},
             "stat_tracker": self.stat_tracker.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
+            "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -135,6 +137,7 @@ class AgentState:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "train_generator": self.train_generator.get_state(),
                 "policy_noise": policy.noise_generator.get_state(),
+                "policy_noise_device": policy.noise_generator.device.type,
             },
         }
         if include_env:
@@ -159,14 +162,16 @@ class AgentState:
                 raise ValueError("the saved state has no EMA weights but this agent keeps them (ema_decay > 0): "
                                  "build the agent with the saved run's config")
             self.ema.load_state_dict(state["ema"])
+        if self.grad_scaler is not None and state.get("grad_scaler") is not None:  # float16; absent in older saves
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
+        if rng["cuda"] is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.train_generator.set_state(rng["train_generator"])
-        policy.noise_generator.set_state(rng["policy_noise"])
+        self._restore_noise_generator(rng["policy_noise"], rng.get("policy_noise_device", "cpu"))
         if "env" in state:
             self.diffusion_env.load_state_dict(state["env"])
             self._last_obs = state["last_obs"]
@@ -174,6 +179,19 @@ class AgentState:
             self._last_obs = None  # learn() resets the env
         if self.ranks:  # data parallel: rank 0's RNG states were saved; each rank derives its own
             self.reseed_rank(self.num_epochs)
+
+    def _restore_noise_generator(self, state: torch.Tensor, saved_on: str) -> None:
+        """The sampling noise's generator state; one saved on another kind of device (a CPU run resumed on a GPU, or
+        the reverse) does not fit this generator, which then continues from a seed derived from (seed, epoch)."""
+        generator = self.policy.noise_generator
+        if saved_on == generator.device.type:
+            generator.set_state(state)
+            return
+        generator.manual_seed(int(np.random.SeedSequence([self.config.seed, self.num_epochs, 2]).generate_state(
+            1, np.uint64)[0] >> 1))
+        warnings.warn(f"this checkpoint sampled its noise on {saved_on} and this agent samples on "
+                      f"{generator.device.type}: the noise continues from a seed derived from (seed, epoch), so the "
+                      "resumed run is the same algorithm but not bit for bit the run that never stopped", stacklevel=3)
 
     # ------------------------------------------------------------------------ stable-baselines3's save / load
 

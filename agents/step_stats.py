@@ -77,8 +77,29 @@ def _flat_gradient(agent: Any, samples: torch.Tensor, step: int, params: list[to
         chunk = samples[first : first + size].to(agent.device)
         steps = torch.full_like(chunk, step)
         loss, _ = agent.compute_loss(chunk, steps)
-        grads = torch.autograd.grad(loss * len(chunk) / len(samples), params, allow_unused=True)
+        scale = agent.loss_scale()  # float16: scaled against underflow, divided out below
+        grads = torch.autograd.grad(loss * (scale * len(chunk) / len(samples)), params, allow_unused=True)
         for t, g in zip(total, grads, strict=True):
             if g is not None:
-                t += g
+                t += g / scale
     return torch.cat([t.reshape(-1) for t in total]).float()
+
+
+def first_update_log_ratios(agent: Any) -> dict[int, float]:
+    """{k: the largest |log π_θ − log π_old|} over the transitions of the rollout in ``agent.buffer`` at each trained
+    step index k, each computed as the first optimizer step's passes compute it (the same micro-batches, training
+    mode, gradient recording on) under the current weights. All zeros: every ratio of the first update is exactly 1,
+    so the old log-probs the update compares against are what its own forward computes. Leaves the weights,
+    ``.grad`` and the agent's random generators untouched."""
+    state = agent.train_generator.get_state()
+    agent.policy.set_training_mode(True)
+    worst: dict[int, float] = {}
+    try:
+        for samples, steps, _ in agent.micro_batches():
+            batch = agent.buffer.transitions(samples.to(agent.device), steps.to(agent.device))
+            log_ratio = (agent.transition_log_probs(batch) - batch.old_log_probs).detach().abs().cpu()
+            for k in steps.unique().tolist():
+                worst[k] = max(worst.get(k, 0.0), float(log_ratio[steps == k].max()))
+    finally:
+        agent.train_generator.set_state(state)
+    return dict(sorted(worst.items()))

@@ -58,10 +58,11 @@ class UpdateLoop:
         trainable = self.trainable_steps()
         group = self.config.steps_per_pass or train_steps
         for _ in range(self.config.num_inner_epochs):
-            order = samples[torch.randperm(len(samples), generator=self.train_generator)]
-            step_order = trainable.start + torch.stack(
-                [torch.randperm(len(trainable), generator=self.train_generator) for _ in range(len(samples))]
-            )
+            order = samples[torch.randperm(len(samples), generator=self.train_generator, device="cpu")]
+            step_order = trainable.start + torch.stack([
+                torch.randperm(len(trainable), generator=self.train_generator, device="cpu")
+                for _ in range(len(samples))
+            ])
             for first in range(0, len(order), self.rank_batch_size):
                 chunk = slice(first, first + self.rank_batch_size)
                 for j in range(0, train_steps, group):
@@ -109,6 +110,7 @@ class UpdateLoop:
         """The gradients of one update's passes into ``.grad``: in order on this thread, or on ``grad_workers``
         threads (:mod:`agents.parallel`), each pass then drawing any randomness from its own generator seeded here."""
         infos: list[tuple[float, dict[str, float]]] = [(0.0, {})] * len(update)
+        scale = self.loss_scale()
         references = [None] * len(update)
         if self.config.kl_coef > 0:  # μ_ref on this thread: switching the adapter off is not thread-safe
             references = [self.transition_step(self.buffer.transitions(samples.to(self.device), steps.to(
@@ -120,7 +122,7 @@ class UpdateLoop:
             self._passes[threading.get_ident()] = GradientPass(generator, references[i])
             loss, info = self.compute_loss(samples.to(self.device), steps.to(self.device))
             infos[i] = (float(loss.detach()), info)
-            return loss * k / per_update  # k steps at once: the sum of k single-step passes
+            return loss * (scale * k / per_update)  # k steps at once: the sum of k single-step passes
 
         workers = min(self.config.grad_workers, len(update))
         if workers <= 1:
@@ -152,17 +154,34 @@ class UpdateLoop:
         current = self._passes.get(threading.get_ident())
         return current.generator if current and current.generator is not None else self.train_generator
 
+    def loss_scale(self) -> torch.Tensor | float:
+        """What each backward pass multiplies its loss by: float16's current loss scale (``grad_scaler``, so that
+        small gradients do not underflow in half precision; the optimizer step divides it out), else 1."""
+        if self.grad_scaler is None:
+            return 1.0
+        return self.grad_scaler.scale(torch.ones((), device=self.device))
+
     def _optimizer_step(self, params: list[torch.nn.Parameter], metrics: dict[str, list[float]]) -> None:
+        scaler, optimizer = self.grad_scaler, self.policy.optimizer
         if self.ranks:
             self.ranks.average_gradients(params)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.num_skipped_updates += 1  # a non-finite gradient never reaches the weights
-            self.logger.record("train/last_skip_reason", "non-finite gradient")
+            self.logger.record("train/last_skip_reason", "non-finite gradient" + (
+                " (float16 loss scale lowered)" if scaler is not None else ""))
         else:
-            self.policy.optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # the gradients are unscaled already; it steps, as they are finite
+            else:
+                optimizer.step()
             self._n_updates += 1
             if self.ema is not None:
                 self.ema.update(self._n_updates)
+        if scaler is not None:
+            scaler.update()  # halves the scale after an overflow, doubles it after growth_interval clean steps
+            self.logger.record("train/loss_scale", scaler.get_scale())
         metrics["grad_norm"].append(float(grad_norm))
-        self.policy.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)

@@ -94,7 +94,7 @@ def fit(variant: int, seed: int, checkpoints: tuple[int, ...], eval_seeds: int, 
         chosen, scenes = render_batch(prompts, rng, BATCH)
         x0 = torch.from_numpy(np.stack([scene.image for scene in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
         policy.set_training_mode(True)
-        loss = denoising_mse(diffusion, policy, x0, diffusion.backend.encode_prompts(chosen), noise).mean()
+        loss = denoising_mse(diffusion, x0, diffusion.backend.encode_prompts(chosen), noise).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.algorithm.max_grad_norm)

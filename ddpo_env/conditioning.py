@@ -103,7 +103,7 @@ def schedule_conditioning(schedule: Any) -> StepConditioning:
     """The sensitivity of every step of ``schedule`` for an element whose x̂₀ is not clipped: a property of the
     schedule alone (no model), exact for ε-, v- and x̂₀-prediction and flow matching, where μ is affine in f."""
     n = schedule.num_steps
-    zeros = torch.zeros(n, 1, 1, 1, dtype=torch.float64)
+    zeros = torch.zeros(n, 1, 1, 1, dtype=torch.float64, device="cpu")
     grad, std = mean_derivative(schedule, zeros, schedule.timesteps, zeros)
     sensitivity = grad.abs().reshape(n) / std.reshape(n)
     return StepConditioning(schedule.timesteps.numpy().copy(), _noise_levels(schedule).double().numpy(),

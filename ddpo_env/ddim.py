@@ -126,7 +126,7 @@ class DDIMSchedule:
         # The coefficients in float64: at ᾱ_t ≈ 0, 1 − ᾱ_{t'} − (ησ_t)² (≥ 0 in exact arithmetic for η ≤ 1) rounds
         # to about −6e-8 in float32, which would refuse a valid schedule and put a NaN into the mean.
         alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
-        final = torch.as_tensor(float(scheduler.final_alpha_cumprod), dtype=torch.float64)
+        final = torch.tensor(float(scheduler.final_alpha_cumprod), dtype=torch.float64, device="cpu")
         alpha_prod_t = alphas_cumprod[timesteps]
         # t' < 0 means "after the last step": diffusers uses final_alpha_cumprod there. (The DDPO
         # reference code clamps t' to 0 instead, which differs when set_alpha_to_one=True.)
@@ -204,8 +204,9 @@ class DDIMSchedule:
         inputs (reward-weighted regression trains on them); the target is ε, v or x₀ by prediction type."""
         if self.alphas_cumprod is None:
             raise ValueError("this schedule was built without alphas_cumprod: use DDIMSchedule.from_scheduler_config")
-        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = torch.randint(len(self.alphas_cumprod), (x0.shape[0],), generator=generator, device=generator.device)
+        t = t.to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         alpha_prod = self.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
         x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
         if self.prediction_type == "epsilon":
@@ -343,7 +344,7 @@ def check_eta(eta: Any, message: str) -> None:
 
 def match_step_index(timesteps: torch.Tensor, table: torch.Tensor, what: str) -> torch.Tensor:
     """Step indices k with ``table[k] == timesteps`` (any shape); a key not in the table is a ValueError."""
-    t = torch.as_tensor(timesteps, dtype=torch.int64).cpu()
+    t = torch.as_tensor(timesteps, dtype=torch.int64, device="cpu")
     match = t.reshape(-1, 1) == table.reshape(1, -1)
     if not bool(match.any(dim=1).all()):
         bad = t.reshape(-1)[~match.any(dim=1)].unique().tolist()

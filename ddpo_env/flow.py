@@ -142,7 +142,8 @@ class FlowMatchSchedule:
     def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
         """What the network is given for observation keys: σ·N as float32 (B,)."""
         sigma = self.sigmas[self.step_index(timesteps)]
-        return (sigma * self.num_train_timesteps).to(torch.as_tensor(timesteps).device)
+        device = timesteps.device if isinstance(timesteps, torch.Tensor) else "cpu"
+        return (sigma * self.num_train_timesteps).to(device)
 
     def std(self, timesteps: torch.Tensor, ndim: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
         """The step's std for a batch of keys, shaped (B, 1, …, 1)."""
@@ -166,7 +167,7 @@ class FlowMatchSchedule:
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_σ = (1−σ)·x₀ + σ·ε, network timestep σ·N, target v = ε − x₀) at σ ~ U(0, 1) per sample: the
         flow-matching loss's inputs (reward-weighted regression trains on them)."""
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        sigma = torch.rand(x0.shape[0], generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+        sigma = torch.rand(x0.shape[0], generator=generator, device=generator.device).to(x0.device)
         s = sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
         return (1 - s) * x0 + s * noise, sigma * self.num_train_timesteps, noise - x0

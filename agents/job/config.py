@@ -23,7 +23,7 @@ from ddpo_env.config import EnvConfig
 from ddpo_env.fields import check_fields
 
 #: Job settings that must be at least 1; the other int settings of the job must be at least 0.
-_AT_LEAST_ONE = ("epochs", "num_envs")
+_AT_LEAST_ONE = ("epochs", "num_envs", "collective_timeout_s")
 _AT_LEAST_ZERO = ("save_every", "keep_last", "image_every", "threads", "monitor_every")
 
 
@@ -68,6 +68,10 @@ class TrainConfig:
     """Evaluate 100 fixed prompts and seeds before and after training (the PNGs need it)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    collective_timeout_s: int = 3600
+    """Data parallel: seconds a rank waits for the others in one collective before the run is aborted. Rank 0
+    evaluates, monitors and writes checkpoints while the others wait, so it must outlast the longest of those
+    (NCCL's own default, 10 minutes, does not outlast an evaluation of Stable Diffusion)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """The task: DenoisingDiffusion-v0's settings (ddpo_env.config.EnvConfig)."""
     algorithm: AgentConfig | None = None

@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by torchrun / accelerate launch: one rank of many
     owns_group = launched and not torch.distributed.is_initialized()  # joined here, so left here
     if launched:
-        cfg = cfg.replace(device=init_from_environment(str(resolve_device(cfg.env.device))))
+        cfg = cfg.replace(device=init_from_environment(str(resolve_device(cfg.env.device)), cfg.collective_timeout_s))
     ranks = Ranks.current()
     main = is_writer()  # rank 0 (or the only process): it evaluates, logs and writes
     out = Path(cfg.output_dir)

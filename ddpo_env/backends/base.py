@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -69,22 +70,51 @@ class DiffusionBackend(abc.ABC):
         with warnings.catch_warnings():  # inductor imports torch.utils.mkldnn, whose class body trips torch's own
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit deprecation warning: import it quietly
             importlib.import_module("torch.fx.experimental.optimization")
-        self._compiled = (self.unet, torch.compile(self.unet, **options))
+        compiled = torch.compile(self.unet, **options)
+
+        def quiet(*args: Any, **kwargs: Any) -> Any:  # dynamo warns, tracing in half precision, that it traces
+            with warnings.catch_warnings():  # through diffusers' lru_cache'd version check: harmless, not ours
+                warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+                return compiled(*args, **kwargs)
+
+        self._compiled = (self.unet, quiet)
 
     @property
-    def network(self) -> torch.nn.Module:
+    def network(self) -> Callable[..., Any]:
         """The module :meth:`predict` calls now: the compiled one (:meth:`compile_inference`) without gradient
-        recording, else ``unet`` (which a caller may have swapped for another module: that one runs eager)."""
+        recording outside :meth:`eager`, else ``unet`` (which a caller may have swapped for another module: that one
+        runs eager)."""
         source, compiled = getattr(self, "_compiled", (None, None))
-        return compiled if source is self.unet and not torch.is_grad_enabled() else self.unet
+        if source is self.unet and not torch.is_grad_enabled() and not getattr(self, "_eager", 0):
+            return compiled
+        return self.unet
+
+    @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        """Inside the block every call runs the eager ``unet``, also without gradient recording: the kernels the
+        training passes use (compiled kernels round differently, enough to move PPO's ratio in half precision)."""
+        self._eager = getattr(self, "_eager", 0) + 1
+        try:
+            yield
+        finally:
+            self._eager -= 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The block the network runs in: autocast to ``dtype`` in half precision (the trained weights may be float32
+        master weights, the frozen ones are ``dtype``), nothing in float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def predict(
         self, latents: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        """The network output (ε̂, v̂ or x̂₀) for x_t (B, C, h, w), τ (B,), conditioning (B, L, D); float32 out."""
-        out = self.network(
-            latents.to(self.dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(self.dtype)
-        ).sample
+        """The network output (ε̂, v̂ or x̂₀) for x_t (B, C, h, w), τ (B,), conditioning (B, L, D), under
+        :meth:`autocast`; out in the latents' dtype."""
+        with self.autocast():
+            out = self.network(
+                latents.to(self.dtype), timesteps, encoder_hidden_states=encoder_hidden_states.to(self.dtype)
+            ).sample
         return out.to(latents.dtype)
 
     @property

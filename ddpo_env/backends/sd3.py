@@ -66,8 +66,10 @@ class StableDiffusion3Backend(DiffusionBackend):
         m = self.pooled_tokens
         tokens, folded = encoder_hidden_states[:, :-m], encoder_hidden_states[:, -m:]
         pooled = folded.reshape(folded.shape[0], -1)[:, : self.pooled_dim]
-        out = self.network(hidden_states=latents.to(self.dtype), timestep=timesteps, encoder_hidden_states=tokens.to(
-            self.dtype), pooled_projections=pooled.to(self.dtype), return_dict=False)[0]
+        with self.autocast():
+            out = self.network(hidden_states=latents.to(self.dtype), timestep=timesteps,
+                               encoder_hidden_states=tokens.to(self.dtype), pooled_projections=pooled.to(self.dtype),
+                               return_dict=False)[0]
         return out.to(latents.dtype)
 
     @torch.no_grad()
