@@ -7,7 +7,7 @@ STAMP := $(VENV)/.ddpo-env-installed
 TORCH_INDEX_URL ?=
 TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 
-.PHONY: venv test test-quick lint train
+.PHONY: venv test test-quick lint train gpu-bundle
 
 venv: $(STAMP)
 
@@ -32,3 +32,9 @@ test-quick: lint
 # cores; PNGs, metrics and checkpoints in runs/train
 train: $(STAMP)
 	$(PY) -m agents.job.cli train --config configs/make_train.toml --output-dir runs/train --overwrite
+
+# the wheels the lent GPU machine's image lacks (diffusers, gymnasium, stable-baselines3 and their needs), at the
+# versions installed in $(VENV), into .whl/ (ignored; fails over 60 MiB); prints the device call that installs them
+# and runs benchmarks/gpu_smoke.sh
+gpu-bundle: $(STAMP)
+	$(PY) -m benchmarks.gpu_bundle

@@ -1,19 +1,22 @@
 """Stable Diffusion 1.5 at full size on one GPU: ``python -m benchmarks.gpu`` (needs CUDA).
 
 Stable Diffusion 1.5's published architecture (UNet 860M, VAE, CLIP ViT-L/14 text encoder) with random weights —
-the same FLOPs and memory as the real model, nothing to download. 512 px, 50 DDIM steps, η 1, CFG 5, LoRA r4,
-bf16; DDPO-IS with sample batch 8 and train batch 4. For each of gradient checkpointing off / on: end-to-end
-samples/s (sampling + training, epochs after a warm-up) and peak GPU memory, for the env + agent and for the bare
-ddpo-pytorch-style loop of :mod:`benchmarks.bare_ddpo` on the same model.
+the same FLOPs and memory as the real model, nothing to download. 512 px, 50 DDIM steps, η 1, CFG 5, bf16;
+DDPO-IS with sample batch 8 and train batch 4 (``--batch-size``). For each gradient checkpointing setting (off and
+on; ``--checkpointing``) and LoRA rank (4; ``--lora-ranks 4,0``, 0 = full fine-tune): end-to-end samples/s
+(sampling + training, epochs after a warm-up) and peak GPU memory, for the env + agent and (unless ``--no-bare``)
+for the bare ddpo-pytorch-style loop of :mod:`benchmarks.bare_ddpo` on the same model.
 
-Targets: ≥ 1 sample/s on an H100, ≥ 1.5× the bare loop, ≤ 10 GB peak. Writes ``benchmarks/results/gpu.{json,md}``
-and summary.json's ``gpu_samples_per_s`` and ``gpu_peak_mem_gb``. ``--tiny`` runs the same code on a miniature of
-the architecture (any device; the test suite runs it on CPU).
+Targets: ≥ 1 sample/s on an H100, ≥ 1.5× the bare loop, ≤ 10 GB peak. Writes ``gpu_sd15.json`` and
+``gpu_sd15.md`` (``gpu_tiny.*`` with ``--tiny``) in ``--results-dir`` (default benchmarks/results) and, for sd15
+unless ``--no-summary``, summary.json's ``gpu_samples_per_s`` and ``gpu_peak_memory_gb`` there. ``--tiny`` runs the
+same code on a miniature of the architecture (any device; the test suite runs it on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ ARCHITECTURES = {
              "text_ffn": 37, "max_length": 16},
 }
 SETTINGS = {"num_steps": 50, "guidance_scale": 5.0, "sample_batch": 8, "batch_size": 4, "samples_per_epoch": 16,
-            "lora_rank": 4, "dtype": "bfloat16"}
+            "dtype": "bfloat16"}
+CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def random_sd_pipeline(arch: dict[str, Any], seed: int = 0):
@@ -77,9 +81,16 @@ def random_sd_pipeline(arch: dict[str, Any], seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
-def reset_peak(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
+    """Collect what earlier rows left (the agent's reference cycles hold its model) and return cached blocks."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def reset_peak(device: torch.device) -> None:
+    free_memory(device)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -104,7 +115,10 @@ def run_ours(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: di
 
 def run_bare(pipeline: Any, device: str, checkpointing: bool, epochs: int, s: dict[str, Any]) -> dict[str, Any]:
     backend = load_backend(pipeline, device, s["dtype"])
-    add_lora(backend.unet, s["lora_rank"])  # as the agent's policy adds it
+    if s["lora_rank"] > 0:  # as the agent's policy trains it
+        add_lora(backend.unet, s["lora_rank"])
+    else:
+        backend.unet.requires_grad_(True)
     if checkpointing:
         backend.unet.enable_gradient_checkpointing()
     schedule = DDIMSchedule.from_scheduler_config(backend.scheduler_config, s["num_steps"], 1.0)
@@ -136,24 +150,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up")
     parser.add_argument("--num-steps", type=int, default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"], help="training micro-batch")
+    parser.add_argument("--lora-ranks", default="4", help="comma-separated LoRA ranks, 0: full fine-tune")
+    parser.add_argument("--checkpointing", choices=sorted(CHECKPOINTING), default="both",
+                        help="gradient checkpointing rows")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare-loop rows")
+    parser.add_argument("--no-summary", action="store_true", help="leave summary.json alone")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
+    ranks = [int(r) for r in args.lora_ranks.split(",")]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.exit(0, "benchmarks.gpu: no CUDA device here; skipped (use --tiny --device cpu to try the code)\n")
     settings = dict(SETTINGS)
-    settings.update({k: v for k, v in (("num_steps", args.num_steps), ("dtype", args.dtype)) if v is not None})
+    settings.update({k: v for k, v in (("num_steps", args.num_steps), ("dtype", args.dtype)) if v is not None},
+                    batch_size=args.batch_size)
     arch = ARCHITECTURES["tiny" if args.tiny else "sd15"]
     env_info = environment(command_line("benchmarks.gpu", argv))
+    trainers = [("ddpo-env", run_ours)] + ([] if args.no_bare else [("bare loop", run_bare)])
     rows = []
-    for checkpointing in (False, True):
-        for name, run in (("ddpo-env", run_ours), ("bare loop", run_bare)):
-            torch.manual_seed(0)
-            result = run(random_sd_pipeline(arch), args.device, checkpointing, args.epochs, settings)
-            rows.append({"trainer": name, "gradient_checkpointing": checkpointing, **result})
-            print(f"{name}, checkpointing {checkpointing}: {result}", flush=True)
-    by = {(r["trainer"], r["gradient_checkpointing"]): r for r in rows}
+    for checkpointing in CHECKPOINTING[args.checkpointing]:
+        for rank in ranks:
+            for name, run in trainers:
+                free_memory(torch.device(args.device))  # the previous row's model, before this one's is built
+                torch.manual_seed(0)
+                result = run(random_sd_pipeline(arch), args.device, checkpointing, args.epochs,
+                             {**settings, "lora_rank": rank})
+                rows.append({"trainer": name, "gradient_checkpointing": checkpointing, "lora_rank": rank, **result})
+                print(f"{name}, checkpointing {checkpointing}, LoRA rank {rank}: {result}", flush=True)
+    by = {(r["trainer"], r["gradient_checkpointing"], r["lora_rank"]): r for r in rows}
     for r in rows:
-        r["vs_bare"] = r["samples_per_s"] / by[("bare loop", r["gradient_checkpointing"])]["samples_per_s"]
+        bare = by.get(("bare loop", r["gradient_checkpointing"], r["lora_rank"]))
+        r["vs_bare"] = r["samples_per_s"] / bare["samples_per_s"] if bare else None
     label = "tiny" if args.tiny else "sd15"
     results_dir = Path(args.results_dir)
     write_json(results_dir / f"gpu_{label}.json", {"architecture": arch, "settings": settings, "rows": rows,
@@ -161,19 +188,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = [f"# Stable Diffusion ({label} architecture, random weights) on {env_info['machine']}\n",
              f"`{env_info['command']}` — {env_info['date']}, rev {env_info['git_revision']}\n",
              ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {args.epochs} timed epochs after a warm-up.\n",
-             "| trainer | gradient checkpointing | samples/s | vs bare loop | peak GPU memory (GB) |",
-             "|---|---|---|---|---|"]
+             "| trainer | gradient checkpointing | LoRA rank | samples/s | vs bare loop | peak GPU memory (GB) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         mem = "–" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
-        lines.append(f"| {r['trainer']} | {r['gradient_checkpointing']} | {r['samples_per_s']:.3f} | "
-                     f"{r['vs_bare']:.2f}× | {mem} |")
+        vs = "–" if r["vs_bare"] is None else f"{r['vs_bare']:.2f}×"
+        lines.append(f"| {r['trainer']} | {r['gradient_checkpointing']} | {r['lora_rank']} | "
+                     f"{r['samples_per_s']:.3f} | {vs} | {mem} |")
     text = "\n".join(lines) + "\n"
     (results_dir / f"gpu_{label}.md").write_text(text, encoding="utf-8")
-    if not args.tiny:
+    if not (args.tiny or args.no_summary):
         fastest = max((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["samples_per_s"])
         smallest = min((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["peak_gb"])
-        update_summary({"gpu_samples_per_s": (fastest["samples_per_s"], "samples/s, SD1.5 512px 50 steps"),
-                        "gpu_peak_mem_gb": (smallest["peak_gb"], "GB, sample batch 8 / train batch 4")},
+        update_summary({"gpu_samples_per_s": (fastest["samples_per_s"], f"samples/s, SD1.5 512px "
+                                              f"{settings['num_steps']} steps, LoRA rank {fastest['lora_rank']}"),
+                        "gpu_peak_memory_gb": (smallest["peak_gb"], f"GB, sample batch {settings['sample_batch']} / "
+                                               f"train batch {settings['batch_size']}, LoRA rank "
+                                               f"{smallest['lora_rank']}")},
                        env_info, results_dir)
     print(text)
     return {"rows": rows}
