@@ -101,8 +101,8 @@ class DiffusionBackend(abc.ABC):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The block the network runs in: autocast to ``dtype`` in half precision (the trained weights may be float32
-        master weights, the frozen ones are ``dtype``), nothing in float32."""
-        if self.dtype == torch.float32:
+        master weights, the frozen ones are ``dtype``), nothing in float32 (or float64)."""
+        if self.dtype not in (torch.float16, torch.bfloat16):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
