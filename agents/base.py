@@ -12,11 +12,9 @@ import contextlib
 import time
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import MaybeCallback
@@ -33,41 +31,10 @@ from agents.stat_tracking import PerPromptStatTracker
 from agents.state import AgentState
 from agents.step_stats import StepStats
 from agents.update import GradientPass, UpdateLoop
+from agents.vectorise import vectorised
 from ddpo_env.ddim import DDIMStepOutput
 from ddpo_env.sb3 import SB3VecEnv
 from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
-
-
-def vectorised(env: Any, verbose: int = 0) -> Any:
-    """``env`` if it is a vector env; for a single DenoisingDiffusion-v0 env (``gym.make``), its own batched vector
-    env (num_envs=1, ``env.unwrapped.vector``: the same episodes and model) with each ``TerminalReward`` around it
-    re-applied as a ``VectorTerminalReward`` in the same order. Other wrappers than gym.make's own cannot be carried
-    over: TypeError naming the fix."""
-    if isinstance(env, gym.vector.VectorEnv) or not isinstance(env, gym.Env):
-        return env
-    from rewards.wrappers import TerminalReward, VectorTerminalReward
-
-    rewards, inner = [], env
-    while isinstance(inner, gym.Wrapper):
-        if type(inner) is TerminalReward:
-            rewards.append(inner)
-        elif not isinstance(inner, (OrderEnforcing, PassiveEnvChecker)):
-            raise TypeError(
-                f"the single env is wrapped in {type(inner).__name__}, which the agent cannot carry over to the "
-                "vector env it trains on (only TerminalReward is): build the vector env yourself, "
-                "gym.make_vec(\"DenoisingDiffusion-v0\", num_envs=..., ...) with a VectorTerminalReward")
-        inner = inner.env
-    vector = getattr(inner, "vector", None)
-    if not isinstance(vector, DenoisingDiffusionVectorEnv):
-        raise TypeError(f"the agents train on DenoisingDiffusion-v0, got a single {type(inner).__name__} env: build it "
-                        "with gym.make_vec(\"DenoisingDiffusion-v0\", num_envs=..., ...) or "
-                        "gym.make(\"DenoisingDiffusion-v0\", ...)")
-    for reward in reversed(rewards):  # innermost first
-        vector = VectorTerminalReward(vector, reward.scorer, reward.weight)
-    if verbose >= 1:
-        print(f"Wrapping the env in its DenoisingDiffusionVectorEnv (num_envs=1){' with ' if rewards else ''}"
-              + ", ".join(f"VectorTerminalReward({r.name})" for r in rewards))
-    return vector
 
 
 class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
@@ -178,8 +145,9 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
             self.policy.keep_reference()
         if self.config.compile_sampling:
             self.diffusion_env.backend.compile_inference()
-        # float16 gradients underflow below ~6e-8: scale the loss (the trained weights themselves are float32)
-        self.grad_scaler = (torch.amp.GradScaler(self.device.type)
+        # float16 gradients underflow below ~6e-8: scale the loss (the trained weights themselves are float32). A run
+        # takes hundreds of updates, not 10⁵: start lower and adapt sooner than torch's 2¹⁶ and 2000 clean steps
+        self.grad_scaler = (torch.amp.GradScaler(self.device.type, init_scale=2.0**12, growth_interval=100)
                             if self.diffusion_env.backend.dtype == torch.float16 else None)
         self.ema = (EMA(self.policy.trainable_parameters(), self.config.ema_decay, self.config.ema_update_interval)
                     if self.config.ema_decay > 0 else None)

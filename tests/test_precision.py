@@ -76,13 +76,13 @@ def test_float16_scales_the_loss_so_gradients_below_its_smallest_number_still_tr
     agent.learn(total_samples=2)
     delta = weight_change(agent, before)
     assert torch.isfinite(delta).all() and (delta != 0).sum() >= 0.25 * delta.numel()
-    assert records.records[-1]["train/loss_scale"] == 65536.0  # no overflow: the initial scale stands
+    assert records.records[-1]["train/loss_scale"] == 4096.0  # no overflow: the initial scale stands
 
     state = agent.state_dict()
-    assert state["grad_scaler"]["scale"] == 65536.0
+    assert state["grad_scaler"]["scale"] == 4096.0
     agent.grad_scaler.update(1024.0)
     agent.load_state_dict(state)  # the scale is part of a checkpoint (bit-exact resume)
-    assert agent.grad_scaler.get_scale() == 65536.0
+    assert agent.grad_scaler.get_scale() == 4096.0
 
 
 def test_a_half_precision_full_fine_tune_keeps_the_base_model_as_reference_in_its_own_dtype():
