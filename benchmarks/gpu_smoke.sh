@@ -8,6 +8,7 @@
 # (each section's exit status and seconds; nvidia-smi, torch and CUDA versions). Each section runs under its own
 # timeout (T_TEST, T_RATIO, T_TRAIN, T_BENCH seconds, 295 in all; set them to change it); a failing one is recorded
 # and the next one runs; the exit status is 1 when any failed. Train run folders go to a temporary folder.
+# DDPO_REV names the revision in smoke.json (no .git travels to the device; make gpu-bundle's command sets it).
 # On the GPU machine, install the wheels of `make gpu-bundle` first (it prints the device call).
 # --dry-run: the same code paths on the CPU with tiny models and sizes (about a minute; tests/test_gpu_smoke.py),
 # OUT defaulting to a new temporary folder. PYTHON: the interpreter (default python3).
@@ -26,7 +27,7 @@ LOG=$OUT/smoke.log
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-: "${T_TEST:=45}" "${T_RATIO:=105}" "${T_TRAIN:=50}" "${T_BENCH:=95}"
+: "${T_TEST:=60}" "${T_RATIO:=100}" "${T_TRAIN:=45}" "${T_BENCH:=90}"
 TRAIN=(--model tiny --dtype bfloat16 --kl-coef 0.1 --ema-decay 0.9 --num-envs 4 --samples-per-epoch 8
        --batch-size 4 --num-steps 4 --image-every 0 --output-dir "$WORK/train")
 if (( DRY )); then
@@ -101,13 +102,14 @@ section gpu_bench timeout -k 5 "$T_BENCH" "$PY" -m benchmarks.gpu --epochs 1 --b
   --checkpointing off --no-summary --results-dir "$OUT" "${BENCH[@]}"
 
 ENVIRONMENT=$("$PY" - "bash benchmarks/gpu_smoke.sh${1:+ $1}" 2>>"$LOG" <<'EOF'
-import json, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys
 
 import torch
 
 from benchmarks.record import environment
 
 info = environment(sys.argv[1])
+info["git_revision"] = os.environ.get("DDPO_REV") or info["git_revision"]  # no .git travels to the device
 info.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
 smi = shutil.which("nvidia-smi")
 info["nvidia_smi"] = subprocess.run(
