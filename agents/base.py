@@ -52,8 +52,8 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
-    #: Whether the loss compares against the rollout's log-probs log π_old: with ``compile_sampling`` they are then
-    #: recomputed by the eager network after sampling (:meth:`recompute_log_probs`).
+    #: Whether the loss compares against the rollout's log-probs log π_old: with ``compile_sampling`` or
+    #: ``recompute_log_probs`` they are then recomputed by the eager network after sampling.
     uses_old_log_probs: ClassVar[bool] = True
 
     def __init__(
@@ -217,7 +217,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
                     if key.startswith("reward_"):
                         terms.setdefault(key.removeprefix("reward_"), []).append(float(value))
             self._last_obs = obs
-        if self.config.compile_sampling and self.uses_old_log_probs:
+        if (self.config.compile_sampling or self.config.recompute_log_probs) and self.uses_old_log_probs:
             self.recompute_log_probs()
         self._compute_advantages(self.buffer.non_finite(), terms)
         self._sampling_seconds = time.perf_counter() - start
@@ -228,9 +228,9 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     def recompute_log_probs(self) -> None:
         """Replace the rollout's log-probs (log π_old of the trained steps) by what the eager network computes for the
         same transitions under the same weights, in micro-batches of the training passes' size. The compiled kernels
-        that sampled them (``compile_sampling``) round differently from the eager ones the update runs: in bfloat16
-        by more than PPO's clip range, so without this the first update's ratios would not be 1. Costs one
-        gradient-free forward per trained transition."""
+        that sampled them (``compile_sampling``) round differently from the eager ones the update runs (in bfloat16
+        by more than PPO's clip range), and on a GPU so may kernels picked for another batch shape; without this the
+        first update's ratios would not be 1. Costs one gradient-free forward per trained transition."""
         n, trainable = self.buffer.num_samples, torch.tensor(list(self.trainable_steps()), device="cpu")
         samples = torch.arange(n, device="cpu").repeat(len(trainable))  # step-major
         steps = trainable.repeat_interleave(n)

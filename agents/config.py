@@ -60,7 +60,14 @@ class AgentConfig:
     given value."""
     compile_sampling: bool = False
     """torch.compile the network for the passes that record no gradient (sampling, evaluation, the KL reference;
-    training passes stay eager): each batch shape compiles once on first use (tens of seconds on a CPU)."""
+    training passes stay eager): each batch shape compiles once on first use (tens of seconds on a CPU). The
+    rollout's log-probs are then recomputed eagerly (recompute_log_probs), as compiled kernels round differently."""
+    recompute_log_probs: bool = False
+    """After sampling, recompute the rollout's log-probs log π_old of the trained steps with the eager network in the
+    training passes' batch shape, so that the first update's ratios are exactly 1 wherever sampling and training
+    kernels round differently (always on with compile_sampling; on a GPU, kernels are picked per batch shape:
+    benchmarks.gpu_ratio measures whether a model needs it). Costs one gradient-free forward per trained transition
+    (DDPO-IS/SF; RWR's loss has no ratio)."""
     gradient_checkpointing: bool = False
     """Recompute the UNet's activations during the backward pass instead of storing them (diffusers' gradient
     checkpointing): the same gradients with much less activation memory, for ~30 % more compute."""

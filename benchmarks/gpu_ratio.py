@@ -3,7 +3,10 @@
 Before its first optimizer step the policy has not moved, so every ratio π_θ/π_old of that step should be exactly 1:
 the training pass recomputes log π_θ of each stored transition, and log π_old was recorded while sampling. Reduced
 precision or a compiled sampling network (``compile_sampling``: sampling runs ``torch.compile``'d, training eager)
-can make the two passes disagree; with the clip range of 1e-4 a log ratio of that size already clips. For dtype in
+can make the two passes disagree; with the clip range of 1e-4 a log ratio of that size already clips. The agents
+recompute log π_old eagerly after a compiled rollout (``recompute_log_probs``), so the compiled rows check that fix
+on the device; the eager rows (sampling batch ≠ training batch) show whether kernels picked per batch shape move the
+ratio there, i.e. whether a GPU run needs ``recompute_log_probs=True`` without compile. For dtype in
 float32 / bfloat16 / float16 × compile_sampling off / on, on Stable Diffusion 1.5's architecture with random weights
 (:func:`benchmarks.gpu.random_sd_pipeline`, built once and deep-copied per combination) at 512 px: one rollout
 (``agent.collect_rollout``), each denoising step's largest |log ratio| as the first update computes it
@@ -18,8 +21,8 @@ and after each combination, so a timeout keeps what finished and shows the one i
 the tiny architecture, for a CPU dry run.
 
 ``--compile-options backend=eager``: the agent's ``compile_sampling`` takes no options, so with options the agent is
-built with ``compile_sampling=False`` and the backend's ``compile_inference(**options)`` (what ``compile_sampling``
-calls, without options) is called right after.
+built with ``compile_sampling=False``, ``recompute_log_probs=True``, and the backend's ``compile_inference(**options)``
+(what ``compile_sampling`` calls, without options) is called right after.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def run_combination(base: Any, dtype: str, compiled: bool, args: argparse.Namesp
                        device=args.device, dtype=dtype, num_steps=args.num_steps, guidance_scale=5.0)
     env = VectorTerminalReward(env, JpegCompressibility())
     agent = DDPO_IS(env, samples_per_epoch=args.sample_batch, batch_size=args.batch_size, lora_rank=4,
-                    compile_sampling=compiled and not options, per_prompt_stat_tracking=False, learning_rate=3e-4)
+                    compile_sampling=compiled and not options, recompute_log_probs=compiled,
+                    per_prompt_stat_tracking=False, learning_rate=3e-4)
     if compiled and options:
         env.unwrapped.backend.compile_inference(**options)
     agent.set_logger(Logger(folder=None, output_formats=[]))

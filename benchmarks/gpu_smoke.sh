@@ -36,7 +36,7 @@ if (( DRY )); then
   TRAIN+=(--device cpu) EPOCHS=1
   BENCH=(--tiny --device cpu --num-steps 2)
 else
-  RATIO=(--num-steps 10 --sample-batch 4 --batch-size 4 --budget-s $((T_RATIO - 25)))
+  RATIO=(--num-steps 10 --sample-batch 4 --batch-size 2 --budget-s $((T_RATIO - 25)))  # other shapes, other kernels
   TRAIN+=(--device cuda) EPOCHS=2
   BENCH=(--device cuda)
 fi
