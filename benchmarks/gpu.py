@@ -143,6 +143,31 @@ def _timed(epoch_fn: Any, device: torch.device, epochs: int, s: dict[str, Any]) 
             "peak_gb": peak_gb(device)}
 
 
+def write_rows(results_dir: Path, label: str, arch: dict[str, Any], settings: dict[str, Any],
+               rows: list[dict[str, Any]], env_info: dict[str, Any], epochs: int) -> str:
+    """gpu_<label>.json and .md with the rows so far (each against the bare loop's row of its settings, if run);
+    returns the table."""
+    by = {(r["trainer"], r["gradient_checkpointing"], r["lora_rank"]): r for r in rows}
+    for r in rows:
+        bare = by.get(("bare loop", r["gradient_checkpointing"], r["lora_rank"]))
+        r["vs_bare"] = r["samples_per_s"] / bare["samples_per_s"] if bare else None
+    write_json(results_dir / f"gpu_{label}.json", {"architecture": arch, "settings": settings, "rows": rows,
+                                                  "environment": env_info})
+    lines = [f"# Stable Diffusion ({label} architecture, random weights) on {env_info['machine']}\n",
+             f"`{env_info['command']}` — {env_info['date']}, rev {env_info['git_revision']}\n",
+             ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {epochs} timed epochs after a warm-up.\n",
+             "| trainer | gradient checkpointing | LoRA rank | samples/s | vs bare loop | peak GPU memory (GB) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = "–" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
+        vs = "–" if r["vs_bare"] is None else f"{r['vs_bare']:.2f}×"
+        lines.append(f"| {r['trainer']} | {r['gradient_checkpointing']} | {r['lora_rank']} | "
+                     f"{r['samples_per_s']:.3f} | {vs} | {mem} |")
+    text = "\n".join(lines) + "\n"
+    (results_dir / f"gpu_{label}.md").write_text(text, encoding="utf-8")
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a miniature of the architecture (tests, CPU)")
@@ -167,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     arch = ARCHITECTURES["tiny" if args.tiny else "sd15"]
     env_info = environment(command_line("benchmarks.gpu", argv))
     trainers = [("ddpo-env", run_ours)] + ([] if args.no_bare else [("bare loop", run_bare)])
-    rows = []
+    label = "tiny" if args.tiny else "sd15"
+    results_dir = Path(args.results_dir)
+    rows: list[dict[str, Any]] = []
     for checkpointing in CHECKPOINTING[args.checkpointing]:
         for rank in ranks:
             for name, run in trainers:
@@ -177,26 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              {**settings, "lora_rank": rank})
                 rows.append({"trainer": name, "gradient_checkpointing": checkpointing, "lora_rank": rank, **result})
                 print(f"{name}, checkpointing {checkpointing}, LoRA rank {rank}: {result}", flush=True)
-    by = {(r["trainer"], r["gradient_checkpointing"], r["lora_rank"]): r for r in rows}
-    for r in rows:
-        bare = by.get(("bare loop", r["gradient_checkpointing"], r["lora_rank"]))
-        r["vs_bare"] = r["samples_per_s"] / bare["samples_per_s"] if bare else None
-    label = "tiny" if args.tiny else "sd15"
-    results_dir = Path(args.results_dir)
-    write_json(results_dir / f"gpu_{label}.json", {"architecture": arch, "settings": settings, "rows": rows,
-                                                  "environment": env_info})
-    lines = [f"# Stable Diffusion ({label} architecture, random weights) on {env_info['machine']}\n",
-             f"`{env_info['command']}` — {env_info['date']}, rev {env_info['git_revision']}\n",
-             ", ".join(f"{k} {v}" for k, v in settings.items()) + f"; {args.epochs} timed epochs after a warm-up.\n",
-             "| trainer | gradient checkpointing | LoRA rank | samples/s | vs bare loop | peak GPU memory (GB) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        mem = "–" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
-        vs = "–" if r["vs_bare"] is None else f"{r['vs_bare']:.2f}×"
-        lines.append(f"| {r['trainer']} | {r['gradient_checkpointing']} | {r['lora_rank']} | "
-                     f"{r['samples_per_s']:.3f} | {vs} | {mem} |")
-    text = "\n".join(lines) + "\n"
-    (results_dir / f"gpu_{label}.md").write_text(text, encoding="utf-8")
+                # written after every row: a run stopped by a timeout keeps the rows that finished
+                text = write_rows(results_dir, label, arch, settings, rows, env_info, args.epochs)
     if not (args.tiny or args.no_summary):
         fastest = max((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["samples_per_s"])
         smallest = min((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["peak_gb"])
