@@ -67,7 +67,7 @@ class AgentConfig:
     training passes' batch shape, so that the first update's ratios are exactly 1 wherever sampling and training
     kernels round differently (always on with compile_sampling; on a GPU, kernels are picked per batch shape:
     benchmarks.gpu_ratio measures whether a model needs it). Costs one gradient-free forward per trained transition
-    (DDPO-IS/SF; RWR's loss has no ratio)."""
+    (DDPO-IS; the losses of DDPO-SF and RWR have no ratio and skip it)."""
     gradient_checkpointing: bool = False
     """Recompute the UNet's activations during the backward pass instead of storing them (diffusers' gradient
     checkpointing): the same gradients with much less activation memory, for ~30 % more compute."""

@@ -26,6 +26,9 @@ class DDPO_SF(DiffusionAgent):
 
     config_class: ClassVar[type[DDPOSFConfig]] = DDPOSFConfig
     config: DDPOSFConfig
+    # the loss −Â·log π_θ has no ratio: no recompute after a compiled rollout (its logged approx_kl and log_ratio,
+    # diagnostics only, then include the compiled kernels' rounding)
+    uses_old_log_probs: ClassVar[bool] = False
 
     def backward_passes_per_update(self) -> int:
         micro_batches = -(-len(self.train_samples()) // self.rank_batch_size)
