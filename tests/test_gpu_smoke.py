@@ -1,6 +1,6 @@
-"""The one-call GPU check (issue 34): ``benchmarks/gpu_smoke.sh --dry-run`` runs every section on the CPU and leaves
-what the device tool brings back (≤ 8 files, plain names, ≤ 2 folders deep); ``benchmarks.gpu_bundle`` names the
-wheels the GPU image lacks, at the versions installed here, with every requirement met."""
+"""The one-call GPU check: ``benchmarks/gpu_smoke.sh --dry-run`` runs every section on the CPU and leaves files that
+travel back from a remote GPU machine easily (≤ 8 files, plain names, ≤ 2 folders deep); ``benchmarks.gpu_bundle``
+names the wheels the GPU image lacks, at the versions installed here, with every requirement met."""
 
 import itertools
 import json
