@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call on a GPU machine, about 5 minutes at most (budgeted for an H200), most important first:
+# The whole GPU check in one call on a GPU machine, about 5 minutes (budgeted for an H200), most important first:
 #   a. tests/test_gpu.py                                                   -> test_gpu.txt
 #   b. python -m benchmarks.gpu_ratio: first-update ratios, SD 1.5 architecture, 512 px, 10 steps -> gpu_ratio.json
 #   c. ddpo train on the tiny model, bfloat16, KL penalty and EMA, 2 epochs, then --resume auto to 3 -> train.json
