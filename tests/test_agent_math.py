@@ -96,3 +96,29 @@ def test_terminal_reward_broadcast_to_every_step():
     samples = torch.tensor([0, 0, 0, 0, 2, 2])
     steps = torch.tensor([0, 1, 2, 3, 0, 3])
     assert buf.transitions(samples, steps).advantages.tolist() == [0.5, 0.5, 0.5, 0.5, 2.0, 2.0]
+
+
+def test_ddpo_is_and_ddpo_sf_take_the_same_gradient_on_the_same_batch_before_the_first_update():
+    """At ratio 1 PPO-clip's gradient is −Â·∇log π, REINFORCE's: through each agent's own compute_loss (where a sign
+    or an advantage could be wired wrongly), on identical rollouts (same seed, same env)."""
+    from conftest import tiny_env
+    from stable_baselines3.common.logger import Logger
+
+    from agents import DDPO_IS, DDPO_SF
+
+    grads = []
+    for cls in (DDPO_IS, DDPO_SF):
+        agent = cls(tiny_env(2), samples_per_epoch=4, batch_size=4, seed=3)
+        agent.set_logger(Logger(folder=None, output_formats=[]))
+        agent.collect_rollout()
+        assert agent.buffer.advantages.abs().sum() > 0
+        samples, steps = torch.arange(4).repeat(4), torch.arange(4).repeat_interleave(4)  # every transition
+        params = agent.policy.trainable_parameters()
+        loss, _ = agent.compute_loss(samples, steps)
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        if cls is DDPO_IS:
+            rollout = agent.buffer.latents.clone()
+        else:
+            assert torch.equal(agent.buffer.latents, rollout)  # the same rollout
+    assert grads[0].norm() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)
