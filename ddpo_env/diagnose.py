@@ -1,5 +1,6 @@
 """``ddpo diagnose`` (``python -m ddpo_env.diagnose``): the step-conditioning table of a model and its settings
-(:mod:`ddpo_env.conditioning` has the math), and its plot.
+(:mod:`ddpo_env.conditioning` has the math), and its plot; ``ddpo diagnose words``: whether the model uses a word
+(:mod:`ddpo_env.word_use`).
 """
 
 from __future__ import annotations
@@ -43,14 +44,85 @@ def plot_conditioning(curves: dict[str, StepConditioning], path: str, title: str
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> StepConditioning:
-    """``python -m ddpo_env.diagnose --model default --num-steps 20 [--png steps.png]``: the step-conditioning table
-    of a model and its settings (at real states of the model's own sampler), or of a scheduler config alone."""
+def words_main(argv: list[str]) -> list:
+    """``ddpo diagnose words --model shapes --swap left=right --swap red=blue``: the word-use check of each swap."""
     import argparse
     import json
 
+    from ddpo_env.backends import load_backend
+    from ddpo_env.config import is_prompt_file
+    from ddpo_env.schedule import make_schedule
+    from ddpo_env.tasks import task_of
+    from ddpo_env.word_use import markdown, word_use
+
+    parser = argparse.ArgumentParser(prog="ddpo diagnose words", description="Does the model use a word? For each "
+                                     "swap A=B, how much replacing the word A by B in the prompts changes the "
+                                     "network's prediction on the model's own samples, and its denoising error.")
+    parser.add_argument("--model", default="default", help="as DenoisingDiffusion-v0's model (default, shapes, a "
+                        "folder, package.module:TASK)")
+    parser.add_argument("--swap", action="append", required=True, metavar="A=B",
+                        help="a word and its replacement, e.g. left=right (repeat the flag for several)")
+    parser.add_argument("--prompts", default="", help="comma-separated prompts (default: the model's training "
+                        "prompts that hold the word)")
+    parser.add_argument("--prompt-file", default="", help="a text file with one prompt per line")
+    parser.add_argument("--samples", type=int, default=4, help="clean samples per prompt (seeds)")
+    parser.add_argument("--draws", type=int, default=8, help="noisings of each sample")
+    parser.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="the sampler's guidance (default: the "
+                        "model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default="", help="also write the results (per prompt too) as JSON here")
+    args = parser.parse_args(argv)
+    swaps = [tuple(s.split("=", 1)) for s in args.swap]
+    if any(len(s) != 2 or not all(w.strip() for w in s) for s in swaps):
+        parser.error(f"--swap takes A=B with two words, got {args.swap}")
+    if args.prompt_file:
+        if not is_prompt_file(args.prompt_file):
+            parser.error(f"--prompt-file {args.prompt_file!r} is not a readable text file")
+        with open(args.prompt_file, encoding="utf-8") as file:
+            prompts = [line.strip() for line in file if line.strip()]
+    else:
+        prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    backend = load_backend(args.model, args.device)
+    prompts = prompts or list(task_of(args.model, backend).training_prompts(backend))
+    schedule = make_schedule(backend.scheduler_config, args.num_steps or backend.default_num_steps, None)
+    guidance = backend.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    results = []
+    for word, replacement in swaps:
+        try:
+            results.append(word_use(backend, schedule, prompts, word.strip(), replacement.strip(),
+                                    guidance_scale=guidance, samples=args.samples, draws=args.draws, seed=args.seed))
+        except ValueError as error:
+            parser.error(str(error))
+    print(f"word use of model {args.model!r} ({args.samples} samples × {args.draws} noisings per prompt):\n\n"
+          f"{markdown(results)}\n\nprediction change: RMS change of the network's prediction when the word is "
+          "swapped, relative to the prediction; error increase: how much worse the swapped prompt predicts the "
+          "noise of the model's own samples for the true prompt")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump({"model": str(args.model), "samples": args.samples, "draws": args.draws, "seed": args.seed,
+                       "swaps": [{**r.row(), "per_prompt": r.per_prompt} for r in results]}, file, indent=2)
+        print(f"  {args.json}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> StepConditioning | list:
+    """``python -m ddpo_env.diagnose --model default --num-steps 20 [--png steps.png]``: the step-conditioning table
+    of a model and its settings (at real states of the model's own sampler), or of a scheduler config alone;
+    ``python -m ddpo_env.diagnose words ...``: the word-use check (:func:`words_main`)."""
+    import argparse
+    import json
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["words"]:
+        return words_main(argv[1:])
+
     parser = argparse.ArgumentParser(prog="ddpo diagnose", description="Per-step conditioning of the policy's "
-                                     "log-probability: which denoising steps dominate policy gradients.")
+                                     "log-probability: which denoising steps dominate policy gradients.",
+                                     epilog="ddpo diagnose words --help: does the model use a word (a word swap's "
+                                     "effect on its predictions)")
     parser.add_argument("--model", default="default", help="as DenoisingDiffusion-v0's model (default, tiny, a folder)")
     parser.add_argument("--num-steps", type=int, default=None, help="steps per episode (default: the model's)")
     parser.add_argument("--eta", type=float, default=None, help="the policy's noise scale (default: 1.0 for DDIM)")
