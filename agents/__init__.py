@@ -1,4 +1,5 @@
-"""Agents that train a diffusion policy on DenoisingDiffusion-v0: DDPO-IS, DDPO-SF, RWR and sparse RWR.
+"""Agents that train a diffusion policy on DenoisingDiffusion-v0: DDPO-IS, DDPO-SF, RWR, sparse RWR, AWM and
+DiffusionNFT.
 
 They share one rollout loop (:mod:`agents.base`), a stable-baselines3 policy (:mod:`agents.policy`) and a
 constructor: ``make_agent("ddpo-is", env, samples_per_epoch=64, ...)``. Imports ``ddpo_env`` and ``rewards``.
@@ -13,7 +14,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from agents.config import AGENT_CONFIGS, AgentConfig, DDPOISConfig, DDPOSFConfig, RWRConfig, SparseRWRConfig
+from agents.config import (
+    AGENT_CONFIGS,
+    AgentConfig,
+    AWMConfig,
+    DDPOISConfig,
+    DDPOSFConfig,
+    DiffusionNFTConfig,
+    RWRConfig,
+    SparseRWRConfig,
+)
 from ddpo_env.lazy import lazy_attributes
 
 if TYPE_CHECKING:
@@ -27,6 +37,8 @@ _LAZY = {
     "DDPO_SF": "agents.reinforce",
     "RWR": "agents.rwr",
     "SparseRWR": "agents.rwr",
+    "AWM": "agents.awm",
+    "DiffusionNFT": "agents.nft",
     "PerPromptStatTracker": "agents.stat_tracking",
 }
 
@@ -45,7 +57,8 @@ __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, {"AGENTS": _agents})
 
 
 def make_agent(name: str, env: Any, **kwargs: Any) -> DiffusionAgent:
-    """Build the agent called ``name`` ("ddpo-is" | "ddpo-sf" | "rwr" | "rwr-sparse") on ``env`` with its config's
+    """Build the agent called ``name`` (a key of ``AGENT_CONFIGS``: "ddpo-is", "ddpo-sf", "rwr", "rwr-sparse", "awm",
+    "diffusion-nft") on ``env`` with its config's
     fields as keyword arguments (or ``config=``).
 
     ``env``: a DenoisingDiffusion-v0 vector env (``gym.make_vec``, possibly reward-wrapped), its SB3VecEnv, or a
@@ -61,13 +74,17 @@ def make_agent(name: str, env: Any, **kwargs: Any) -> DiffusionAgent:
 __all__ = [
     "AGENTS",
     "AGENT_CONFIGS",
+    "AWM",
     "DDPO_IS",
     "DDPO_SF",
     "RWR",
+    "AWMConfig",
     "AgentConfig",
     "DDPOISConfig",
     "DDPOSFConfig",
     "DiffusionAgent",
+    "DiffusionNFT",
+    "DiffusionNFTConfig",
     "DiffusionPolicy",
     "PerPromptStatTracker",
     "RWRConfig",

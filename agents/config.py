@@ -278,6 +278,53 @@ class SparseRWRConfig(AgentConfig):
         _no_step_stats(self)
 
 
+@dataclass
+class AWMConfig(AgentConfig):
+    """AWM, advantage-weighted matching: the denoising loss on the rollout's final samples, weighted by the
+    advantage (negative advantages push away), with a robust per-step weight."""
+
+    algorithm: ClassVar[str] = "agents.awm:AWM"
+
+    awm_power: float = 0.25
+    """p of the generalised-Huber log-likelihood −w_t·((ℓ + δ)^p − δ^p)/p of a sample's squared error ℓ (AWM's code:
+    0.25; 1 is the plain squared error)."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if not (math.isfinite(self.awm_power) and 0 < self.awm_power <= 1):
+            raise ValueError(f"awm_power must be in (0, 1], got {self.awm_power!r}")
+
+
+@dataclass
+class DiffusionNFTConfig(AgentConfig):
+    """DiffusionNFT: the denoising loss of implicit positive and negative policies on the final samples, split by
+    reward; rollouts from a slowly updated old policy."""
+
+    algorithm: ClassVar[str] = "agents.nft:DiffusionNFT"
+
+    nft_beta: float = 1.0
+    """β, how far the implicit policies lie from the old one: v± = old ± β·(v_θ − old) (the paper's code: 1.0, and
+    0.1 for some rewards)."""
+    optimality_scale: float = 5.0
+    """Z of the optimality probability r = ½ + ½·clip(Â/Z, −1, 1) of a sample with advantage Â."""
+    old_policy_rate: float = 0.001
+    """The old (sampling) policy follows the trained one after each epoch: θ_old ← η·θ_old + (1 − η)·θ with
+    η = min(old_policy_rate · optimizer steps, old_policy_max) (the paper's code: 0.001 and 0.5); 0: η = 0, the old
+    policy is the current one at each rollout."""
+    old_policy_max: float = 0.5
+    """The cap of η (see old_policy_rate), in [0, 1)."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        self._require_positive_finite("nft_beta", "optimality_scale")
+        if not (0 <= self.old_policy_rate and math.isfinite(self.old_policy_rate)):
+            raise ValueError(f"old_policy_rate must be finite and >= 0, got {self.old_policy_rate!r}")
+        if not (0 <= self.old_policy_max < 1):
+            raise ValueError(f"old_policy_max must be in [0, 1), got {self.old_policy_max!r}")
+        if self.grad_workers != 1:
+            raise ValueError("diffusion-nft swaps the old policy's weights in for each pass: use grad_workers=1")
+
+
 #: The one table of agents: each name → its config class, whose ``algorithm`` names the class that trains
 #: (``"module:Class"``, imported by ``agents.make_agent`` / ``agents.AGENTS``, which import torch).
 AGENT_CONFIGS: dict[str, type[AgentConfig]] = {
@@ -285,6 +332,8 @@ AGENT_CONFIGS: dict[str, type[AgentConfig]] = {
     "ddpo-sf": DDPOSFConfig,
     "rwr": RWRConfig,
     "rwr-sparse": SparseRWRConfig,
+    "awm": AWMConfig,
+    "diffusion-nft": DiffusionNFTConfig,
 }
 
 

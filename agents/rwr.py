@@ -15,10 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from agents.base import DiffusionAgent
-from agents.buffer import TrajectoryBatch
 from agents.config import RWRConfig, SparseRWRConfig
-from agents.kl import approx_kl
+from agents.final_samples import FinalSampleAgent
 
 
 def rwr_weights(rewards: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -45,12 +43,11 @@ def denoising_mse(diffusion_env: Any, x0: torch.Tensor, embeds: torch.Tensor,
     return ((prediction - target) ** 2).mean(dim=tuple(range(1, x0.ndim)))
 
 
-class RWR(DiffusionAgent):
+class RWR(FinalSampleAgent):
     """Reward-weighted regression on final samples."""
 
     config_class: ClassVar[type[RWRConfig]] = RWRConfig
     config: RWRConfig
-    uses_old_log_probs: ClassVar[bool] = False  # its loss has no ratio (the approx_kl probe recomputes its own)
 
     def sample_weights(self) -> torch.Tensor:
         """The weights of the whole rollout (every rank's samples)."""
@@ -62,32 +59,6 @@ class RWR(DiffusionAgent):
         self.logger.record("train/effective_sample_size", float(weights.sum() ** 2 / (weights**2).sum()))
         self.weights = weights[self.rank_rows()]
         return torch.nonzero(self.weights > 0).flatten().cpu()
-
-    def train(self) -> None:
-        probe = self._kl_probe()
-        super().train()
-        self.logger.record("train/approx_kl", self.approx_kl_after_update(*probe))
-
-    def _kl_probe(self) -> tuple[TrajectoryBatch, torch.Tensor]:
-        """One micro-batch of the rollout's transitions (its first samples, one step each, chosen by a generator of
-        their own) and their log-probs under the sampling weights, as the eager network computes them (the stored
-        ones unless ``compile_sampling`` sampled them with other kernels, or ``recompute_log_probs`` asks)."""
-        n = min(self.rank_batch_size, self.buffer.num_samples)
-        choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs + 1)  # the epoch trained
-        samples = torch.arange(n, device="cpu")
-        steps = torch.randint(self.num_steps, (n,), generator=choose, device="cpu")
-        batch = self.buffer.transitions(samples.to(self.device), steps.to(self.device))
-        if not (self.config.compile_sampling or self.config.recompute_log_probs):
-            return batch, batch.old_log_probs
-        with torch.no_grad(), self.diffusion_env.backend.eager():
-            return batch, self.transition_log_probs(batch)
-
-    def approx_kl_after_update(self, batch: TrajectoryBatch, old_log_probs: torch.Tensor) -> float:
-        """½·mean (log π_θ − log π_old)² over the probe's transitions (:meth:`_kl_probe`) under the updated weights:
-        how far the epoch's updates moved the sampling policy. RWR's loss has no ratio to read it from, as the DDPO
-        losses do."""
-        with torch.no_grad(), self.diffusion_env.backend.eager():
-            return approx_kl(self.transition_log_probs(batch), old_log_probs)
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         embeds = self.diffusion_env.prompt_embeds(self.buffer.prompt_ids[samples].cpu().numpy())

@@ -130,6 +130,7 @@ class AgentState:
             "stat_tracker": self.stat_tracker.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
+            "algorithm": self.algorithm_state(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -164,6 +165,7 @@ class AgentState:
             self.ema.load_state_dict(state["ema"])
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:  # float16; absent in older saves
             self.grad_scaler.load_state_dict(state["grad_scaler"])
+        self.load_algorithm_state(state.get("algorithm") or {})
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
@@ -179,6 +181,13 @@ class AgentState:
             self._last_obs = None  # learn() resets the env
         if self.ranks:  # data parallel: rank 0's RNG states were saved; each rank derives its own
             self.reseed_rank(self.num_epochs)
+
+    def algorithm_state(self) -> dict[str, Any]:
+        """What an algorithm keeps beyond the shared state (e.g. DiffusionNFT's old policy); saved with the rest."""
+        return {}
+
+    def load_algorithm_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`algorithm_state` (empty in saves of agents that keep none)."""
 
     def _restore_noise_generator(self, state: torch.Tensor, saved_on: str) -> None:
         """The sampling noise's generator state; one saved on another kind of device (a CPU run resumed on a GPU, or

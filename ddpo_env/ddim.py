@@ -217,6 +217,33 @@ class DDIMSchedule:
             target = x0
         return x_t, t, target
 
+    def forward_noise(self, x0: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean samples noised to the episode's steps ``steps`` (B,) (indices k): (x_t = √ᾱ_τ·x₀ + √(1−ᾱ_τ)·ε, the
+        network's timestep τ (B,), the target (ε, v or x₀ by prediction type), the noise level √(1−ᾱ_τ) (B, 1, …)):
+        the model's own training loss at the sampler's timesteps (DiffusionNFT, AWM)."""
+        k = torch.as_tensor(steps, device="cpu").reshape(-1)
+        alpha_prod = self.alpha_prod_t[k].reshape((-1,) + (1,) * (x0.ndim - 1)).to(x0.device, x0.dtype)
+        x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
+        else:
+            target = x0
+        return x_t, self.timesteps[k].to(x0.device), target, (1 - alpha_prod).sqrt()
+
+    def original_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """x̂₀ from the network output at x_t of steps ``steps`` (indices k), unclipped: the inverse of
+        :meth:`forward_noise` for the target."""
+        k = torch.as_tensor(steps, device="cpu").reshape(-1)
+        alpha_prod = self.alpha_prod_t[k].reshape((-1,) + (1,) * (x_t.ndim - 1)).to(x_t.device, x_t.dtype)
+        if self.prediction_type == "epsilon":
+            return (x_t - (1 - alpha_prod).sqrt() * model_output) / alpha_prod.sqrt()
+        if self.prediction_type == "v_prediction":
+            return alpha_prod.sqrt() * x_t - (1 - alpha_prod).sqrt() * model_output
+        return model_output
+
     def coefficients(
         self, timesteps: torch.Tensor, ndim: int, device: torch.device | str, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

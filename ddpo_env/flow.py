@@ -163,6 +163,21 @@ class FlowMatchSchedule:
         velocity = (sample - out.pred_original_sample.to(sample.dtype)) / sigma
         return sample + (sigma_prev - sigma) * velocity
 
+    def forward_noise(self, x0: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Clean samples noised to the episode's steps ``steps`` (B,) (indices k): (x_σ = (1−σ)·x₀ + σ·ε, the
+        network's timestep σ·N (B,), the target v = ε − x₀, the noise level σ (B, 1, …))."""
+        k = torch.as_tensor(steps, device="cpu").reshape(-1)
+        sigma = self.sigmas[k].reshape((-1,) + (1,) * (x0.ndim - 1)).to(x0.device, x0.dtype)
+        return ((1 - sigma) * x0 + sigma * noise, (self.sigmas[k] * self.num_train_timesteps).to(x0.device),
+                noise - x0, sigma)
+
+    def original_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """x̂₀ = x_σ − σ·v̂ at steps ``steps`` (indices k)."""
+        k = torch.as_tensor(steps, device="cpu").reshape(-1)
+        sigma = self.sigmas[k].reshape((-1,) + (1,) * (x_t.ndim - 1)).to(x_t.device, x_t.dtype)
+        return x_t - sigma * model_output
+
     def training_pair(self, x0: torch.Tensor, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_σ = (1−σ)·x₀ + σ·ε, network timestep σ·N, target v = ε − x₀) at σ ~ U(0, 1) per sample: the

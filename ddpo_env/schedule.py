@@ -1,7 +1,8 @@
 """What the env and the agents need of a noise schedule, written once for DDIM (:mod:`ddpo_env.ddim`) and flow
 matching (:mod:`ddpo_env.flow`): a :class:`Schedule` maps an observation's integer timestep key to its step, gives
 the step's Gaussian policy (``step``), its std, the deterministic ODE step, the network's timestep input and the
-(noisy sample, timestep, target) pairs of the model's own training loss (reward-weighted regression uses them).
+(noisy sample, timestep, target) pairs of the model's own training loss (reward-weighted regression uses them), at
+random timesteps or at the episode's own (``forward_noise``, with ``original_sample`` its inverse: DiffusionNFT, AWM).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class Schedule(Protocol):
 
     def training_pair(self, x0: torch.Tensor, generator: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def forward_noise(self, x0: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def original_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor
+                        ) -> torch.Tensor: ...
 
 
 def is_flow_scheduler(config: Any) -> bool:

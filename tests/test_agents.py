@@ -160,7 +160,8 @@ def test_other_agents_validate_their_own_fields():
     assert str(e.value) == "top_fraction must be in (0, 1], got 0"
     with pytest.raises(ValueError) as e:
         make_agent("ppo2", tiny_env())
-    assert str(e.value) == "unknown agent 'ppo2': use one of ['ddpo-is', 'ddpo-sf', 'rwr', 'rwr-sparse']"
+    assert str(e.value) == ("unknown agent 'ppo2': use one of ['awm', 'ddpo-is', 'ddpo-sf', 'diffusion-nft', 'rwr', "
+                            "'rwr-sparse']")
     with pytest.raises(TypeError):
         make_agent("ddpo-is", tiny_env(), clip_rnage=0.1)
 

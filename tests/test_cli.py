@@ -119,8 +119,8 @@ def test_help_shows_each_fields_docstring():
                                                       "'jpeg_compressibility', 'jpeg_incompressibility'] or "
                                                       "package.module:function, optionally =weight (finite, "
                                                       "non-zero), comma-separated"),
-    (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['ddpo-is', 'ddpo-sf', "
-                                  "'rwr', 'rwr-sparse']"),
+    (["train", "--agent", "ppo"], "ddpo train: error: unknown agent 'ppo': use one of ['awm', 'ddpo-is', "
+                                  "'ddpo-sf', 'diffusion-nft', 'rwr', 'rwr-sparse']"),
     (["train", "--config", "nowhere.json"], "ddpo train: error: config file 'nowhere.json' does not exist"),
     (["sample", "--checkpoint", "nowhere"], "ddpo sample: error: nowhere holds no checkpoint: pass a run folder "
                                             "(e.g. runs/train), its checkpoints/ folder or one checkpoint "
@@ -236,8 +236,8 @@ except SystemExit as e:
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--epochs", "ten"], "ddpo train: error: argument --epochs: invalid int value: 'ten'"),
     (["train", "--no-such-flag"], "ddpo: error: unrecognized arguments: --no-such-flag"),
-    (["train", "--agent", "nope"], "ddpo train: error: unknown agent 'nope': use one of ['ddpo-is', 'ddpo-sf', "
-                                   "'rwr', 'rwr-sparse']"),
+    (["train", "--agent", "nope"], "ddpo train: error: unknown agent 'nope': use one of ['awm', 'ddpo-is', "
+                                   "'ddpo-sf', 'diffusion-nft', 'rwr', 'rwr-sparse']"),
     (["train", "--optimizer", "sgd"], "ddpo train: error: unknown optimizer 'sgd': use one of ['adamw', 'adamw8bit']"),
     (["train", "--epochs", "0"], "ddpo train: error: epochs must be >= 1, got 0"),
     (["train", "--config", "{tmp}/job.toml"], "ddpo train: error: config file '{tmp}/job.toml': evaluate must be a "

@@ -84,7 +84,7 @@ def test_the_package_tops_and_the_command_line_import_no_torch():
 
     assert DDPO_IS is defined and AGENTS["ddpo-is"] is defined
     assert REWARDS["jpeg_compressibility"] is JpegCompressibility
-    with pytest.raises(ValueError, match=r"unknown agent 'ppo': use one of \['ddpo-is', 'ddpo-sf', 'rwr', "):
+    with pytest.raises(ValueError, match=r"unknown agent 'ppo': use one of \['awm', 'ddpo-is', 'ddpo-sf', "):
         make_agent("ppo", None)
     import ddpo_env
 
