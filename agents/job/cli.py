@@ -4,6 +4,7 @@
     ddpo sample --checkpoint runs/train [--prompts "a handwritten 3,the digit seven"]    (→ runs/train/samples.png)
     ddpo eval   --checkpoint runs/train/checkpoints/epoch-000056
     ddpo diagnose --model default --num-steps 20 --png steps.png   (per-step conditioning: ddpo_env.diagnose)
+    ddpo diagnose words --model shapes --swap left=right           (does the model use a word: ddpo_env.word_use)
 
 Every field of the config tree (``TrainConfig``: the job, its ``EnvConfig`` and the agent's config) is a flag (its
 docstring is the help); a config file gives any of them (flat, or in [env] / [algorithm] sections), and flags
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_flag(train_parser)
     add_config_flags(train_parser)
     commands.add_parser("diagnose", add_help=False,
-                        help="per-step conditioning of the policy's log-prob (ddpo diagnose --help for its flags)")
+                        help="per-step conditioning of the policy's log-prob, or (words) whether the model uses a "
+                        "word (ddpo diagnose --help, ddpo diagnose words --help)")
     for name, text in (("sample", "a captioned grid of samples from a checkpoint"),
                        ("eval", "the reward of a checkpoint on the fixed evaluation prompts and seeds")):
         sub = commands.add_parser(name, help=text)
