@@ -62,13 +62,13 @@ def step_gradient_stats(agent: Any) -> dict[str, dict[int, float]]:
     halves = (samples[:half], samples[half : 2 * half])
     norms, cosines = {}, {}
     for k in agent.trainable_steps():
-        grads = [_flat_gradient(agent, part, k, params) for part in halves]
+        grads = [step_gradient(agent, part, k, params) for part in halves]
         norms[k] = float(((grads[0] + grads[1]) / 2).norm())
         cosines[k] = float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
     return {"grad_norm": norms, "grad_cosine": cosines}
 
 
-def _flat_gradient(agent: Any, samples: torch.Tensor, step: int, params: list[torch.nn.Parameter]) -> torch.Tensor:
+def step_gradient(agent: Any, samples: torch.Tensor, step: int, params: list[torch.nn.Parameter]) -> torch.Tensor:
     """∇ of the mean loss over ``samples`` at step index ``step``, as one flat vector (micro-batches of the agent's
     batch size, weighted by their share)."""
     total = [torch.zeros_like(p) for p in params]

@@ -5,6 +5,7 @@
     ddpo eval   --checkpoint runs/train/checkpoints/epoch-000056
     ddpo diagnose --model default --num-steps 20 --png steps.png   (per-step conditioning: ddpo_env.diagnose)
     ddpo diagnose words --model shapes --swap left=right           (does the model use a word: ddpo_env.word_use)
+    ddpo diagnose gradients --num-steps 10 ...                      (each step's gradient share, one-sign-step test)
 
 Every field of the config tree (``TrainConfig``: the job, its ``EnvConfig`` and the agent's config) is a flag (its
 docstring is the help); a config file gives any of them (flat, or in [env] / [algorithm] sections), and flags
@@ -286,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_debug_flag(train_parser)
     add_config_flags(train_parser)
     commands.add_parser("diagnose", add_help=False,
-                        help="per-step conditioning of the policy's log-prob, or (words) whether the model uses a "
-                        "word (ddpo diagnose --help, ddpo diagnose words --help)")
+                        help="per-step conditioning of the policy's log-prob; (words) whether the model uses a "
+                        "word; (gradients) each step's gradient share and the one-sign-step test (each with --help)")
     for name, text in (("sample", "a captioned grid of samples from a checkpoint"),
                        ("eval", "the reward of a checkpoint on the fixed evaluation prompts and seeds")):
         sub = commands.add_parser(name, help=text)
@@ -319,6 +320,17 @@ def main(argv: list[str] | None = None) -> None:
     """``ddpo``'s entry point: parse ``argv`` (default: the command line) and run the command; an error the user
     can fix (:data:`USER_ERRORS`) ends in one line on stderr and exit code 2, unless --debug."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["diagnose", "gradients"]:  # the job's flags, one rollout and the one-sign-step test
+        from agents.job import diagnose_gradients
+
+        parser = argparse.ArgumentParser(prog="ddpo diagnose gradients", description=diagnose_gradients.__doc__)
+        parser.add_argument("--config", default=None, metavar="FILE", help="a job config file (.toml or .json)")
+        add_config_flags(parser)
+        diagnose_gradients.add_arguments(parser)
+        args = parser.parse_args(argv[2:])
+        options = {name: vars(args).pop(name) for name in ("step_lr", "controls", "json")}
+        diagnose_gradients.run(job_config(args), options["step_lr"], options["controls"], options["json"])
+        return
     if argv[:1] == ["diagnose"]:  # its own parser (ddpo_env needs nothing of the agents)
         from ddpo_env.diagnose import main as diagnose
 
