@@ -208,13 +208,7 @@ class DDIMSchedule:
         t = t.to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         alpha_prod = self.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
-        x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "v_prediction":
-            target = alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
-        else:
-            target = x0
+        x_t, target = self._noised(x0, alpha_prod, noise)
         return x_t, t, target
 
     def forward_noise(self, x0: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor
@@ -224,14 +218,18 @@ class DDIMSchedule:
         the model's own training loss at the sampler's timesteps (DiffusionNFT, AWM)."""
         k = torch.as_tensor(steps, device="cpu").reshape(-1)
         alpha_prod = self.alpha_prod_t[k].reshape((-1,) + (1,) * (x0.ndim - 1)).to(x0.device, x0.dtype)
+        x_t, target = self._noised(x0, alpha_prod, noise)
+        return x_t, self.timesteps[k].to(x0.device), target, (1 - alpha_prod).sqrt()
+
+    def _noised(self, x0: torch.Tensor, alpha_prod: torch.Tensor, noise: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t = √ᾱ·x₀ + √(1−ᾱ)·ε, the network's target: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀ or x₀ by prediction type)."""
         x_t = alpha_prod.sqrt() * x0 + (1 - alpha_prod).sqrt() * noise
         if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "v_prediction":
-            target = alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
-        else:
-            target = x0
-        return x_t, self.timesteps[k].to(x0.device), target, (1 - alpha_prod).sqrt()
+            return x_t, noise
+        if self.prediction_type == "v_prediction":
+            return x_t, alpha_prod.sqrt() * noise - (1 - alpha_prod).sqrt() * x0
+        return x_t, x0
 
     def original_sample(self, model_output: torch.Tensor, x_t: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         """x̂₀ from the network output at x_t of steps ``steps`` (indices k), unclipped: the inverse of
