@@ -30,6 +30,7 @@ from agents.policy import DiffusionPolicy
 from agents.stat_tracking import PerPromptStatTracker
 from agents.state import AgentState
 from agents.step_stats import StepStats
+from agents.step_weights import step_weight_table
 from agents.update import GradientPass, UpdateLoop
 from agents.vectorise import vectorised
 from ddpo_env.ddim import DDIMStepOutput
@@ -131,6 +132,8 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self.train_generator = torch.Generator().manual_seed(self.config.seed)
         self._passes: dict[int, GradientPass] = {}  # thread id → the pass it computes, during an update
         self.step_stats = StepStats()
+        self._step_weights = step_weight_table(getattr(self.config, "step_weights", "uniform"),
+                                               self.diffusion_env.schedule, self.trainable_steps(), self.device)
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
@@ -308,6 +311,13 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     def trainable_steps(self) -> range:
         """Step indices k this agent trains on (the config's skip_first_steps / skip_last_steps left out)."""
         return self.config.trainable_steps(self.num_steps)
+
+    def step_weight(self, steps: torch.Tensor) -> torch.Tensor | float:
+        """The likelihood weight w_k of each transition's step index k (B,) under the config's ``step_weights``
+        (:mod:`agents.step_weights`); 1.0 when uniform or for an agent without the setting."""
+        if self._step_weights is None:
+            return 1.0
+        return self._step_weights[steps]
 
     def record_step_stats(self, steps: torch.Tensor, **values: torch.Tensor) -> None:
         """Per-transition values (B,) at step indices ``steps`` (B,), averaged per step and logged after the update

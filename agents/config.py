@@ -216,8 +216,27 @@ class AgentConfig:
         return max(1, math.ceil(len(self.trainable_steps(num_steps)) * self.timestep_fraction - 1e-9))
 
 
+#: ``step_weights`` of the likelihood agents (agents/step_weights.py).
+STEP_WEIGHTS = ("uniform", "sensitivity")
+
+
 @dataclass
-class DDPOISConfig(AgentConfig):
+class LikelihoodConfig(AgentConfig):
+    """Settings of the agents whose loss is a sum over the denoising steps' log-likelihoods (DDPO-IS, DDPO-SF)."""
+
+    step_weights: str = "uniform"
+    """'uniform': every trained step's log-likelihood counts once (DDPO). 'sensitivity': step k's log-likelihood (and
+    log-ratio) is scaled by w_k = median s / s_k, s_k the step's sensitivity |∂μ/∂f|/σ_k, so that no step's gradient
+    outweighs the others by its noise schedule alone (agents/step_weights.py)."""
+
+    def validate(self, num_envs: int, num_steps: int) -> None:
+        super().validate(num_envs, num_steps)
+        if self.step_weights not in STEP_WEIGHTS:
+            raise ValueError(f"step_weights must be one of {list(STEP_WEIGHTS)}, got {self.step_weights!r}")
+
+
+@dataclass
+class DDPOISConfig(LikelihoodConfig):
     """DDPO-IS: PPO's clipped importance-sampling objective over denoising steps."""
 
     algorithm: ClassVar[str] = "agents.ddpo:DDPO_IS"
@@ -231,7 +250,7 @@ class DDPOISConfig(AgentConfig):
 
 
 @dataclass
-class DDPOSFConfig(AgentConfig):
+class DDPOSFConfig(LikelihoodConfig):
     """DDPO-SF: REINFORCE (score function), one on-policy gradient step per rollout."""
 
     algorithm: ClassVar[str] = "agents.reinforce:DDPO_SF"

@@ -1,6 +1,7 @@
 """DDPO-IS (Black et al. 2024, eq. 4–5): PPO's clipped importance-sampling objective on each denoising step.
 
     r_t(θ) = π_θ(x_{t-1} | x_t, c) / π_old(x_{t-1} | x_t, c)          (ratio; log-probs mean-reduced)
+             (with step_weights="sensitivity": r_t = exp(w_t·(log π_θ − log π_old)), agents/step_weights.py)
     L(θ)   = E[ max(−Â · r_t, −Â · clip(r_t, 1−ε, 1+ε)) ]              (Â: the episode's normalised reward)
              + β · E[ KL(π_θ ‖ π_ref) ]                                   (kl_coef β, agents/kl.py; 0 by default)
 """
@@ -36,7 +37,8 @@ class DDPO_IS(DiffusionAgent):
         batch = self.buffer.transitions(samples, steps)
         out = self.transition_step(batch)
         log_prob = out.log_prob
-        loss, ratio = ppo_clip_loss(log_prob, batch.old_log_probs, batch.advantages, self.config.clip_range)
+        w = self.step_weight(steps)
+        loss, ratio = ppo_clip_loss(w * log_prob, w * batch.old_log_probs, batch.advantages, self.config.clip_range)
         penalty, info = self.kl_penalty(batch, out)
         self.record_step_stats(steps, log_ratio=log_prob - batch.old_log_probs,
                                clip_fraction=((ratio - 1.0).abs() > self.config.clip_range).float())

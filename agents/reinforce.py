@@ -2,6 +2,8 @@
 
     ∇J = E[ Â · Σ_t ∇ log π_θ(x_{t-1} | x_t, c) ],   loss L(θ) = E[ −Â · log π_θ ] + β · E[ KL(π_θ ‖ π_ref) ]
 
+(with step_weights="sensitivity" each step's log π_θ is scaled by its w_t, agents/step_weights.py)
+
 with one on-policy gradient step per rollout (all its micro-batches accumulate into that step).
 """
 
@@ -40,4 +42,4 @@ class DDPO_SF(DiffusionAgent):
         penalty, info = self.kl_penalty(batch, out)
         info["approx_kl"] = approx_kl(out.log_prob, batch.old_log_probs)
         self.record_step_stats(steps, log_ratio=out.log_prob - batch.old_log_probs)
-        return reinforce_loss(out.log_prob, batch.advantages) + penalty, info
+        return reinforce_loss(self.step_weight(steps) * out.log_prob, batch.advantages) + penalty, info

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.hooks import EpochEndCallback
 from benchmarks.harness import SettingsSource, output_dir
 
 #: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep;
@@ -28,6 +29,10 @@ AGENT_SETTINGS: dict[str, dict[str, Any]] = {
              "group_advantages": True, "group_size": 8},
     "ddpo-sf": {"agent": "ddpo-sf", "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS},
     "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 1e-4},
+    # the matching losses on final samples train every step (the papers draw the noise level at random), with the
+    # advantages of GRPO-style groups of 8, as both papers use
+    "awm": {"agent": "awm", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
+    "diffusion-nft": {"agent": "diffusion-nft", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
 }
 PRESET_STEPS = 10  # the episode length the skip above was measured for
 #: Where :data:`AGENT_SETTINGS` came from: the sweep scored its settings on the prompts and seeds the benchmark reports.
@@ -58,18 +63,44 @@ REWARD = "geneval"
 REWARDS = {"geneval": "the verifier's partial credit",
            "geneval_strict": "the verifier's partial credit × asked / max(asked, found): extra objects cost reward"}
 EVAL_SEED = 10_000  # x_T and noise of the evaluation samples: the same for the base model and every run
+VALIDATION_SEED = 20_000  # x_T and noise of the validation samples, where sweeps choose settings
 BASE = "base"  # the untrained model's evaluation job
 SPLITS = ("train", "heldout")
+#: The two evaluation sets, each with the two splits above. ``test`` is what the benchmark tables report: the
+#: training prompts and the held-out prompts at EVAL_SEED. ``validation`` is where settings are chosen, disjoint from
+#: it in seeds and prompts: the training prompts at VALIDATION_SEED, and as its "heldout" split the unseen prompts
+#: (:func:`unseen_prompts`) at VALIDATION_SEED.
+EVAL_SETS = ("test", "validation")
 #: The settings of a benchmark job that the report does not need: no TensorBoard, images or extra checkpoints.
 QUIET = {"tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
 
 
-def eval_prompts(split: str, eval_seeds: int, limit: int = 0) -> list[str]:
-    """The evaluation prompts of a split (its first ``limit`` when > 0), each ``eval_seeds`` times in a row."""
+def unseen_prompts() -> tuple[str, ...]:
+    """Prompts of the training distribution (no held-out combination) that are neither training nor held-out prompts:
+    a second draw of the training set's generator (seed 1) without the prompts of both test splits, categories
+    interleaved. Single- and two-object prompts are all training prompts already, so it has the other four
+    categories. The validation set's second split."""
     from ddpo_env.scenes import prompt_set
 
-    prompts = prompt_set(split)[:limit] if limit > 0 else prompt_set(split)
+    taken = set(prompt_set("train")) | set(prompt_set("heldout"))
+    return tuple(p for p in prompt_set("train", seed=1) if p not in taken)
+
+
+def eval_prompts(split: str, eval_seeds: int, limit: int = 0, eval_set: str = "test") -> list[str]:
+    """The prompts of a split of an evaluation set (:data:`EVAL_SETS`; its first ``limit`` when > 0), each
+    ``eval_seeds`` times in a row."""
+    from ddpo_env.scenes import prompt_set
+
+    if eval_set not in EVAL_SETS:
+        raise ValueError(f"unknown evaluation set {eval_set!r}: use one of {EVAL_SETS}")
+    prompts = unseen_prompts() if (eval_set, split) == ("validation", "heldout") else prompt_set(split)
+    prompts = prompts[:limit] if limit > 0 else prompts
     return [p for p in prompts for _ in range(eval_seeds)]
+
+
+def eval_seed(eval_set: str) -> int:
+    """The first x_T / noise seed of an evaluation set's samples."""
+    return VALIDATION_SEED if eval_set == "validation" else EVAL_SEED
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,14 +110,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate on the first N prompts of each split only (0: all; for smoke tests)")
 
 
-def eval_signature(eval_seeds: int, limit: int) -> dict[str, Any]:
-    """What a results JSON records of its evaluation set, and ``--resume`` checks: samples per prompt and the prompts
-    of each split."""
-    return {"eval_seeds": eval_seeds, "eval_prompts": {split: len(eval_prompts(split, 1, limit)) for split in SPLITS}}
+def eval_signature(eval_seeds: int, limit: int, eval_set: str = "test") -> dict[str, Any]:
+    """What a results JSON records of its evaluation set, and ``--resume`` checks: which set, samples per prompt and
+    the prompts of each split."""
+    return {"eval_set": eval_set, "eval_seeds": eval_seeds,
+            "eval_prompts": {split: len(eval_prompts(split, 1, limit, eval_set)) for split in SPLITS}}
 
 
 def saved_eval_signature(saved: dict[str, Any]) -> dict[str, Any]:
-    """:func:`eval_signature` of a saved JSON; one saved before it was recorded ran with the defaults."""
+    """:func:`eval_signature` of a saved JSON; one saved before a field was recorded ran with its default."""
     default = eval_signature(2, 0)
     return {key: saved.get(key, value) for key, value in default.items()}
 
@@ -98,43 +130,93 @@ def training_prompts(categories: list[str]) -> list[str]:
     return [p for p in prompt_set("train") if parse_prompt(p).category in categories]
 
 
-def evaluate(policy: Any, backend: Any, cfg: Any, eval_seeds: int, limit: int) -> dict[str, Any]:
-    """Samples of ``policy`` for the evaluation prompts of both splits: images and per-sample KL to the base model."""
-    from agents.job.evaluation import evaluate_policy
+def eval_env(backend: Any, cfg: Any) -> Any:
+    """The evaluation env of a job on ``backend``'s model (not its training env)."""
     from agents.job.train import build_env
 
-    env = build_env(cfg, num_envs=min(29, cfg.num_envs * 2), model=backend)
+    return build_env(cfg, num_envs=min(29, cfg.num_envs * 2), model=backend)
+
+
+def evaluate(policy: Any, backend: Any, cfg: Any, eval_seeds: int, limit: int, eval_set: str = "test"
+             ) -> dict[str, Any]:
+    """Samples of ``policy`` for the prompts of both splits of an evaluation set: images and per-sample KL to the
+    base model."""
+    from agents.job.evaluation import evaluate_policy
+
+    env = eval_env(backend, cfg)
     out = {}
     for split in SPLITS:
-        prompts = eval_prompts(split, eval_seeds, limit)
-        result = evaluate_policy(policy, env, prompts, seed=EVAL_SEED, kl=policy.lora_rank > 0)
+        prompts = eval_prompts(split, eval_seeds, limit, eval_set)
+        result = evaluate_policy(policy, env, prompts, seed=eval_seed(eval_set), kl=policy.lora_rank > 0)
         out[split] = {"images": result.images, "kl": result.kl, "prompts": prompts}
     return out
 
 
+class EvaluationCurve(EpochEndCallback):
+    """Every ``every`` epochs and after the last, the verifier's score of the policy on one sample of each training
+    prompt of an evaluation set (the set's seed; ``limit`` as in :func:`eval_prompts`): ``points`` holds per
+    evaluation the epoch, the samples trained on, the training seconds so far (these evaluations left out), the
+    binary accuracy (mean over categories) and the partial credit. Samples-to-score reads it."""
+
+    def __init__(self, cfg: Any, every: int, limit: int, eval_set: str = "test") -> None:
+        super().__init__()
+        self.cfg, self.every, self.eval_set = cfg, every, eval_set
+        self.prompts = eval_prompts("train", 1, limit, eval_set)
+        self.points: list[dict[str, float]] = []
+        self._env: Any = None
+        self._start = time.perf_counter()
+        self._evaluating = 0.0  # seconds spent in these evaluations
+
+    def on_epoch_end(self) -> None:
+        from agents.job.evaluation import evaluate_policy
+        from benchmarks.scene_metrics import category_scores
+
+        agent, epoch = self.model, self.model.num_epochs
+        if epoch % self.every and epoch != self.cfg.epochs:
+            return
+        start = time.perf_counter()
+        if self._env is None:
+            self._env = eval_env(agent.diffusion_env.backend, self.cfg)
+        with agent.ema_weights():
+            result = evaluate_policy(agent.policy, self._env, self.prompts, seed=eval_seed(self.eval_set))
+        scores = category_scores(result.images, self.prompts)
+        self.points.append({"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch,
+                            "seconds": start - self._start - self._evaluating,
+                            "overall": float(scores["overall"]), "partial": float(scores["partial"])})
+        self._evaluating += time.perf_counter() - start
+
+
 def sample_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A harness job (in a worker): the training job ``args["config"]`` (TrainConfig.to_flat()) trained, or
-    untrained when ``args["untrained"]``, then sampled for both evaluation splits; named ``args["name"]``."""
+    untrained when ``args["untrained"]``, then sampled for both splits of the evaluation set ``args["eval_set"]``;
+    named ``args["name"]``. With ``args["curve_every"]`` > 0 the run also records :class:`EvaluationCurve`'s points
+    (``eval_curve``)."""
     from agents.job.config import TrainConfig
     from agents.job.train import build_agent, build_env, train
 
     start = time.perf_counter()
     cfg = TrainConfig.from_flat({**args["config"], "output_dir": output_dir(run_dir), "evaluate": False})
+    eval_set, every = args.get("eval_set", "test"), args.get("curve_every", 0)
+    curve_callback = EvaluationCurve(cfg, every, args["limit"], eval_set) if every and not args["untrained"] else None
     if args["untrained"]:
         agent, curve = build_agent(cfg, build_env(cfg)), []
     else:
-        result = train(cfg)
+        result = train(cfg, callbacks=[curve_callback] if curve_callback else [])
         agent, curve = result.agent, [e["reward_mean"] for e in result.metrics["epochs"]]
-    train_seconds = time.perf_counter() - start
-    samples = evaluate(agent.policy, agent.diffusion_env.backend, cfg, args["eval_seeds"], args["limit"])
+    train_seconds = time.perf_counter() - start - (curve_callback._evaluating if curve_callback else 0.0)
+    with agent.ema_weights():
+        samples = evaluate(agent.policy, agent.diffusion_env.backend, cfg, args["eval_seeds"], args["limit"],
+                           eval_set)
     return {"agent": args["name"], "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate, "curve": curve,
+            "eval_curve": curve_callback.points if curve_callback else [], "updates": agent.num_updates,
             "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "samples": samples}
 
 
-def sample_args(name: str, config: dict[str, Any], eval_seeds: int, limit: int, untrained: bool = False
-                ) -> dict[str, Any]:
+def sample_args(name: str, config: dict[str, Any], eval_seeds: int, limit: int, untrained: bool = False,
+                eval_set: str = "test", curve_every: int = 0) -> dict[str, Any]:
     """:func:`sample_job`'s arguments."""
-    return {"name": name, "config": config, "untrained": untrained, "eval_seeds": eval_seeds, "limit": limit}
+    return {"name": name, "config": config, "untrained": untrained, "eval_seeds": eval_seeds, "limit": limit,
+            "eval_set": eval_set, "curve_every": curve_every}
 
 
 def split_scores(images: np.ndarray, prompts: list[str], kl: np.ndarray | None = None,

@@ -98,9 +98,10 @@ def test_terminal_reward_broadcast_to_every_step():
     assert buf.transitions(samples, steps).advantages.tolist() == [0.5, 0.5, 0.5, 0.5, 2.0, 2.0]
 
 
-def test_ddpo_is_and_ddpo_sf_take_the_same_gradient_on_the_same_batch_before_the_first_update():
+@pytest.mark.parametrize("step_weights", ["uniform", "sensitivity"])
+def test_ddpo_is_and_ddpo_sf_take_the_same_gradient_on_the_same_batch_before_the_first_update(step_weights):
     """At ratio 1 PPO-clip's gradient is −Â·∇log π, REINFORCE's: through each agent's own compute_loss (where a sign
-    or an advantage could be wired wrongly), on identical rollouts (same seed, same env)."""
+    or an advantage could be wired wrongly), on identical rollouts (same seed, same env); also with step weights."""
     from conftest import tiny_env
     from stable_baselines3.common.logger import Logger
 
@@ -108,7 +109,7 @@ def test_ddpo_is_and_ddpo_sf_take_the_same_gradient_on_the_same_batch_before_the
 
     grads = []
     for cls in (DDPO_IS, DDPO_SF):
-        agent = cls(tiny_env(2), samples_per_epoch=4, batch_size=4, seed=3)
+        agent = cls(tiny_env(2), samples_per_epoch=4, batch_size=4, seed=3, step_weights=step_weights)
         agent.set_logger(Logger(folder=None, output_formats=[]))
         agent.collect_rollout()
         assert agent.buffer.advantages.abs().sum() > 0
@@ -122,3 +123,48 @@ def test_ddpo_is_and_ddpo_sf_take_the_same_gradient_on_the_same_batch_before_the
             assert torch.equal(agent.buffer.latents, rollout)  # the same rollout
     assert grads[0].norm() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)
+
+
+def test_sensitivity_weights_even_out_the_steps_and_keep_the_median_step_at_one():
+    from agents.step_weights import sensitivity_weights
+
+    s = np.array([0.5, 1.0, 2.0, 8.0, 100.0])
+    w = sensitivity_weights(s, range(0, 4))  # the last step is not trained: it takes no part in the median
+    np.testing.assert_allclose(w * s, np.full(5, 1.5))  # median of 0.5, 1, 2, 8
+    np.testing.assert_allclose(w[:4], [3.0, 1.5, 0.75, 0.1875])
+
+
+@pytest.mark.parametrize("agent_name", ["ddpo-is", "ddpo-sf"])
+def test_sensitivity_step_weights_scale_each_steps_gradient_by_its_weight(agent_name):
+    """Step k's gradient with step_weights='sensitivity' is w_k times the uniform one (before the first update, ratio
+    1), with w_k = median s / s_k from the env's schedule; and the weights bring the steps' sensitivities together."""
+    from conftest import tiny_env
+    from stable_baselines3.common.logger import Logger
+
+    from agents import AGENTS
+    from agents.step_stats import step_gradient
+    from ddpo_env.conditioning import schedule_conditioning
+
+    grads = {}
+    for kind in ("uniform", "sensitivity"):
+        agent = AGENTS[agent_name](tiny_env(2), samples_per_epoch=4, batch_size=4, seed=5, step_weights=kind)
+        agent.set_logger(Logger(folder=None, output_formats=[]))
+        agent.collect_rollout()
+        params = agent.policy.trainable_parameters()
+        grads[kind] = {k: step_gradient(agent, torch.arange(4), k, params) for k in agent.trainable_steps()}
+    s = schedule_conditioning(agent.diffusion_env.schedule).sensitivity
+    w = np.median(s) / s
+    assert w.max() / w.min() > 1.5  # the tiny schedule's steps differ: the test can tell the weights apart
+    for k, g in grads["uniform"].items():
+        assert g.norm() > 0
+        scale = float(g.abs().max())
+        torch.testing.assert_close(grads["sensitivity"][k], float(w[k]) * g, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_step_weights_are_checked_and_only_offered_to_the_likelihood_agents():
+    from agents.config import AWMConfig, DDPOISConfig
+
+    with pytest.raises(ValueError, match=r"step_weights must be one of \['uniform', 'sensitivity'\], got 'noise'"):
+        DDPOISConfig(step_weights="noise").validate(1, 4)
+    with pytest.raises(TypeError):
+        AWMConfig(step_weights="sensitivity")

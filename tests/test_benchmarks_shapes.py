@@ -192,3 +192,47 @@ def test_position_probe_coordinate_input_starts_as_the_model_and_checks_its_cont
     with pytest.raises(SystemExit):
         position_probe.main(["--control", str(SHAPES_DIR), "--results-dir", str(tmp_path)])
     assert "was trained with other settings" in capsys.readouterr().err
+
+
+def test_the_validation_set_shares_no_prompt_or_seed_with_the_test_set():
+    from benchmarks import compositional_task as task
+    from ddpo_env.scenes import parse_prompt, prompt_set
+
+    unseen = task.eval_prompts("heldout", 1, eval_set="validation")
+    assert len(unseen) > 50 and not set(unseen) & (set(prompt_set("train")) | set(prompt_set("heldout")))
+    assert {parse_prompt(p).category for p in unseen} == {"counting", "colors", "position", "color_attr"}
+    assert task.eval_prompts("train", 2, eval_set="validation") == task.eval_prompts("train", 2)  # same prompts ...
+    assert task.eval_seed("validation") != task.eval_seed("test")  # ... at other seeds
+    with pytest.raises(ValueError, match="unknown evaluation set 'val'"):
+        task.eval_prompts("train", 1, eval_set="val")
+
+
+@pytest.mark.slow  # starts worker processes (benchmarks.harness)
+def test_agents_sweep_scores_on_the_validation_set_and_chooses_each_agents_rate(tmp_path):
+    from benchmarks import agents_sweep
+
+    argv = ["--agents", "awm,grpo", "--rates", "1e-3,3e-3", "--seeds", "1", "--epochs", "1", "--samples-per-epoch",
+            "8", "--num-steps", "3", "--eval-prompts", "4", "--results-dir", str(tmp_path), "--runs-dir",
+            str(tmp_path / "runs")]
+    data = agents_sweep.main(argv)
+    assert data["eval_set"] == "validation" and data["eval_prompts"] == {"train": 4, "heldout": 4}
+    assert sorted((r["agent"], r["learning_rate"]) for r in data["runs"]) == [
+        ("awm", 1e-3), ("awm", 3e-3), ("base", 3e-3), ("grpo", 1e-3), ("grpo", 3e-3)]
+    assert all(r["updates"] > 0 for r in data["runs"] if r["agent"] != "base")
+    assert set(data["chosen"]) == {"awm", "grpo"} and data["chosen"]["awm"] in (1e-3, 3e-3)
+    assert "| awm | " in (tmp_path / "agents_sweep.md").read_text()
+
+
+def test_the_evaluation_curve_scores_the_policy_every_few_epochs_without_counting_its_own_time(tmp_path):
+    from agents.job.config import TrainConfig
+    from agents.job.train import train
+    from benchmarks import compositional_task as task
+
+    cfg = TrainConfig.from_flat({**task.PRESETS["cpu"], **task.agent_settings("grpo", 3), **task.QUIET,
+                                 "num_steps": 3, "skip_last_steps": 1, "epochs": 3, "samples_per_epoch": 16,
+                                 "num_envs": 16, "batch_size": 16, "evaluate": False, "output_dir": str(tmp_path)})
+    curve = task.EvaluationCurve(cfg, every=2, limit=3)
+    train(cfg, callbacks=[curve])
+    assert [p["epoch"] for p in curve.points] == [2, 3] and [p["samples"] for p in curve.points] == [32, 48]
+    assert 0 < curve.points[0]["seconds"] < curve.points[1]["seconds"] and curve._evaluating > 0
+    assert all(0 <= p["overall"] <= 1 and 0 <= p["partial"] <= 1 for p in curve.points)
