@@ -5,9 +5,10 @@
 default model, 10 steps, LoRA r4, DDPO-IS at its swept learning rate 7e-3, clip 1e-3, JPEG compressibility, 64
 samples per rollout) for ``--seeds`` seeds: each step's share of the gradient, and the fixed evaluation reward's
 change (100 samples) after one sign step along the whole gradient, without its largest step, without its two
-largest, and along random directions. Writes ``benchmarks/results/one_step.{json,md}`` and summary.json's
+largest, and along random directions; with DDPO's uniform loss and with ``step_weights="sensitivity"``
+(``--step-weights``), on the same rollouts. Writes ``benchmarks/results/one_step.{json,md}`` and summary.json's
 ``step_gradient_max_share`` (the largest step share, mean over seeds) and ``one_step_test_seeds_up`` (seeds whose
-step along the whole gradient raises the reward by > 2 standard errors).
+step along the whole gradient raises the reward by > 2 standard errors), each per weighting.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ import numpy as np
 from benchmarks.algorithms import AGENT_SETTINGS, PRESETS
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
+WEIGHTS = ("uniform", "sensitivity")
+
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=7e-3, help="DDPO-IS's (the algorithms sweep's best)")
     parser.add_argument("--controls", type=int, default=3)
+    parser.add_argument("--step-weights", default=",".join(WEIGHTS),
+                        help="the step_weights settings measured, each on the same rollouts (comma-separated)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     from agents.job.config import TrainConfig
@@ -38,39 +43,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env_info = environment(command_line("benchmarks.one_step", argv))
     settings = {**PRESETS["cpu"], **AGENT_SETTINGS["ddpo-is"], "agent": "ddpo-is", "reward": "jpeg_compressibility",
                 "learning_rate": args.learning_rate, "threads": 1}
-    seeds, start = [], time.perf_counter()
-    for seed in range(args.seeds):
-        with contextlib.redirect_stdout(io.StringIO()):
-            results, shares = run(TrainConfig.from_flat({**settings, "seed": seed}), controls=args.controls)
-        seeds.append({"seed": seed, "shares": {str(k): v for k, v in shares.items()},
-                      "directions": [{"name": r.name, "steps": r.steps, "gain": r.gain, "stderr": r.stderr,
-                                      "raises": r.raises} for r in results]})
-        print(f"seed {seed}: max share {max(shares.values()):.3f}; " + ", ".join(
-            f"{r.name} {r.gain:+.4f}±{r.stderr:.4f}" for r in results), flush=True)
-    max_share = float(np.mean([max(s["shares"].values()) for s in seeds]))
-    up = sum(s["directions"][0]["raises"] for s in seeds)
+    arms: dict[str, list[dict[str, Any]]] = {}
+    start = time.perf_counter()
+    for weights in args.step_weights.split(","):
+        seeds = arms[weights] = []
+        for seed in range(args.seeds):  # the same seed samples the same rollout under either weighting
+            with contextlib.redirect_stdout(io.StringIO()):
+                results, shares = run(TrainConfig.from_flat({**settings, "seed": seed, "step_weights": weights}),
+                                      controls=args.controls)
+            seeds.append({"seed": seed, "shares": {str(k): v for k, v in shares.items()},
+                          "directions": [{"name": r.name, "steps": r.steps, "gain": r.gain, "stderr": r.stderr,
+                                          "raises": r.raises} for r in results]})
+            print(f"{weights} seed {seed}: max share {max(shares.values()):.3f}; " + ", ".join(
+                f"{r.name} {r.gain:+.4f}±{r.stderr:.4f}" for r in results), flush=True)
+    max_share = {w: float(np.mean([max(s["shares"].values()) for s in seeds])) for w, seeds in arms.items()}
+    up = {w: sum(s["directions"][0]["raises"] for s in seeds) for w, seeds in arms.items()}
     results_dir = Path(args.results_dir)
-    write_json(results_dir / "one_step.json", {"settings": settings, "seeds": seeds, "max_share_mean": max_share,
+    write_json(results_dir / "one_step.json", {"settings": settings, "arms": arms, "max_share_mean": max_share,
                                                "seeds_up": up, "environment": env_info,
                                                "minutes": (time.perf_counter() - start) / 60})
-    names = [d["name"].split(" (")[0] for d in seeds[0]["directions"]]
     lines = ["# One sign step along DDPO-IS's gradient, at the algorithms benchmark's settings\n",
              f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
              "Each step's share of the gradient (‖g_k‖²/Σ‖g‖²) and the fixed evaluation reward's change (100 "
-             "samples, kB of JPEG) after one sign step of the learning rate, ± its standard error.\n",
-             "| seed | largest step share | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for s in seeds:
-        top = max(s["shares"], key=s["shares"].get)
-        cells = [f"{d['gain']:+.4f} ± {d['stderr']:.4f}{' ↑' if d['raises'] else ''}" for d in s["directions"]]
-        lines.append(f"| {s['seed']} | step {top}: {100 * s['shares'][top]:.0f} % | " + " | ".join(cells) + " |")
-    lines += ["", f"↑: more than 2 standard errors. The step along the whole gradient raises the reward on {up} of "
-              f"{len(seeds)} seeds; the largest step holds {100 * max_share:.0f} % of the gradient (mean)."]
-    (results_dir / "one_step.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    update_summary({"step_gradient_max_share": (max_share, "DDPO-IS, algorithms benchmark settings, mean of seeds"),
-                    "one_step_test_seeds_up": (up, f"of {len(seeds)} seeds, one sign step along the whole gradient")},
+             "samples, kB of JPEG) after one sign step of the learning rate, ± its standard error. *uniform*: DDPO's "
+             "loss; *sensitivity*: `step_weights=\"sensitivity\"`, each step's log-likelihood scaled by median s / "
+             "s_k (agents/step_weights.py), on the same rollouts.\n"]
+    for weights, seeds in arms.items():
+        names = [d["name"] for d in seeds[0]["directions"]]
+        lines += [f"## {weights}\n", "| seed | largest step share | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 2) + "|"]
+        for s in seeds:
+            top = max(s["shares"], key=s["shares"].get)
+            cells = [f"{d['gain']:+.4f} ± {d['stderr']:.4f}{' ↑' if d['raises'] else ''}" for d in s["directions"]]
+            lines.append(f"| {s['seed']} | step {top}: {100 * s['shares'][top]:.0f} % | " + " | ".join(cells) + " |")
+        lines += ["", f"↑: more than 2 standard errors. The step along the whole gradient raises the reward on "
+                  f"{up[weights]} of {len(seeds)} seeds; the largest step holds {100 * max_share[weights]:.0f} % of "
+                  "the gradient (mean).\n"]
+        lines += ["Shares per step (mean over seeds): " + ", ".join(
+            f"{k}: {100 * np.mean([s['shares'][k] for s in seeds]):.0f} %" for k in seeds[0]["shares"]) + "\n"]
+    (results_dir / "one_step.md").write_text("\n".join(lines), encoding="utf-8")
+    update_summary({"step_gradient_max_share": (max_share, "largest step's share of DDPO-IS's gradient per "
+                                                "step_weights, algorithms benchmark settings, mean of seeds"),
+                    "one_step_test_seeds_up": (up, f"of {args.seeds} seeds, one sign step along the whole gradient "
+                                               "raises the reward by > 2 standard errors, per step_weights")},
                    env_info, results_dir)
     print("\n".join(lines))
-    return {"seeds": seeds, "max_share": max_share, "seeds_up": up}
+    return {"arms": arms, "max_share": max_share, "seeds_up": up}
 
 
 if __name__ == "__main__":
