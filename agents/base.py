@@ -9,6 +9,7 @@ says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any, ClassVar
 
@@ -133,7 +134,8 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         self._passes: dict[int, GradientPass] = {}  # thread id → the pass it computes, during an update
         self.step_stats = StepStats()
         self._step_weights = step_weight_table(getattr(self.config, "step_weights", "uniform"),
-                                               self.diffusion_env.schedule, self.trainable_steps(), self.device)
+                                               self.diffusion_env.schedule, self.config.trainable_steps(self.num_steps),
+                                               self.device)
         self.num_epochs = 0  # rollouts collected and trained on
         self.num_skipped_updates = 0
         self.rollout_rewards = np.zeros(0)  # the last rollout's rewards, every rank's
@@ -199,7 +201,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
             for k in range(self.num_steps):
                 with torch.no_grad():
                     obs_tensor = obs_as_tensor(obs, self.device)
-                    out = self.policy.step(obs_tensor)
+                    out = self.policy.step(obs_tensor, ode=not self.stochastic_step(k))
                 obs, rewards, dones, infos = env.step(out.prev_sample.cpu().numpy())
                 self.num_timesteps += num_envs
                 returns += rewards
@@ -309,8 +311,24 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
         return torch.arange(self.buffer.num_samples, device="cpu")
 
     def trainable_steps(self) -> range:
-        """Step indices k this agent trains on (the config's skip_first_steps / skip_last_steps left out)."""
-        return self.config.trainable_steps(self.num_steps)
+        """Step indices k this agent trains on in the current epoch: the config's skip_first_steps / skip_last_steps
+        left out, and with ``sde_window`` only the window's steps."""
+        steps = self.config.trainable_steps(self.num_steps)
+        window = getattr(self.config, "sde_window", 0)
+        if not window:
+            return steps
+        every = self.config.sde_window_shift_every
+        start = steps.start + ((self.num_epochs // every) % (len(steps) - window + 1) if every else 0)
+        return range(start, start + window)
+
+    def stochastic_step(self, k: int) -> bool:
+        """Whether the rollout samples step k from the policy's Gaussian (else the deterministic ODE step): every
+        step, or with ``sde_window`` the window's."""
+        return not getattr(self.config, "sde_window", 0) or k in self.trainable_steps()
+
+    def train_timesteps(self) -> int:
+        """Timesteps trained per sample and inner epoch: ⌈(trainable steps) · timestep_fraction⌉ (at least 1)."""
+        return max(1, math.ceil(len(self.trainable_steps()) * self.config.timestep_fraction - 1e-9))
 
     def step_weight(self, steps: torch.Tensor) -> torch.Tensor | float:
         """The likelihood weight w_k of each transition's step index k (B,) under the config's ``step_weights``
@@ -327,7 +345,7 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     def backward_passes_per_update(self) -> int:
         """Single-step backward passes (a micro-batch at one denoising step) whose gradients add up to one
         optimizer step; a pass over k steps at once counts k."""
-        return self.config.gradient_accumulation_steps * self.config.train_timesteps(self.num_steps)
+        return self.config.gradient_accumulation_steps * self.train_timesteps()
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The algorithm's loss on one micro-batch, and metrics to log. Implemented by each algorithm."""

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from agents.advantages import GROUP_STDS
+from agents.advantages import GROUP_REWARDS, GROUP_STDS
 from ddpo_env.fields import check_fields
 
 OPTIMIZERS = ("adamw", "adamw8bit")
@@ -101,6 +101,9 @@ class AgentConfig:
     with the env's group_size); groups whose rewards are all equal get 0. Replaces per-prompt stat tracking."""
     group_std: str = "group"
     """With group_advantages: divide by the group's std ('group') or the whole rollout's ('global')."""
+    group_reward: str = "reward"
+    """With group_advantages: normalise the rewards ('reward'), or each sample's win rate against the others of its
+    group, ties half ('win_rate': Pref-GRPO's pairwise advantage, where only the order within a group counts)."""
     kl_coef: float = 0.0
     """β of the KL penalty to the base model, β·‖μ_θ − μ_ref‖²/(2σ²) per trained step, added to every agent's loss
     (the reference is the LoRA adapter disabled, or a frozen UNet copy for a full fine-tune). 0: off."""
@@ -126,6 +129,11 @@ class AgentConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
         if self.group_std not in GROUP_STDS:
             raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
+        if self.group_reward not in GROUP_REWARDS:
+            raise ValueError(f"group_reward must be one of {list(GROUP_REWARDS)}, got {self.group_reward!r}")
+        if self.group_reward != "reward" and not self.group_advantages:
+            raise ValueError(f"group_reward={self.group_reward!r} ranks the samples within their prompt's group: set "
+                             "group_advantages=True too (and the env's group_size > 1)")
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         """Raise ValueError naming the offending values; called by the agent once the env is known."""
@@ -229,10 +237,28 @@ class LikelihoodConfig(AgentConfig):
     log-ratio) is scaled by w_k = median s / s_k, s_k the step's sensitivity |∂μ/∂f|/σ_k, so that no step's gradient
     outweighs the others by its noise schedule alone (agents/step_weights.py)."""
 
+    sde_window: int = 0
+    """Windowed SDE (MixGRPO, arXiv 2507.21802): only this many consecutive steps of each episode are stochastic
+    and trained; every other step is the deterministic ODE step (DDIM with η = 0, or a flow model's Euler step), which
+    asks for no log-probability. The window lies within the trainable steps (skip_first_steps / skip_last_steps).
+    0: off, every step stochastic (DDPO)."""
+    sde_window_shift_every: int = 0
+    """With sde_window: epochs between moves of the window by one step towards the end of the episode, back to the
+    first trainable step after the last position (MixGRPO's sliding window). 0: the window stays at the first
+    trainable steps."""
+
     def validate(self, num_envs: int, num_steps: int) -> None:
         super().validate(num_envs, num_steps)
         if self.step_weights not in STEP_WEIGHTS:
             raise ValueError(f"step_weights must be one of {list(STEP_WEIGHTS)}, got {self.step_weights!r}")
+        trainable = len(self.trainable_steps(num_steps))
+        if not isinstance(self.sde_window, int) or not 0 <= self.sde_window <= trainable:
+            raise ValueError(f"sde_window must be an int in [0, {trainable}] (the trainable steps of the env's "
+                             f"{num_steps}; 0: off), got {self.sde_window!r}")
+        if not isinstance(self.sde_window_shift_every, int) or self.sde_window_shift_every < 0:
+            raise ValueError(f"sde_window_shift_every must be an int >= 0, got {self.sde_window_shift_every!r}")
+        if self.sde_window_shift_every and not self.sde_window:
+            raise ValueError("sde_window_shift_every moves the SDE window: set sde_window > 0 too")
 
 
 @dataclass

@@ -263,11 +263,16 @@ class DiffusionPolicy(BasePolicy):
         return out.float()
 
     def step(
-        self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None, deterministic: bool = False
+        self, obs: dict[str, torch.Tensor], actions: torch.Tensor | None = None, deterministic: bool = False,
+        ode: bool = False,
     ) -> DDIMStepOutput:
-        """The DDIM step at ``obs``: sample x_{t-1} (or take the mean if deterministic), or score ``actions``."""
+        """The DDIM step at ``obs``: sample x_{t-1} (or take the mean if deterministic), or score ``actions``; with
+        ``ode``, take the deterministic ODE step (DDIM with η = 0, a flow model's Euler step) and score it."""
         latents, timesteps, prompt_ids = self.unpack(obs)
         model_output = self.model_output(latents, timesteps, prompt_ids)
+        if ode:
+            out = self.schedule.step(model_output, timesteps, latents, noise=torch.zeros_like(latents))
+            actions = self.schedule.ode_step(out, timesteps, latents)
         if actions is not None:
             taken = actions.reshape(latents.shape).float()
             return self.schedule.step(model_output, timesteps, latents, prev_sample=taken)

@@ -34,7 +34,7 @@ class DDPO_SF(DiffusionAgent):
 
     def backward_passes_per_update(self) -> int:
         micro_batches = -(-len(self.train_samples()) // self.rank_batch_size)
-        return micro_batches * self.config.train_timesteps(self.num_steps)
+        return micro_batches * self.train_timesteps()
 
     def compute_loss(self, samples: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.buffer.transitions(samples, steps)

@@ -54,7 +54,7 @@ class UpdateLoop:
         samples = self.train_samples()
         if len(samples) == 0:  # e.g. sparse RWR on a rank that holds none of the top samples
             return
-        train_steps = self.config.train_timesteps(self.num_steps)
+        train_steps = self.train_timesteps()
         trainable = self.trainable_steps()
         group = self.config.steps_per_pass or train_steps
         for _ in range(self.config.num_inner_epochs):

@@ -168,3 +168,37 @@ def test_step_weights_are_checked_and_only_offered_to_the_likelihood_agents():
         DDPOISConfig(step_weights="noise").validate(1, 4)
     with pytest.raises(TypeError):
         AWMConfig(step_weights="sensitivity")
+
+
+def test_win_rates_count_the_wins_within_each_group_with_ties_as_half():
+    from agents.advantages import win_rates
+
+    prompts = ["a", "a", "a", "a", "b", "b", "c"]
+    rewards = np.array([0.3, 0.9, 0.3, 0.1, 1.0, 1.0, 5.0])
+    # a: 0.3 beats 0.1 and ties 0.3 -> 1.5/3; 0.9 beats all -> 1; 0.1 beats none -> 0; b: a tie; c: alone
+    np.testing.assert_allclose(win_rates(prompts, rewards), [0.5, 1.0, 0.5, 0.0, 0.5, 0.5, 0.5])
+
+
+def test_win_rate_advantages_depend_on_the_order_within_a_group_only():
+    from agents.advantages import group_advantages
+
+    prompts = ["a"] * 4 + ["b"] * 4
+    rewards = np.array([0.50, 0.501, 0.2, 0.9, 1.0, 1.0, 1.0, 1.0])
+    by_rank = group_advantages(prompts, rewards, reward="win_rate")
+    monotone = group_advantages(prompts, np.exp(10 * rewards), reward="win_rate")  # same order, other gaps
+    np.testing.assert_allclose(by_rank.advantages, monotone.advantages)
+    np.testing.assert_allclose(by_rank.advantages[:4], (np.array([1, 2, 0, 3]) - 1.5) / np.std([0, 1, 2, 3]),
+                               rtol=1e-3)  # the std gets EPS
+    assert by_rank.zero_std_groups == 1 and (by_rank.advantages[4:] == 0).all()
+    # the raw rewards' advantages weigh the 0.001 gap by the group's std instead
+    raw = group_advantages(prompts, rewards).advantages
+    assert abs(raw[1] - raw[0]) < 0.01 < by_rank.advantages[1] - by_rank.advantages[0]
+
+
+def test_group_reward_is_checked_and_needs_group_advantages():
+    from agents.config import DDPOISConfig
+
+    with pytest.raises(ValueError, match=r"group_reward must be one of \['reward', 'win_rate'\], got 'rank'"):
+        DDPOISConfig(group_advantages=True, group_reward="rank")
+    with pytest.raises(ValueError, match="set group_advantages=True too"):
+        DDPOISConfig(group_reward="win_rate")
