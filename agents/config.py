@@ -225,7 +225,7 @@ class AgentConfig:
 
 
 #: ``step_weights`` of the likelihood agents (agents/step_weights.py).
-STEP_WEIGHTS = ("uniform", "sensitivity")
+STEP_WEIGHTS = ("uniform", "sensitivity", "gradient")
 
 
 @dataclass
@@ -235,7 +235,9 @@ class LikelihoodConfig(AgentConfig):
     step_weights: str = "uniform"
     """'uniform': every trained step's log-likelihood counts once (DDPO). 'sensitivity': step k's log-likelihood (and
     log-ratio) is scaled by w_k = median s / s_k, s_k the step's sensitivity |∂μ/∂f|/σ_k, so that no step's gradient
-    outweighs the others by its noise schedule alone (agents/step_weights.py)."""
+    outweighs the others by its noise schedule alone. 'gradient': by w_k = median g / g_k, g_k the norm of step k's
+    gradient measured on one micro-batch of the first rollout, so that every step pulls equally
+    (agents/step_weights.py)."""
 
     sde_window: int = 0
     """Windowed SDE (MixGRPO, arXiv 2507.21802): only this many consecutive steps of each episode are stochastic
@@ -259,6 +261,9 @@ class LikelihoodConfig(AgentConfig):
             raise ValueError(f"sde_window_shift_every must be an int >= 0, got {self.sde_window_shift_every!r}")
         if self.sde_window_shift_every and not self.sde_window:
             raise ValueError("sde_window_shift_every moves the SDE window: set sde_window > 0 too")
+        if self.step_weights == "gradient" and self.sde_window:
+            raise ValueError("step_weights='gradient' measures every trainable step once, but sde_window trains a "
+                             "moving window of them: use step_weights='sensitivity' or 'uniform' with sde_window")
 
 
 @dataclass

@@ -131,6 +131,7 @@ class AgentState:
             "ema": None if self.ema is None else self.ema.state_dict(),
             "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
             "algorithm": self.algorithm_state(),
+            "step_weights": None if self._step_weights is None else self._step_weights.detach().cpu(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
@@ -166,6 +167,9 @@ class AgentState:
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:  # float16; absent in older saves
             self.grad_scaler.load_state_dict(state["grad_scaler"])
         self.load_algorithm_state(state.get("algorithm") or {})
+        if getattr(self.config, "step_weights", "uniform") == "gradient":  # measured once; absent before the first
+            saved = state.get("step_weights")
+            self._step_weights = None if saved is None else saved.to(self.device)
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])

@@ -13,6 +13,15 @@ evened out, and PPO's clip range means the same move of the network's output at 
 GRPO-Guard's per-step ratio normalisation and TempFlow-GRPO's noise-aware weights (arXiv 2510.22319, 2508.04324);
 the weight here is the exact sensitivity of the step's Gaussian, from the schedule alone (for an element whose x̂₀
 is not clipped), so it holds for DDIM with ε-, v- or x̂₀-prediction and for the flow-matching SDE step alike.
+
+The sensitivity leaves out how strongly the network's output reacts to the weights at each noise level (‖∇_θ f‖),
+which differs too. ``step_weights="gradient"`` measures the whole factor instead: before the first update, the norm
+g_k of each trained step's loss gradient on one micro-batch of the first rollout (uniform weights, ratio 1), then
+
+    w_k = g̃ / g_k          (g̃: the median of g_k over the trained steps)
+
+fixed for the rest of the run (saved in checkpoints): every step then pulls on the weights about equally, which is
+GRPO-Guard's aim of normalising each step's contribution, measured rather than derived.
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ def sensitivity_weights(sensitivity: np.ndarray, trained: range) -> np.ndarray:
 
 
 def step_weight_table(kind: str, schedule: Any, trained: range, device: torch.device | str) -> torch.Tensor | None:
-    """The weight of every step index k of ``schedule`` as a float32 tensor (T,) on ``device``; None for uniform."""
-    if kind == "uniform":
+    """The weight of every step index k of ``schedule`` as a float32 tensor (T,) on ``device``; None for uniform, and
+    for 'gradient' until :func:`measured_weights` sets it."""
+    if kind in ("uniform", "gradient"):
         return None
     if kind != "sensitivity":
         raise ValueError(f"step_weights must be one of {STEP_WEIGHTS}, got {kind!r}")
@@ -41,3 +51,27 @@ def step_weight_table(kind: str, schedule: Any, trained: range, device: torch.de
 
     weights = sensitivity_weights(schedule_conditioning(schedule).sensitivity, trained)
     return torch.as_tensor(weights, dtype=torch.float32).to(device)
+
+
+def measured_weights(agent: Any) -> torch.Tensor:
+    """w_k = median g / g_k over the agent's trained steps k (1 elsewhere), g_k the norm of step k's loss gradient
+    on the first micro-batch of its current rollout under uniform weights (data parallel: the ranks' norms averaged);
+    float32 (T,) on the agent's device. Leaves ``.grad`` and the agent's generators as they were."""
+    from agents.step_stats import step_gradient
+
+    params = agent.policy.trainable_parameters()
+    samples = agent.train_samples()[: agent.rank_batch_size]
+    steps = list(agent.trainable_steps())
+    state = agent.train_generator.get_state()
+    try:
+        norms = np.array([float(step_gradient(agent, samples, k, params).norm()) for k in steps])
+    finally:
+        agent.train_generator.set_state(state)
+    if agent.ranks:
+        norms = np.mean(agent.ranks.gather(norms), axis=0)
+    if not (np.isfinite(norms).all() and (norms > 0).all()):
+        raise FloatingPointError(f"step_weights='gradient': a step's gradient norm is {norms.tolist()}; it needs "
+                                 "finite, non-zero gradients on the first rollout (is every reward equal?)")
+    weights = np.ones(agent.num_steps)
+    weights[steps] = float(np.median(norms)) / norms
+    return torch.as_tensor(weights, dtype=torch.float32).to(agent.device)

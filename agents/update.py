@@ -20,6 +20,7 @@ from agents.buffer import TrajectoryBatch
 from agents.kl import gaussian_kl
 from agents.parallel import parallel_gradients
 from agents.step_stats import step_gradient_stats
+from agents.step_weights import measured_weights
 from ddpo_env.ddim import DDIMStepOutput
 
 
@@ -73,6 +74,8 @@ class UpdateLoop:
         """One pass of updates over the rollout in ``self.buffer``."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        if getattr(self.config, "step_weights", "uniform") == "gradient" and self._step_weights is None:
+            self._step_weights = measured_weights(self)  # once, on the first rollout (agents/step_weights.py)
         params = self.policy.trainable_parameters()
         every = self.config.step_stats_every
         probe = step_gradient_stats(self) if every and self.num_epochs % every == 0 else {}

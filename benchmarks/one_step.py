@@ -5,8 +5,9 @@
 default model, 10 steps, LoRA r4, DDPO-IS at its swept learning rate 7e-3, clip 1e-3, JPEG compressibility, 64
 samples per rollout) for ``--seeds`` seeds: each step's share of the gradient, and the fixed evaluation reward's
 change (100 samples) after one sign step along the whole gradient, without its largest step, without its two
-largest, and along random directions; with DDPO's uniform loss and with ``step_weights="sensitivity"``
-(``--step-weights``), on the same rollouts. Writes ``benchmarks/results/one_step.{json,md}`` and summary.json's
+largest, and along random directions; with DDPO's uniform loss and with ``step_weights`` "sensitivity" and
+"gradient" (``--step-weights``), on the same rollouts: each seed's second rollout (the first measures the gradient
+weights, and is discarded by the others). Writes ``benchmarks/results/one_step.{json,md}`` and summary.json's
 ``step_gradient_max_share`` (the largest step share, mean over seeds) and ``one_step_test_seeds_up`` (seeds whose
 step along the whole gradient raises the reward by > 2 standard errors), each per weighting.
 """
@@ -25,7 +26,7 @@ import numpy as np
 from benchmarks.algorithms import AGENT_SETTINGS, PRESETS
 from benchmarks.record import RESULTS_DIR, command_line, environment, update_summary, write_json
 
-WEIGHTS = ("uniform", "sensitivity")
+WEIGHTS = ("uniform", "sensitivity", "gradient")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in range(args.seeds):  # the same seed samples the same rollout under either weighting
             with contextlib.redirect_stdout(io.StringIO()):
                 results, shares = run(TrainConfig.from_flat({**settings, "seed": seed, "step_weights": weights}),
-                                      controls=args.controls)
+                                      controls=args.controls, calibration_rollout=True)
             seeds.append({"seed": seed, "shares": {str(k): v for k, v in shares.items()},
                           "directions": [{"name": r.name, "steps": r.steps, "gain": r.gain, "stderr": r.stderr,
                                           "raises": r.raises} for r in results]})
@@ -65,9 +66,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lines = ["# One sign step along DDPO-IS's gradient, at the algorithms benchmark's settings\n",
              f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
              "Each step's share of the gradient (‖g_k‖²/Σ‖g‖²) and the fixed evaluation reward's change (100 "
-             "samples, kB of JPEG) after one sign step of the learning rate, ± its standard error. *uniform*: DDPO's "
-             "loss; *sensitivity*: `step_weights=\"sensitivity\"`, each step's log-likelihood scaled by median s / "
-             "s_k (agents/step_weights.py), on the same rollouts.\n"]
+             "samples, kB of JPEG) after one sign step of the learning rate, ± its standard error, on the second "
+             "rollout of the seed (the first is sampled and discarded, or measures the *gradient* weights). "
+             "*uniform*: DDPO's loss; *sensitivity*: `step_weights=\"sensitivity\"`, each step's log-likelihood "
+             "scaled by median s / s_k; *gradient*: by median g / g_k, measured on the first rollout "
+             "(agents/step_weights.py). Every weighting sees the same rollouts.\n"]
     for weights, seeds in arms.items():
         names = [d["name"] for d in seeds[0]["directions"]]
         lines += [f"## {weights}\n", "| seed | largest step share | " + " | ".join(names) + " |",

@@ -202,3 +202,35 @@ def test_group_reward_is_checked_and_needs_group_advantages():
         DDPOISConfig(group_advantages=True, group_reward="rank")
     with pytest.raises(ValueError, match="set group_advantages=True too"):
         DDPOISConfig(group_reward="win_rate")
+
+
+def test_gradient_step_weights_even_out_the_measured_step_gradients_and_are_kept_in_checkpoints():
+    from conftest import tiny_env
+    from stable_baselines3.common.logger import Logger
+
+    from agents import DDPO_SF
+    from agents.step_stats import step_gradient
+
+    def agent():
+        a = DDPO_SF(tiny_env(2), samples_per_epoch=4, batch_size=2, seed=2, step_weights="gradient")
+        a.set_logger(Logger(folder=None, output_formats=[]))
+        return a
+
+    first = agent()
+    first.collect_rollout()
+    params, micro_batch = first.policy.trainable_parameters(), torch.arange(2)
+    uniform = [float(step_gradient(first, micro_batch, k, params).norm()) for k in range(4)]
+    assert max(uniform) / min(uniform) > 1.5  # the steps differ: the test can tell
+    first.train()  # measures the weights before the update, on the rollout's first micro-batch
+    w = first._step_weights.cpu().numpy()
+    np.testing.assert_allclose(w * np.array(uniform), np.full(4, np.median(uniform)), rtol=1e-4)
+    second = agent()
+    second.load_state_dict(first.state_dict())
+    torch.testing.assert_close(second._step_weights, first._step_weights)
+
+
+def test_gradient_step_weights_refuse_a_moving_sde_window():
+    from agents.config import DDPOISConfig
+
+    with pytest.raises(ValueError, match="use step_weights='sensitivity' or 'uniform' with sde_window"):
+        DDPOISConfig(step_weights="gradient", sde_window=2).validate(1, 4)

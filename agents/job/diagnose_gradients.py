@@ -20,14 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="", metavar="FILE", help="also write the results as JSON here")
 
 
-def run(cfg: Any, step_lr: float | None = None, controls: int = 3, json_path: str = "") -> Any:
-    """The diagnostic for the job ``cfg`` (a :class:`~agents.job.config.TrainConfig`); prints the tables."""
+def run(cfg: Any, step_lr: float | None = None, controls: int = 3, json_path: str = "",
+        calibration_rollout: bool = False) -> Any:
+    """The diagnostic for the job ``cfg`` (a :class:`~agents.job.config.TrainConfig`); prints the tables. With
+    ``step_weights='gradient'`` (or ``calibration_rollout``) a first rollout is sampled and discarded, the weights
+    measured on it, and the test runs on the second: the shares are not measured on the rollout that set them."""
     import torch
     from stable_baselines3.common.logger import Logger
 
     from agents.job.evaluation import evaluate_policy
     from agents.job.train import build_agent, build_env, evaluation_prompts
     from agents.one_step import markdown, one_sign_step_test, step_gradients
+    from agents.step_weights import measured_weights
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -37,6 +41,10 @@ def run(cfg: Any, step_lr: float | None = None, controls: int = 3, json_path: st
     prompts = evaluation_prompts(env)
     evaluation_env = build_env(cfg, num_envs=min(len(prompts), 20), model=env.unwrapped.backend)
     agent.collect_rollout()
+    if calibration_rollout or getattr(cfg.algorithm, "step_weights", "uniform") == "gradient":
+        if getattr(cfg.algorithm, "step_weights", "uniform") == "gradient":
+            agent._step_weights = measured_weights(agent)
+        agent.collect_rollout()
     trained = list(agent.trainable_steps())
     gradients = step_gradients(agent)
     top = sorted(gradients, key=lambda k: -float(gradients[k].square().sum()))
