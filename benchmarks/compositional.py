@@ -57,6 +57,7 @@ from benchmarks.compositional_task import (
 )
 from benchmarks.harness import Grid, GridRun, Job, add_arguments, job_id, settings_with
 from benchmarks.record import command_line
+from benchmarks.samples_to_score import efficiency_ratio
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
 
@@ -83,15 +84,17 @@ def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[s
         base["prompts"] = training_prompts(categories)
     steps = settings["num_steps"]
     jobs = [Job(job_id(a, s), sample_args(a, TrainConfig.from_flat({**base, **agent_settings(a, steps), "seed": s})
-                                          .to_flat(), args.eval_seeds, args.eval_prompts, untrained=a == BASE))
+                                          .to_flat(), args.eval_seeds, args.eval_prompts, untrained=a == BASE,
+                                          curve_every=args.curve_every))
             for a, s in [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]]
     signature = {"settings": settings, "agent_settings": {a: agent_settings(a, steps) for a in agents},
-                 "reward": args.reward, "categories": categories, **eval_signature(args.eval_seeds, args.eval_prompts)}
+                 "reward": args.reward, "categories": categories, "curve_every": args.curve_every,
+                 **eval_signature(args.eval_seeds, args.eval_prompts)}
 
     def saved_signature(saved: dict[str, Any]) -> dict[str, Any]:  # files from before a field existed: its default
         return {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents},
                 "reward": saved.get("reward", REWARD), "categories": saved.get("categories", []),
-                **saved_eval_signature(saved)}
+                "curve_every": saved.get("curve_every", 0), **saved_eval_signature(saved)}
 
     return Grid(args.name, sample_job, jobs, ("agent", "seed"), SETTINGS_FROM, signature, saved_signature)
 
@@ -114,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="train on the training prompts of these GenEval categories only, comma-separated "
                         "(default: all); the evaluation still covers every category")
     add_eval_arguments(parser)
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="score each run on one sample per training prompt every N epochs and after the last "
+                        "(the evaluation curves and samples-to-score; 0: off)")
     parser.add_argument("--feature-steps", type=int, default=600,
                         help="training steps of the feature CNN (benchmarks.scene_metrics; fewer for smoke tests)")
     add_arguments(parser, "compositional")
@@ -141,10 +147,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def document(records: list[dict[str, Any]]) -> dict[str, Any]:
         runs = sorted(records, key=lambda r: (r["agent"] != BASE, r["agent"], r["seed"]))
+        table = aggregate(runs, agents)
+        curves = {a: [r["eval_curve"] for r in runs if r["agent"] == a] for a in agents}
+        efficiency = ({a: efficiency_ratio(curves["grpo"], curves[a]) for a in agents if a != "grpo" and all(curves[a])}
+                      if curves.get("grpo") and all(curves["grpo"]) else {})
         return {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
-                "reward": args.reward, "categories": categories,
+                "reward": args.reward, "categories": categories, "curve_every": args.curve_every,
+                "efficiency": efficiency,
                 "eval_seeds": args.eval_seeds, "eval_prompts": {k: len(p) // args.eval_seeds for k, p in sets.items()},
-                "grid_columns": columns, "renders": floor, "table": aggregate(runs, agents), "runs": runs}
+                "grid_columns": columns, "renders": floor, "table": table, "runs": runs}
 
     def collect(job: Job, run: dict[str, Any]) -> dict[str, Any]:
         if run["seed"] == 0:  # the grid: seed 0's first sample of the grid's prompts

@@ -11,9 +11,12 @@ import numpy as np
 from benchmarks import reports
 from benchmarks.compositional_task import BASE, REWARDS, SPLITS, training_prompts
 from benchmarks.record import update_summary
+from benchmarks.samples_to_score import samples_to_score
 
 LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
-          "rwr": "RWR"}
+          "rwr": "RWR", "grpo-window": "GRPO, SDE window (MixGRPO)", "awm": "AWM", "diffusion-nft": "DiffusionNFT"}
+#: Where the agents table of the field's algorithms writes its summary keys (``--name``).
+AGENTS_TABLE = "compositional_agents"
 #: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.
 GRID_PROMPTS = [("train", i) for i in range(8)] + [("heldout", i) for i in range(4)]
 
@@ -47,6 +50,13 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str]) -> dict[str, dict[s
         if agent != BASE:
             row["curve_mean"], row["curve_std"] = reports.curve_stats([r["curve"] for r in mine])
             row["learning_rate"] = mine[0]["learning_rate"]
+            row["updates"] = reports.mean_present([r.get("updates") for r in mine])
+            curves = [r.get("eval_curve") or [] for r in mine]
+            if all(curves):
+                row["eval_samples"] = [p["samples"] for p in curves[0]]
+                row["eval_curve_mean"], row["eval_curve_std"] = reports.curve_stats(
+                    [[p["overall"] for p in c] for c in curves])
+                row["samples_to_score"] = samples_to_score(curves)
         table[agent] = row
     return table
 
@@ -90,9 +100,36 @@ def markdown(data: dict[str, Any], name: str) -> str:
             cells = [reports.cell(row[split]["categories"].get(c), ".0%") for c in categories]
             lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
     lines += _relation_table(table)
-    lines += [*reports.wall_time(env_info), f"\n![training reward]({name}_curves.png)\n",
+    lines += _samples_to_score_table(data)
+    lines += [*reports.wall_time(env_info), f"\n![{_curve_name(table)}]({name}_curves.png)\n",
               f"![before and after]({name}_grid.png)\n"]
     return "\n".join(lines)
+
+
+def _samples_to_score_table(data: dict[str, Any]) -> list[str]:
+    """Samples (and minutes of training) to a score, from the runs' evaluation curves (none: no section)."""
+    from benchmarks import samples_to_score as sts
+
+    table = {a: r["samples_to_score"] for a, r in data["table"].items() if "samples_to_score" in r}
+    if not table:
+        return []
+    lines = ["\n## Samples to score\n",
+             f"Training samples until the evaluation score (one sample per training prompt, the test seeds, every "
+             f"{data.get('curve_every', 0)} epochs) first reaches each threshold: the median over seeds, an unreached "
+             "seed counted as never (so *not reached* when half of them never got there), with minutes of training "
+             "(evaluations left out) and the seeds that reached it.\n", *sts.markdown(table, LABELS)]
+    ratio = data.get("efficiency")
+    if ratio:
+        lines.append("")
+        for agent, r in ratio.items():
+            what = (f"{r['ratio']:.2f}× fewer samples than GRPO" if r["ratio"] is not None
+                    else f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)")
+            lines.append(f"* {LABELS.get(agent, agent)} to GRPO's final evaluation score ({r['score']:.1%}): {what}.")
+    return lines
+
+
+def _curve_name(table: dict[str, Any]) -> str:
+    return "evaluation score" if any("eval_curve_mean" in r for r in table.values()) else "training reward"
 
 
 def _relation_table(table: dict[str, Any]) -> list[str]:
@@ -132,15 +169,21 @@ def plot_curves(table: dict[str, Any], samples_per_epoch: int, reward: str, path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    evaluation = any("eval_curve_mean" in row for row in table.values())  # then the evaluation score, not the reward
     for agent, row in table.items():
-        if "curve_mean" not in row:
+        if evaluation and BASE in table and agent == BASE:
+            ax.axhline(row["train"]["overall_mean"], color="gray", linestyle=":", label="base model")
+        key = "eval_curve" if evaluation else "curve"
+        if f"{key}_mean" not in row:
             continue
-        mean, std = np.array(row["curve_mean"]), np.array(row["curve_std"])
-        samples = samples_per_epoch * np.arange(1, len(mean) + 1)
+        mean, std = np.array(row[f"{key}_mean"]), np.array(row[f"{key}_std"])
+        samples = (np.array(row["eval_samples"]) if evaluation
+                   else samples_per_epoch * np.arange(1, len(mean) + 1))
         ax.plot(samples, mean, label=LABELS.get(agent, agent))
         ax.fill_between(samples, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("samples")
-    ax.set_ylabel(f"{reward} reward (training rollouts)", fontsize=7)
+    ax.set_ylabel("evaluation accuracy (training prompts, test seeds)" if evaluation
+                  else f"{reward} reward (training rollouts)", fontsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -177,6 +220,21 @@ def write_reports(data: dict[str, Any], grid_images: dict[str, np.ndarray], resu
     text = markdown(data, name)
     reports.write_report(results_dir, name, text)
     trained = {a: r["train"]["overall_mean"] for a, r in table.items() if a != BASE}
+    if trained and name == AGENTS_TABLE:
+        best = max(trained, key=trained.get)
+        keys = {"compositional_best_agent": (best, f"highest mean accuracy on the training prompts, {data['reward']} "
+                                             "reward, test set"),
+                "compositional_best_score": (trained[best], "its accuracy, mean over seeds")}
+        steps = {a: {t: c["median_samples"] for t, c in r["samples_to_score"].items()}
+                 for a, r in table.items() if "samples_to_score" in r}
+        if steps:
+            keys["samples_to_score"] = (steps, "median training samples to first reach each evaluation accuracy "
+                                               "(None: not reached by the median seed)")
+        nft = (data.get("efficiency") or {}).get("diffusion-nft")
+        if nft:
+            keys["nft_vs_grpo_samples_ratio"] = (nft["ratio"], f"GRPO's samples / DiffusionNFT's to reach GRPO's final "
+                                                               f"evaluation accuracy {nft['score']:.3f}")
+        update_summary(keys, reports.summary_env(data["environment"]), results_dir)
     if BASE in table and trained and name == "compositional":
         update_summary({
             "compositional_base_score": (table[BASE]["train"]["overall_mean"],

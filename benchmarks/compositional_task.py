@@ -31,6 +31,9 @@ AGENT_SETTINGS: dict[str, dict[str, Any]] = {
     "rwr": {"agent": "rwr", "temperature": 1.0, "learning_rate": 1e-4},
     # the matching losses on final samples train every step (the papers draw the noise level at random), with the
     # advantages of GRPO-style groups of 8, as both papers use
+    # MixGRPO's windowed SDE: GRPO's trained steps 0-3 sampled stochastically, steps 4-9 by the deterministic ODE step
+    "grpo-window": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS,
+                    "group_advantages": True, "group_size": 8, "sde_window": 10 - SKIP_LAST_STEPS},
     "awm": {"agent": "awm", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
     "diffusion-nft": {"agent": "diffusion-nft", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
 }
@@ -49,6 +52,8 @@ def agent_settings(agent: str, num_steps: int) -> dict[str, Any]:
     settings = dict(AGENT_SETTINGS.get(agent, AGENT_SETTINGS["ddpo-is"]))
     if "skip_last_steps" in settings and num_steps != PRESET_STEPS:
         settings["skip_last_steps"] = min(num_steps - 1, round(SKIP_LAST_STEPS * num_steps / PRESET_STEPS))
+    if "sde_window" in settings:  # the window covers the trained steps
+        settings["sde_window"] = num_steps - settings["skip_last_steps"]
     return settings
 
 

@@ -236,3 +236,43 @@ def test_the_evaluation_curve_scores_the_policy_every_few_epochs_without_countin
     assert [p["epoch"] for p in curve.points] == [2, 3] and [p["samples"] for p in curve.points] == [32, 48]
     assert 0 < curve.points[0]["seconds"] < curve.points[1]["seconds"] and curve._evaluating > 0
     assert all(0 <= p["overall"] <= 1 and 0 <= p["partial"] <= 1 for p in curve.points)
+
+
+def test_samples_to_score_takes_each_seeds_first_evaluation_at_the_threshold_and_counts_misses():
+    from benchmarks.samples_to_score import efficiency_ratio, samples_to_score
+
+    def curve(*scores):
+        return [{"samples": 64 * (i + 1), "seconds": 10.0 * (i + 1), "overall": s} for i, s in enumerate(scores)]
+
+    curves = [curve(0.55, 0.66, 0.62), curve(0.61, 0.64, 0.71), curve(0.5, 0.55, 0.58)]
+    table = samples_to_score(curves, [0.6, 0.65, 0.7])
+    assert table["0.6"]["samples"] == [128, 64, None] and table["0.6"]["median_samples"] == 128
+    assert table["0.65"]["reached"] == 2 and table["0.65"]["median_samples"] == 192  # 128, 192, never
+    assert table["0.7"]["median_samples"] is None and table["0.7"]["reached"] == 1  # 2 of 3 seeds never got there
+    assert table["0.6"]["median_seconds"] == 20.0
+    fast = [curve(0.7, 0.7, 0.7)] * 3  # reaches the reference's final score (mean 0.637) at its first evaluation
+    ratio = efficiency_ratio(curves, fast)
+    assert ratio["score"] == pytest.approx((0.62 + 0.71 + 0.58) / 3)
+    assert ratio["reference_samples"] == 128 and ratio["samples"] == 64 and ratio["ratio"] == 2.0
+    assert efficiency_ratio(curves, [curve(0.5, 0.5, 0.5)] * 3)["ratio"] is None
+
+
+@pytest.mark.slow  # starts worker processes (benchmarks.harness)
+def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_summary_keys(tmp_path):
+    from benchmarks import compositional
+
+    argv = ["--agents", "grpo,diffusion-nft,grpo-window", "--seeds", "1", "--epochs", "2", "--samples-per-epoch", "8",
+            "--num-steps", "3", "--eval-prompts", "4", "--curve-every", "1", "--feature-steps", "50", "--name",
+            "compositional_agents", "--reward", "geneval_strict", "--results-dir", str(tmp_path), "--runs-dir",
+            str(tmp_path / "runs")]
+    data = compositional.main(argv)
+    for agent in ("grpo", "diffusion-nft", "grpo-window"):
+        row = data["table"][agent]
+        assert row["eval_samples"] == [8, 16] and len(row["eval_curve_mean"]) == 2 and row["updates"] > 0
+        assert set(row["samples_to_score"]) == {"0.6", "0.65", "0.7"}
+    assert set(data["efficiency"]) == {"diffusion-nft", "grpo-window"}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["compositional_best_agent"]["value"] in data["table"]
+    assert set(summary["samples_to_score"]["value"]) == {"grpo", "diffusion-nft", "grpo-window"}
+    assert "nft_vs_grpo_samples_ratio" in summary
+    assert "## Samples to score" in (tmp_path / "compositional_agents.md").read_text()
