@@ -30,6 +30,7 @@ captioned with the verifier's verdict) and summary.json's ``compositional_base_s
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from benchmarks.compositional_task import (
     split_scores,
     training_prompts,
 )
-from benchmarks.harness import Grid, GridRun, Job, add_arguments, job_id, settings_with
+from benchmarks.harness import Grid, GridRun, Job, SettingsSource, add_arguments, job_id, settings_with
 from benchmarks.record import command_line
 from benchmarks.samples_to_score import efficiency_ratio
 
@@ -75,19 +76,42 @@ def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]
     return record
 
 
+def chosen_settings(path: str, agents: list[str], steps: int) -> tuple[dict[str, dict[str, Any]], SettingsSource]:
+    """Each agent's settings with the learning rate a validation sweep chose (``benchmarks.agents_sweep``'s JSON at
+    ``path``), and where they came from; an agent the sweep has no rate for is refused."""
+    saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    missing = [a for a in agents if saved.get("chosen", {}).get(a) is None]
+    if missing:
+        raise ValueError(f"--settings-from {path} chose no learning rate for {missing}: sweep them first "
+                         f"(python -m benchmarks.agents_sweep --agents {','.join(missing)} --resume)")
+    env = saved["environment"]
+    how = (f"benchmarks.agents_sweep ({Path(path).name}, rev {env['git_revision']}, {env['date']}): each agent's "
+           f"learning rate is the one of its sweep with the best mean accuracy on the validation set ("
+           f"{saved['eval_set']}: the training prompts at other seeds, and unseen prompts), seeds "
+           f"{sorted({r['seed'] for r in saved['runs']})}, reward {saved['reward']}")
+    return ({a: {**agent_settings(a, steps), "learning_rate": saved["chosen"][a]} for a in agents},
+            SettingsSource("validation", how))
+
+
 def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[str], categories: list[str]) -> Grid:
     """The base model's evaluation and every agent × seed, each a training job of ``settings``."""
     from agents.job.config import TrainConfig
 
+    steps = settings["num_steps"]
+    per_agent = {a: agent_settings(a, steps) for a in [BASE, *agents]}
+    source = SETTINGS_FROM
+    if args.settings_from:
+        chosen, source = chosen_settings(args.settings_from, agents, steps)
+        per_agent.update(chosen)
+
     base = {**settings, "reward": args.reward, **QUIET}
     if categories:
         base["prompts"] = training_prompts(categories)
-    steps = settings["num_steps"]
-    jobs = [Job(job_id(a, s), sample_args(a, TrainConfig.from_flat({**base, **agent_settings(a, steps), "seed": s})
+    jobs = [Job(job_id(a, s), sample_args(a, TrainConfig.from_flat({**base, **per_agent[a], "seed": s})
                                           .to_flat(), args.eval_seeds, args.eval_prompts, untrained=a == BASE,
                                           curve_every=args.curve_every))
             for a, s in [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]]
-    signature = {"settings": settings, "agent_settings": {a: agent_settings(a, steps) for a in agents},
+    signature = {"settings": settings, "agent_settings": {a: per_agent[a] for a in agents},
                  "reward": args.reward, "categories": categories, "curve_every": args.curve_every,
                  **eval_signature(args.eval_seeds, args.eval_prompts)}
 
@@ -96,7 +120,7 @@ def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[s
                 "reward": saved.get("reward", REWARD), "categories": saved.get("categories", []),
                 "curve_every": saved.get("curve_every", 0), **saved_eval_signature(saved)}
 
-    return Grid(args.name, sample_job, jobs, ("agent", "seed"), SETTINGS_FROM, signature, saved_signature)
+    return Grid(args.name, sample_job, jobs, ("agent", "seed"), source, signature, saved_signature)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--curve-every", type=int, default=0,
                         help="score each run on one sample per training prompt every N epochs and after the last "
                         "(the evaluation curves and samples-to-score; 0: off)")
+    parser.add_argument("--settings-from", default="", metavar="JSON",
+                        help="take each agent's learning rate from a validation sweep (benchmarks.agents_sweep's "
+                        "JSON, e.g. benchmarks/results/agents_sweep.json) instead of the built-in settings")
     parser.add_argument("--feature-steps", type=int, default=600,
                         help="training steps of the feature CNN (benchmarks.scene_metrics; fewer for smoke tests)")
     add_arguments(parser, "compositional")
@@ -133,8 +160,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              num_steps=args.num_steps, model=args.model)
     if args.model not in (None, "shapes") and args.name == "compositional":
         parser.error("--model: give the results a --name of their own (compositional is the shipped model's)")
-    runner = GridRun.from_args(make_grid(args, settings, agents, categories), args, parser,
-                               command_line("benchmarks.compositional", argv))
+    try:
+        grid = make_grid(args, settings, agents, categories)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    runner = GridRun.from_args(grid, args, parser, command_line("benchmarks.compositional", argv))
 
     features = scene_features(steps=args.feature_steps)  # trained on renders, seeded: the same in every invocation
     sets = {split: eval_prompts(split, args.eval_seeds, args.eval_prompts) for split in SPLITS}
@@ -151,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curves = {a: [r["eval_curve"] for r in runs if r["agent"] == a] for a in agents}
         efficiency = ({a: efficiency_ratio(curves["grpo"], curves[a]) for a in agents if a != "grpo" and all(curves[a])}
                       if curves.get("grpo") and all(curves["grpo"]) else {})
-        return {"settings": settings, "agent_settings": {a: agent_settings(a, settings["num_steps"]) for a in agents},
+        return {"settings": settings, "agent_settings": runner.grid.signature["agent_settings"],
                 "reward": args.reward, "categories": categories, "curve_every": args.curve_every,
                 "efficiency": efficiency,
                 "eval_seeds": args.eval_seeds, "eval_prompts": {k: len(p) // args.eval_seeds for k, p in sets.items()},

@@ -276,3 +276,12 @@ def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_sum
     assert set(summary["samples_to_score"]["value"]) == {"grpo", "diffusion-nft", "grpo-window"}
     assert "nft_vs_grpo_samples_ratio" in summary
     assert "## Samples to score" in (tmp_path / "compositional_agents.md").read_text()
+    sweep = {"chosen": {"grpo": 1e-2, "diffusion-nft": 3e-4, "grpo-window": None}, "eval_set": "validation",
+             "reward": "geneval_strict", "runs": [{"seed": 0}, {"seed": 1}],
+             "environment": {"git_revision": "abc1234", "date": "2026-12-04 06:00 UTC"}}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    chosen, source = compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo", "diffusion-nft"], 10)
+    assert chosen["grpo"]["learning_rate"] == 1e-2 and chosen["grpo"]["group_size"] == 8
+    assert chosen["diffusion-nft"]["learning_rate"] == 3e-4 and source.split == "validation"
+    with pytest.raises(ValueError, match=r"chose no learning rate for \['grpo-window'\]"):
+        compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo-window"], 10)
