@@ -116,7 +116,11 @@ def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[s
                  **eval_signature(args.eval_seeds, args.eval_prompts)}
 
     def saved_signature(saved: dict[str, Any]) -> dict[str, Any]:  # files from before a field existed: its default
-        return {"settings": saved["settings"], "agent_settings": {a: saved["agent_settings"].get(a) for a in agents},
+        # an agent without saved runs may join (its settings are this invocation's); one with runs must match
+        ran = {r["agent"] for r in saved["runs"]}
+        return {"settings": saved["settings"],
+                "agent_settings": {a: saved["agent_settings"].get(a) if a in ran else signature["agent_settings"][a]
+                                   for a in agents},
                 "reward": saved.get("reward", REWARD), "categories": saved.get("categories", []),
                 "curve_every": saved.get("curve_every", 0), **saved_eval_signature(saved)}
 

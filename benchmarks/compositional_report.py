@@ -14,7 +14,8 @@ from benchmarks.record import update_summary
 from benchmarks.samples_to_score import samples_to_score
 
 LABELS = {"base": "base model", "ddpo-is": "DDPO-IS", "grpo": "GRPO (groups of 8)", "ddpo-sf": "DDPO-SF",
-          "rwr": "RWR", "grpo-window": "GRPO, SDE window (MixGRPO)", "awm": "AWM", "diffusion-nft": "DiffusionNFT"}
+          "rwr": "RWR", "grpo-window": "GRPO, SDE window (MixGRPO)", "grpo-balanced": "GRPO, gradient step weights",
+          "awm": "AWM", "diffusion-nft": "DiffusionNFT"}
 #: Where the agents table of the field's algorithms writes its summary keys (``--name``).
 AGENTS_TABLE = "compositional_agents"
 #: The grid's columns at most: (split, index in prompt_set(split)); categories alternate in both sets.

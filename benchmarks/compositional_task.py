@@ -34,6 +34,10 @@ AGENT_SETTINGS: dict[str, dict[str, Any]] = {
     # MixGRPO's windowed SDE: GRPO's trained steps 0-3 sampled stochastically, steps 4-9 by the deterministic ODE step
     "grpo-window": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3, "skip_last_steps": SKIP_LAST_STEPS,
                     "group_advantages": True, "group_size": 8, "sde_window": 10 - SKIP_LAST_STEPS},
+    # GRPO with each trained step's log-likelihood weighted by the measured norm of its gradient (agents/step_weights)
+    "grpo-balanced": {"agent": "ddpo-is", "clip_range": 1e-3, "learning_rate": 3e-3,
+                      "skip_last_steps": SKIP_LAST_STEPS, "group_advantages": True, "group_size": 8,
+                      "step_weights": "gradient"},
     "awm": {"agent": "awm", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
     "diffusion-nft": {"agent": "diffusion-nft", "learning_rate": 1e-3, "group_advantages": True, "group_size": 8},
 }

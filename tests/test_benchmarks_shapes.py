@@ -276,6 +276,9 @@ def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_sum
     assert set(summary["samples_to_score"]["value"]) == {"grpo", "diffusion-nft", "grpo-window"}
     assert "nft_vs_grpo_samples_ratio" in summary
     assert "## Samples to score" in (tmp_path / "compositional_agents.md").read_text()
+    more = compositional.main([*argv[:1], "grpo,diffusion-nft,grpo-window,awm", *argv[2:], "--resume"])  # awm joins
+    assert {r["agent"] for r in more["runs"]} == {"base", "grpo", "diffusion-nft", "grpo-window", "awm"}
+    assert [r for r in more["runs"] if r["agent"] == "grpo"] == [r for r in data["runs"] if r["agent"] == "grpo"]
     sweep = {"chosen": {"grpo": 1e-2, "diffusion-nft": 3e-4, "grpo-window": None}, "eval_set": "validation",
              "reward": "geneval_strict", "runs": [{"seed": 0}, {"seed": 1}],
              "environment": {"git_revision": "abc1234", "date": "2026-12-04 06:00 UTC"}}
