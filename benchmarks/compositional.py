@@ -109,7 +109,7 @@ def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[s
         base["prompts"] = training_prompts(categories)
     jobs = [Job(job_id(a, s), sample_args(a, TrainConfig.from_flat({**base, **per_agent[a], "seed": s})
                                           .to_flat(), args.eval_seeds, args.eval_prompts, untrained=a == BASE,
-                                          curve_every=args.curve_every))
+                                          curve_every=args.curve_every, word_use=args.word_use and s == 0))
             for a, s in [(BASE, 0)] + [(a, s) for a in agents for s in range(args.seeds)]]
     signature = {"settings": settings, "agent_settings": {a: per_agent[a] for a in agents},
                  "reward": args.reward, "categories": categories, "curve_every": args.curve_every,
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--curve-every", type=int, default=0,
                         help="score each run on one sample per training prompt every N epochs and after the last "
                         "(the evaluation curves and samples-to-score; 0: off)")
+    parser.add_argument("--word-use", action="store_true",
+                        help="also check how much the base model and each agent's seed-0 policy use the relation "
+                        "word left and the colour word red (benchmarks.compositional_task.policy_word_use)")
     parser.add_argument("--settings-from", default="", metavar="JSON",
                         help="take each agent's learning rate from a validation sweep (benchmarks.agents_sweep's "
                         "JSON, e.g. benchmarks/results/agents_sweep.json) instead of the built-in settings")

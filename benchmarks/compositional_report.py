@@ -102,6 +102,7 @@ def markdown(data: dict[str, Any], name: str) -> str:
             lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(cells) + " |")
     lines += _relation_table(table)
     lines += _samples_to_score_table(data)
+    lines += _word_use_table(data)
     lines += [*reports.wall_time(env_info), f"\n![{_curve_name(table)}]({name}_curves.png)\n",
               f"![before and after]({name}_grid.png)\n"]
     return "\n".join(lines)
@@ -126,6 +127,26 @@ def _samples_to_score_table(data: dict[str, Any]) -> list[str]:
             what = (f"{r['ratio']:.2f}× fewer samples than GRPO" if r["ratio"] is not None
                     else f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)")
             lines.append(f"* {LABELS.get(agent, agent)} to GRPO's final evaluation score ({r['score']:.1%}): {what}.")
+    return lines
+
+
+def _word_use_table(data: dict[str, Any]) -> list[str]:
+    """The word-use check of the base model and each agent's seed-0 policy (none measured: no section)."""
+    rows = [(r["agent"], r["word_use"]) for r in data["runs"] if r.get("word_use")]
+    if not rows:
+        return []
+    kinds = [w["kind"] for w in rows[0][1]]
+    order = list(LABELS)
+    rows.sort(key=lambda row: order.index(row[0]) if row[0] in order else len(order))
+    lines = ["\n## Which words the policies use\n",
+             "The change of the network's prediction when one word of a training prompt is swapped (`ddpo diagnose "
+             "words`), relative to the prediction, for the base model and each agent's seed-0 policy after training: "
+             "RL that taught the relation would raise its column.\n",
+             "| policy | " + " | ".join(f"{w['kind']} ({w['swap']})" for w in rows[0][1]) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for agent, words in rows:
+        lines.append(f"| {LABELS.get(agent, agent)} | " + " | ".join(f"{100 * w['prediction_change']:.2f} %"
+                                                                   for w in words) + " |")
     return lines
 
 

@@ -216,16 +216,36 @@ def sample_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     with agent.ema_weights():
         samples = evaluate(agent.policy, agent.diffusion_env.backend, cfg, args["eval_seeds"], args["limit"],
                            eval_set)
+        words = policy_word_use(agent) if args.get("word_use") else []
     return {"agent": args["name"], "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate, "curve": curve,
             "eval_curve": curve_callback.points if curve_callback else [], "updates": agent.num_updates,
-            "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "samples": samples}
+            "word_use": words, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
+            "samples": samples}
+
+
+#: The word swaps checked on trained policies (``word_use``): the relation the model ignores, and a colour it reads.
+POLICY_WORD_SWAPS = (("left", "right", "relation"), ("red", "blue", "colour"))
+
+
+def policy_word_use(agent: Any) -> list[dict[str, Any]]:
+    """The word-use check (:mod:`ddpo_env.word_use`: the change of the network's prediction when one word of the
+    prompt is swapped) of the agent's network as it is now, its adapter included, for :data:`POLICY_WORD_SWAPS` on the
+    training prompts that hold the word (2 clean samples each, 4 noisings)."""
+    from ddpo_env.word_use import word_use
+
+    env = agent.diffusion_env
+    prompts = eval_prompts("train", 1)
+    agent.policy.set_training_mode(False)
+    return [{"kind": kind, **word_use(env.backend, env.schedule, prompts, word, other, guidance_scale=
+                                      env.guidance_scale, samples=2, draws=4).row()}
+            for word, other, kind in POLICY_WORD_SWAPS]
 
 
 def sample_args(name: str, config: dict[str, Any], eval_seeds: int, limit: int, untrained: bool = False,
-                eval_set: str = "test", curve_every: int = 0) -> dict[str, Any]:
-    """:func:`sample_job`'s arguments."""
+                eval_set: str = "test", curve_every: int = 0, word_use: bool = False) -> dict[str, Any]:
+    """:func:`sample_job`'s arguments (``word_use``: also :func:`policy_word_use` after training)."""
     return {"name": name, "config": config, "untrained": untrained, "eval_seeds": eval_seeds, "limit": limit,
-            "eval_set": eval_set, "curve_every": curve_every}
+            "eval_set": eval_set, "curve_every": curve_every, "word_use": word_use}
 
 
 def split_scores(images: np.ndarray, prompts: list[str], kl: np.ndarray | None = None,

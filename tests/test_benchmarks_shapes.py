@@ -263,9 +263,13 @@ def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_sum
 
     argv = ["--agents", "grpo,diffusion-nft,grpo-window", "--seeds", "1", "--epochs", "2", "--samples-per-epoch", "8",
             "--num-steps", "3", "--eval-prompts", "4", "--curve-every", "1", "--feature-steps", "50", "--name",
-            "compositional_agents", "--reward", "geneval_strict", "--results-dir", str(tmp_path), "--runs-dir",
-            str(tmp_path / "runs")]
+            "compositional_agents", "--reward", "geneval_strict", "--word-use", "--results-dir", str(tmp_path),
+            "--runs-dir", str(tmp_path / "runs")]
     data = compositional.main(argv)
+    words = {r["agent"]: r["word_use"] for r in data["runs"]}
+    assert set(words) == {"base", "grpo", "diffusion-nft", "grpo-window"}
+    assert [w["kind"] for w in words["grpo"]] == ["relation", "colour"]
+    assert words["grpo"][1]["prediction_change"] > 0 and words["grpo"] != words["base"]  # the adapter is in use
     for agent in ("grpo", "diffusion-nft", "grpo-window"):
         row = data["table"][agent]
         assert row["eval_samples"] == [8, 16] and len(row["eval_curve_mean"]) == 2 and row["updates"] > 0
@@ -275,7 +279,8 @@ def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_sum
     assert summary["compositional_best_agent"]["value"] in data["table"]
     assert set(summary["samples_to_score"]["value"]) == {"grpo", "diffusion-nft", "grpo-window"}
     assert "nft_vs_grpo_samples_ratio" in summary
-    assert "## Samples to score" in (tmp_path / "compositional_agents.md").read_text()
+    report = (tmp_path / "compositional_agents.md").read_text()
+    assert "## Samples to score" in report and "| relation (left → right) | colour (red → blue) |" in report
     more = compositional.main([*argv[:1], "grpo,diffusion-nft,grpo-window,awm", *argv[2:], "--resume"])  # awm joins
     assert {r["agent"] for r in more["runs"]} == {"base", "grpo", "diffusion-nft", "grpo-window", "awm"}
     assert [r for r in more["runs"] if r["agent"] == "grpo"] == [r for r in data["runs"] if r["agent"] == "grpo"]
