@@ -164,7 +164,7 @@ def test_sensitivity_step_weights_scale_each_steps_gradient_by_its_weight(agent_
 def test_step_weights_are_checked_and_only_offered_to_the_likelihood_agents():
     from agents.config import AWMConfig, DDPOISConfig
 
-    with pytest.raises(ValueError, match=r"step_weights must be one of \['uniform', 'sensitivity'\], got 'noise'"):
+    with pytest.raises(ValueError, match=r"must be one of \['uniform', 'sensitivity', 'gradient'\], got 'noise'"):
         DDPOISConfig(step_weights="noise").validate(1, 4)
     with pytest.raises(TypeError):
         AWMConfig(step_weights="sensitivity")
