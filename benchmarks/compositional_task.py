@@ -165,7 +165,9 @@ class EvaluationCurve(EpochEndCallback):
     """Every ``every`` epochs and after the last, the verifier's score of the policy on one sample of each training
     prompt of an evaluation set (the set's seed; ``limit`` as in :func:`eval_prompts`): ``points`` holds per
     evaluation the epoch, the samples trained on, the training seconds so far (these evaluations left out), the
-    binary accuracy (mean over categories) and the partial credit. Samples-to-score reads it."""
+    binary accuracy (mean over categories) and the partial credit; also the process's CPU seconds of training (with
+    one torch thread per job, what the time would be on an idle core when other jobs share the machine).
+    Samples-to-score reads it."""
 
     def __init__(self, cfg: Any, every: int, limit: int, eval_set: str = "test") -> None:
         super().__init__()
@@ -173,8 +175,8 @@ class EvaluationCurve(EpochEndCallback):
         self.prompts = eval_prompts("train", 1, limit, eval_set)
         self.points: list[dict[str, float]] = []
         self._env: Any = None
-        self._start = time.perf_counter()
-        self._evaluating = 0.0  # seconds spent in these evaluations
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        self._evaluating = self._evaluating_cpu = 0.0  # wall and CPU seconds spent in these evaluations
 
     def on_epoch_end(self) -> None:
         from agents.job.evaluation import evaluate_policy
@@ -183,7 +185,7 @@ class EvaluationCurve(EpochEndCallback):
         agent, epoch = self.model, self.model.num_epochs
         if epoch % self.every and epoch != self.cfg.epochs:
             return
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if self._env is None:
             self._env = eval_env(agent.diffusion_env.backend, self.cfg)
         with agent.ema_weights():
@@ -191,8 +193,10 @@ class EvaluationCurve(EpochEndCallback):
         scores = category_scores(result.images, self.prompts)
         self.points.append({"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch,
                             "seconds": start - self._start - self._evaluating,
+                            "cpu_seconds": cpu - self._cpu_start - self._evaluating_cpu,
                             "overall": float(scores["overall"]), "partial": float(scores["partial"])})
         self._evaluating += time.perf_counter() - start
+        self._evaluating_cpu += time.process_time() - cpu
 
 
 def sample_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
