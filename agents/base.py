@@ -9,7 +9,6 @@ says which transitions it trains on and its loss (:meth:`DiffusionAgent.compute_
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, ClassVar
 
@@ -32,6 +31,7 @@ from agents.stat_tracking import PerPromptStatTracker
 from agents.state import AgentState
 from agents.step_stats import StepStats
 from agents.step_weights import step_weight_table
+from agents.steps import TrainedSteps
 from agents.update import GradientPass, UpdateLoop
 from agents.vectorise import vectorised
 from ddpo_env.ddim import DDIMStepOutput
@@ -39,7 +39,7 @@ from ddpo_env.sb3 import SB3VecEnv
 from ddpo_env.vector_env import DenoisingDiffusionVectorEnv
 
 
-class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
+class DiffusionAgent(AgentState, UpdateLoop, TrainedSteps, OnPolicyAlgorithm):
     """Base of DDPO-IS, DDPO-SF, RWR and sparse RWR.
 
     Args:
@@ -201,7 +201,9 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
             for k in range(self.num_steps):
                 with torch.no_grad():
                     obs_tensor = obs_as_tensor(obs, self.device)
-                    out = self.policy.step(obs_tensor, ode=not self.stochastic_step(k))
+                    # outside an SDE window: the deterministic ODE step (agents/steps.py)
+                    stochastic = self.stochastic_step(k)
+                    out = self.policy.step(obs_tensor) if stochastic else self.policy.step(obs_tensor, ode=True)
                 obs, rewards, dones, infos = env.step(out.prev_sample.cpu().numpy())
                 self.num_timesteps += num_envs
                 returns += rewards
@@ -309,33 +311,6 @@ class DiffusionAgent(AgentState, UpdateLoop, OnPolicyAlgorithm):
     def train_samples(self) -> torch.Tensor:
         """Indices of the rollout samples this algorithm trains on (all of them by default)."""
         return torch.arange(self.buffer.num_samples, device="cpu")
-
-    def trainable_steps(self) -> range:
-        """Step indices k this agent trains on in the current epoch: the config's skip_first_steps / skip_last_steps
-        left out, and with ``sde_window`` only the window's steps."""
-        steps = self.config.trainable_steps(self.num_steps)
-        window = getattr(self.config, "sde_window", 0)
-        if not window:
-            return steps
-        every = self.config.sde_window_shift_every
-        start = steps.start + ((self.num_epochs // every) % (len(steps) - window + 1) if every else 0)
-        return range(start, start + window)
-
-    def stochastic_step(self, k: int) -> bool:
-        """Whether the rollout samples step k from the policy's Gaussian (else the deterministic ODE step): every
-        step, or with ``sde_window`` the window's."""
-        return not getattr(self.config, "sde_window", 0) or k in self.trainable_steps()
-
-    def train_timesteps(self) -> int:
-        """Timesteps trained per sample and inner epoch: ⌈(trainable steps) · timestep_fraction⌉ (at least 1)."""
-        return max(1, math.ceil(len(self.trainable_steps()) * self.config.timestep_fraction - 1e-9))
-
-    def step_weight(self, steps: torch.Tensor) -> torch.Tensor | float:
-        """The likelihood weight w_k of each transition's step index k (B,) under the config's ``step_weights``
-        (:mod:`agents.step_weights`); 1.0 when uniform or for an agent without the setting."""
-        if self._step_weights is None:
-            return 1.0
-        return self._step_weights[steps]
 
     def record_step_stats(self, steps: torch.Tensor, **values: torch.Tensor) -> None:
         """Per-transition values (B,) at step indices ``steps`` (B,), averaged per step and logged after the update

@@ -131,12 +131,12 @@ class AgentConfig:
             raise ValueError(f"group_std must be one of {list(GROUP_STDS)}, got {self.group_std!r}")
         if self.group_reward not in GROUP_REWARDS:
             raise ValueError(f"group_reward must be one of {list(GROUP_REWARDS)}, got {self.group_reward!r}")
-        if self.group_reward != "reward" and not self.group_advantages:
-            raise ValueError(f"group_reward={self.group_reward!r} ranks the samples within their prompt's group: set "
-                             "group_advantages=True too (and the env's group_size > 1)")
 
     def validate(self, num_envs: int, num_steps: int) -> None:
         """Raise ValueError naming the offending values; called by the agent once the env is known."""
+        if self.group_reward != "reward" and not self.group_advantages:
+            raise ValueError(f"group_reward={self.group_reward!r} ranks the samples within their prompt's group: set "
+                             "group_advantages=True too (and the env's group_size > 1)")
         positive = ("samples_per_epoch", "batch_size", "gradient_accumulation_steps", "num_inner_epochs",
                     "stat_buffer_size", "stat_min_count")
         for name in positive:

@@ -201,7 +201,7 @@ def test_group_reward_is_checked_and_needs_group_advantages():
     with pytest.raises(ValueError, match=r"group_reward must be one of \['reward', 'win_rate'\], got 'rank'"):
         DDPOISConfig(group_advantages=True, group_reward="rank")
     with pytest.raises(ValueError, match="set group_advantages=True too"):
-        DDPOISConfig(group_reward="win_rate")
+        DDPOISConfig(group_reward="win_rate").validate(1, 4)
 
 
 def test_gradient_step_weights_even_out_the_measured_step_gradients_and_are_kept_in_checkpoints():

@@ -159,6 +159,7 @@ def _value_for(name, default):
                "device": ("cpu", "cpu"), "dtype": ("bfloat16", "bfloat16"), "attention": ("matmul", "matmul"),
                "autoreset_mode": ("same_step", "same_step"), "render_mode": ("rgb_array", "rgb_array"),
                "optimizer": ("adamw8bit", "adamw8bit"), "group_std": ("global", "global"),
+               "group_reward": ("win_rate", "win_rate"), "step_weights": ("sensitivity", "sensitivity"),
                "lora_targets": ("to_q,to_v", ("to_q", "to_v")), "scheduler_overrides": ('{"eta": 1}', {"eta": 1}),
                "reward_options": ('{"jpeg_compressibility": {}}', {"jpeg_compressibility": {}}),
                "agent": ("rwr", "rwr"), "reward": ("jpeg_incompressibility", "jpeg_incompressibility"),
