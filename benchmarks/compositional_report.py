@@ -124,8 +124,12 @@ def _samples_to_score_table(data: dict[str, Any]) -> list[str]:
     if ratio:
         lines.append("")
         for agent, r in ratio.items():
-            what = (f"{r['ratio']:.2f}× fewer samples than GRPO" if r["ratio"] is not None
-                    else f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)")
+            if r["ratio"] is None:
+                what = f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)"
+            elif r["ratio"] >= 1:
+                what = f"{r['ratio']:.2f}× fewer samples than GRPO"
+            else:
+                what = f"{1 / r['ratio']:.2f}× more samples than GRPO"
             lines.append(f"* {LABELS.get(agent, agent)} to GRPO's final evaluation score ({r['score']:.1%}): {what}.")
     return lines
 
@@ -136,7 +140,7 @@ def _word_use_table(data: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     kinds = [w["kind"] for w in rows[0][1]]
-    order = list(LABELS)
+    order = list(dict.fromkeys(["base", *data["table"]]))
     rows.sort(key=lambda row: order.index(row[0]) if row[0] in order else len(order))
     lines = ["\n## Which words the policies use\n",
              "The change of the network's prediction when one word of a training prompt is swapped (`ddpo diagnose "
