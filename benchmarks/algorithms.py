@@ -1,28 +1,29 @@
 """RL algorithms on diffusion (the paper's Fig. 4 on the embedded model): ``python -m benchmarks.algorithms``.
 
-DDPO-IS, DDPO-SF and RWR (sparse RWR with ``--agents``) × rewards {JPEG compressibility, JPEG incompressibility}
-(``--rewards all`` adds the digit margin) × 3 seeds, each the training job of ``ddpo train``
+DDPO-IS, DDPO-SF, RWR, AWM and DiffusionNFT (sparse RWR with ``--agents``) × rewards {JPEG compressibility, JPEG
+incompressibility} (``--rewards all`` adds the digit margin) × 3 seeds, each the training job of ``ddpo train``
 (:func:`agents.job.train.train`) with the same settings and the same number of samples; only the learning rate is each
-algorithm's own, chosen by a sweep run first on a separate seed (``--sweep``: JPEG compressibility, rates 1e-3, 3e-3,
-1e-2, refined per agent with ``--rates agent=rate``; writes algorithms_sweep.{json,md}, NAME_sweep with ``--name``).
-The main run takes per agent the rate with the best gain among those that keep ≥ 80 % of the digits readable
-(``algorithms_sweep.MIN_AGREEMENT``).
-Reported per run: the training reward of every rollout, the fixed evaluation set (100 prompts × seeds, the same for
-every run) before and after training, the optimizer steps taken, the mean clip fraction, the KL to the base model
-along the evaluation trajectories, RWR's effective sample size and the share of digits the classifier still reads
-as prompted (what a run destroys).
+algorithm's own, per reward, chosen by a sweep run first (``--sweep``: each agent's rates of
+``algorithms_sweep.SWEEP_RATES`` on 2 training seeds of its own, scored on the validation set, the evaluation prompts at
+other sampling seeds; ``--rates`` to change; writes algorithms_sweep.{json,md}, NAME_sweep with ``--name``).
+The main run takes per agent and reward the rate with the best gain among those that keep ≥ 80 % of the digits
+readable on every sweep seed (``algorithms_sweep.MIN_AGREEMENT``), and reports the test set.
+Reported per run: the evaluation reward every ``--curve-every`` epochs (the curves and samples-to-score), the fixed
+evaluation set (100 prompts × seeds, the same for every run) before and after training, the optimizer steps taken,
+the mean clip fraction, the KL to the base model along the evaluation trajectories, RWR's effective sample size and
+the share of digits the classifier still reads as prompted on every seed (what a run destroys).
 
 Settings (``cpu`` preset): the embedded model with 10-step episodes (``--num-steps 20``: its own 20), LoRA rank 4
 (the paper's method), 64 samples per rollout in micro-batches of 32 (≥ 32 samples per optimizer step) trained on
 every step, 3 steps per pass, matmul attention, DDPO-IS clip 1e-3, RWR at τ = 1 (effective sample size ≈ 37 % of a
 rollout). Runs are independent one-thread processes run by :mod:`benchmarks.harness` (``--workers``; each job's log
 in ``runs/benchmarks/NAME/JOB/job.log``); finished runs are kept in the JSON as they complete, so an interrupted
-benchmark continues (``--resume``). The rates are chosen on the evaluation set the main run reports (the sweep
-trains on another seed but scores the same prompts and sampling seeds): the JSON's ``settings_from`` says so.
+benchmark continues (``--resume``). The JSON's ``settings_from`` says which split chose the rates.
 ``--epochs`` makes it larger; ``--preset gpu`` runs a Stable Diffusion folder (``--model``) with the paper's settings.
 
-Writes ``benchmarks/results/algorithms.{json,md,png}`` and summary.json's ``algorithms`` (final evaluation reward
-per reward × agent, mean over seeds) and ``algorithms_optimizer_steps``.
+Writes ``benchmarks/results/algorithms.{json,md,png}`` (the report: :mod:`benchmarks.algorithms_report`) and
+summary.json's ``algorithms`` (final evaluation reward per reward × agent, mean over seeds),
+``algorithms_optimizer_steps`` and ``algorithms_samples_to_score``.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from typing import Any
 import numpy as np
 
 from agents.job.train import TrainConfig
+from benchmarks.algorithms_report import markdown, plot, samples_to_gain
 from benchmarks.algorithms_sweep import (
-    LABELS,
+    MIN_AGREEMENT,
     SWEEP_RATES,
-    SWEEP_REWARD,
-    SWEEP_SEED,
+    SWEEP_SEEDS,
+    VALIDATION_EVAL_SEED,
     best_rates,
     parse_rates,
+    rate_for,
     rates_source,
     sweep_markdown,
     sweep_table,
@@ -48,17 +51,14 @@ from benchmarks.algorithms_sweep import (
 from benchmarks.harness import Grid, GridRun, Job, add_arguments, job_id, output_dir, settings_with
 from benchmarks.record import command_line, update_summary
 from benchmarks.reports import (
-    cell,
     curve_stats,
     mean_present,
     over_seeds,
-    provenance,
     summary_env,
-    wall_time,
     write_report,
 )
 
-AGENTS = ("ddpo-is", "ddpo-sf", "rwr")
+AGENTS = ("ddpo-is", "ddpo-sf", "rwr", "awm", "diffusion-nft")
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility")  # the paper's Fig. 4 pair: the default invocation
 ALL_REWARDS = (*REWARDS, "digit_margin")  # --rewards all: with the prompt-dependent digit margin
 
@@ -76,8 +76,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: DDPO-IS's clip range 1e-3: the ratio of a mean-reduced log-prob over 256 pixels varies ~8× more per update than
 #: over Stable Diffusion's 16,384 latent values, so 1e-3 here plays the role of the paper's 1e-4 (with 1e-4 and
 #: LoRA, make train's job moved +0.2 std in 12 epochs; configs/make_train.toml).
-AGENT_SETTINGS: dict[str, dict[str, Any]] = {"ddpo-is": {"clip_range": 1e-3}, "rwr": {"temperature": 1.0}}
-DEFAULT_RATES = {"ddpo-is": 3e-3, "ddpo-sf": 3e-3, "rwr": 3e-3, "rwr-sparse": 3e-3}  # until a sweep says better
+#: The matching losses (AWM, DiffusionNFT) take the advantages of GRPO-style groups of 8 samples of one prompt, as
+#: both papers do.
+AGENT_SETTINGS: dict[str, dict[str, Any]] = {"ddpo-is": {"clip_range": 1e-3}, "rwr": {"temperature": 1.0},
+                                            "awm": {"group_advantages": True, "group_size": 8},
+                                            "diffusion-nft": {"group_advantages": True, "group_size": 8}}
+DEFAULT_RATE = 3e-3  # an agent's rate until a sweep says better
+CURVE_EVERY = 4  # epochs between the main run's evaluations (its last is the job's own final evaluation)
 
 
 KEY_FIELDS = ("agent", "reward", "seed", "learning_rate")  # what names a run (its job id)
@@ -87,9 +92,13 @@ def train_job(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """A harness job (in a worker process): one training run, its reward history, evaluations, diagnostics and
     time."""
     from agents.job.train import train
+    from benchmarks.reward_curve import RewardCurve, with_final
 
-    cfg = TrainConfig.from_flat({**job, "output_dir": output_dir(run_dir)})
-    result = train(cfg)
+    settings = dict(job)
+    every = settings.pop("curve_every", 0)
+    cfg = TrainConfig.from_flat({**settings, "output_dir": output_dir(run_dir)})
+    curve = RewardCurve(cfg, every) if every else None
+    result = train(cfg, callbacks=[curve] if curve else [])
     m = result.metrics
     epochs = m["epochs"]
 
@@ -98,7 +107,9 @@ def train_job(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     return {
         "agent": cfg.agent, "reward": cfg.reward, "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate,
-        "train_reward_mean": [e["reward_mean"] for e in epochs],
+        "eval_seed": cfg.eval_seed, "train_reward_mean": [e["reward_mean"] for e in epochs],
+        "eval_curve": with_final(curve.points, cfg, m["train_seconds"], float(result.after.rewards.mean()))
+        if curve else None,
         "eval_before": result.before.rewards.tolist(), "eval_after": result.after.rewards.tolist(),
         "optimizer_steps": int(epochs[-1].get("optimizer_steps", 0)),
         "clip_fraction": mean_of("clip_fraction"), "effective_sample_size": mean_of("effective_sample_size"),
@@ -137,68 +148,28 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str])
                 **{key: mean_present([r.get(key) for r in mine]) for key in (
                     "optimizer_steps", "clip_fraction", "kl_to_base", "effective_sample_size", "agreement_before",
                     "agreement_after")},
+                **_floor(mine), **_eval_curves(mine, float(initial_std)),
             }
     return table
 
 
-def plot(table: dict[str, dict[str, Any]], samples_per_epoch: int, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.4), dpi=120, squeeze=False)
-    for ax, (reward, per_agent) in zip(axes[0], table.items(), strict=True):
-        for agent, row in per_agent.items():
-            mean, std = np.array(row["curve_mean"]), np.array(row["curve_std"])
-            samples = samples_per_epoch * np.arange(1, len(mean) + 1)
-            ax.plot(samples, mean, label=LABELS.get(agent, agent))
-            ax.fill_between(samples, mean - std, mean + std, alpha=0.2)
-        ax.set_title(reward, fontsize=9)
-        ax.set_xlabel("samples")
-        ax.set_ylabel("training reward (mean ± std over seeds)", fontsize=7)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def _floor(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The digits-read floor on every seed: the worst seed's share and how many seeds keep the floor."""
+    read = [r["agreement_after"] for r in runs if r.get("agreement_after") is not None]
+    return {"agreement_min": min(read), "floor_kept": sum(a >= MIN_AGREEMENT for a in read)} if read else {}
 
 
-def markdown(data: dict[str, Any], png: str, title: str = "RL algorithms on diffusion") -> str:
-    table, env_info, settings = data["table"], data["environment"], data["settings"]
-    agents = list(dict.fromkeys(a for per_agent in table.values() for a in per_agent))
-    lines = [
-        f"# {title}\n",
-        *provenance(env_info, data["settings_from"]),
-        "Final reward on the fixed evaluation set (100 prompts × seeds), mean ± std over seeds; in brackets the "
-        "gain over the untrained model in units of its per-sample std. Same settings and samples for all: "
-        + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; learning rates per algorithm below.\n",
-        "| reward | before | " + " | ".join(LABELS.get(a, a) for a in agents) + " |",
-        "|---|---|" + "---|" * len(agents),
-    ]
-    for reward, per_agent in table.items():
-        before = next(iter(per_agent.values()))["eval_before"]
-        cells = [f"{per_agent[a]['eval_after_mean']:.3f} ± {per_agent[a]['eval_after_std']:.3f} "
-                 f"({per_agent[a]['gain_in_initial_std']:+.2f})" if a in per_agent else "–" for a in agents]
-        lines.append(f"| {reward} | {before:.3f} | " + " | ".join(cells) + " |")
-    lines += ["\nPer run (means over seeds): learning rate, optimizer steps, mean clip fraction (DDPO-IS), KL to the "
-              "base model along the evaluation trajectories, effective sample size of a rollout (RWR), digits the "
-              "classifier reads as prompted after training (before: "
-              + cell(mean_present([r.get("agreement_before") for p in table.values() for r in p.values()]), ".0%")
-              + ").\n",
-              "| reward | agent | lr | optimizer steps | clip fraction | KL to base | ESS | digits read | "
-              "gain per seed (std) | min/run |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for reward, per_agent in table.items():
-        for agent, r in per_agent.items():
-            lines.append(
-                f"| {reward} | {LABELS.get(agent, agent)} | {r['learning_rate']:g} "
-                f"| {cell(r['optimizer_steps'], '.0f')} | {cell(r['clip_fraction'], '.3f')} "
-                f"| {cell(r['kl_to_base'], '.3g')} "
-                f"| {cell(r['effective_sample_size'], '.1f')} | {cell(r['agreement_after'], '.0%')} | "
-                + ", ".join(f"{g:+.2f}" for g in r["gain_in_initial_std_per_seed"])
-                + f" | {r['minutes_per_run']:.1f} |")
-    lines += [*wall_time(env_info), f"\n![reward vs samples]({png})\n"]
-    return "\n".join(lines)
+def _eval_curves(runs: list[dict[str, Any]], initial_std: float) -> dict[str, Any]:
+    """The evaluation-reward curves' mean and std over seeds and each run's curve as gains (none without curves)."""
+    from benchmarks.reward_curve import gains
+
+    curves = [r.get("eval_curve") for r in runs]
+    if not all(curves) or len({len(c) for c in curves}) != 1:
+        return {}
+    mean, std = curve_stats([[p["reward"] for p in c] for c in curves])
+    return {"eval_curve_samples": [p["samples"] for p in curves[0]], "eval_curve_mean": mean, "eval_curve_std": std,
+            "eval_curve_gains": [gains(c, float(np.mean(r["eval_before"])), initial_std)
+                                 for c, r in zip(curves, runs, strict=True)]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -207,9 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default=None, help="override the preset's model (gpu: a Stable Diffusion folder)")
     parser.add_argument("--agents", default=",".join(AGENTS))
     parser.add_argument("--rewards", default=None,
-                        help=f"default: {','.join(REWARDS)}; 'all': {','.join(ALL_REWARDS)}; "
-                             f"with --sweep: {SWEEP_REWARD}")
-    parser.add_argument("--seeds", type=int, default=3)
+                        help=f"default: {','.join(REWARDS)}; 'all': {','.join(ALL_REWARDS)}")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"training seeds per agent and reward (default 3; the sweep: 2 of {SWEEP_SEEDS})")
+    parser.add_argument("--curve-every", type=int, default=CURVE_EVERY,
+                        help="epochs between the main run's evaluations of the curves and samples-to-score (0: none)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--samples-per-epoch", type=int, default=None)
     parser.add_argument("--num-steps", type=int, default=None,
@@ -218,8 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="override the preset's LoRA rank 4; 0 fine-tunes the whole UNet (give it its own --name "
                              "and --sweep: its learning rates differ)")
     parser.add_argument("--sweep", action="store_true",
-                        help=f"the learning-rate sweep: rates {SWEEP_RATES} on seed {SWEEP_SEED} (--rates to change)")
-    parser.add_argument("--rates", default=",".join(str(r) for r in SWEEP_RATES),
+                        help="the learning-rate sweep: each agent's rates of algorithms_sweep.SWEEP_RATES on its own "
+                             "training seeds, scored on the validation set (--rates to change)")
+    parser.add_argument("--rates", default=None,
                         help="the sweep's rates: 1e-3,3e-3 for every agent, or ddpo-is=5e-3,rwr=2e-3 per agent "
                              "(with --resume, added to the runs already there)")
     add_arguments(parser, "algorithms", name_help="results file stem: NAME.{json,md,png}; the sweep writes (and the "
@@ -234,20 +208,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--preset gpu needs --model: a local Stable Diffusion folder (save_pretrained)")
     base = {**settings, "tensorboard": False, "image_every": 0, "save_every": 0, "keep_last": 1}
     agents = args.agents.split(",")
-    rewards = (args.rewards or (SWEEP_REWARD if args.sweep else ",".join(REWARDS))).replace(
+    rewards = (args.rewards or ",".join(REWARDS)).replace(
         "all", ",".join(ALL_REWARDS)).split(",")
     results_dir = Path(args.results_dir)
     sweep_json = results_dir / f"{args.name}_sweep.json"
     chosen = best_rates(sweep_json)
-    rates = {**DEFAULT_RATES, **chosen}
     if args.sweep:
-        per_agent = parse_rates(args.rates, agents)
-        grid = [(a, r, SWEEP_SEED, lr) for r in rewards for a in agents for lr in per_agent.get(a, [])]
+        if args.seeds is not None and args.seeds > len(SWEEP_SEEDS):
+            parser.error(f"--sweep --seeds {args.seeds}: the sweep has {len(SWEEP_SEEDS)} seeds of its own")
+        per_agent = (parse_rates(args.rates, agents) if args.rates
+                     else {a: list(SWEEP_RATES.get(a, (DEFAULT_RATE,))) for a in agents})
+        seeds = SWEEP_SEEDS[:args.seeds or len(SWEEP_SEEDS)]
+        grid = [(a, r, s, lr) for r in rewards for a in agents for lr in per_agent.get(a, []) for s in seeds]
+        extra: dict[str, Any] = {"eval_seed": VALIDATION_EVAL_SEED}
     else:
-        grid = [(a, r, s, rates[a]) for r in rewards for s in range(args.seeds) for a in agents]
-    jobs = [Job(job_id(a, r, s, lr), TrainConfig.from_flat({**base, **AGENT_SETTINGS.get(a, {}), "agent": a,
-                                                             "reward": r, "seed": s, "learning_rate": lr}).to_flat())
-            for a, r, s, lr in grid]
+        grid = [(a, r, s, rate_for(chosen, a, r, DEFAULT_RATE)) for r in rewards for s in range(args.seeds or 3)
+                for a in agents]
+        extra = {}
+    jobs = [Job(job_id(a, r, s, lr), {**TrainConfig.from_flat({
+        **base, **AGENT_SETTINGS.get(a, {}), **extra, "agent": a, "reward": r, "seed": s, "learning_rate": lr,
+    }).to_flat(), **({"curve_every": args.curve_every} if args.curve_every and not args.sweep else {})})
+        for a, r, s, lr in grid]
     runner = GridRun.from_args(
         Grid(name, train_job, jobs, KEY_FIELDS, rates_source(args.sweep, sweep_json, chosen, agents),
              {"settings": settings, "agent_settings": AGENT_SETTINGS}),
@@ -270,13 +251,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          f"{settings['model']} model, {settings.get('num_steps', 'default')} steps, "
          f"LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
          f"{settings['epochs']} × {settings['samples_per_epoch']} samples per run")
+    data["samples_to_score"] = samples_to_gain(table)
     write_report(results_dir, name, markdown(data, png.name))
     figures = {reward: {agent: row["eval_after_mean"] for agent, row in per_agent.items()}
                for reward, per_agent in table.items()}
     steps = {agent: row["optimizer_steps"] for per_agent in table.values() for agent, row in per_agent.items()}
-    update_summary({name: (figures, "final evaluation reward, mean over seeds"),
-                    f"{name}_optimizer_steps": (steps, "optimizer steps per run (equal samples per run)")},
-                   summary_env(data["environment"]), results_dir)
+    entries = {name: (figures, "final evaluation reward, mean over seeds"),
+               f"{name}_optimizer_steps": (steps, "optimizer steps per run (equal samples per run)")}
+    if data["samples_to_score"]:
+        medians = {reward: {agent: {t: c["median_samples"] for t, c in per.items()}
+                            for agent, per in row["thresholds"].items()}
+                   for reward, row in data["samples_to_score"].items()}
+        entries[f"{name}_samples_to_score"] = (medians, "median training samples to first reach each evaluation "
+                                                        "gain (untrained model's stds; None: not reached)")
+    update_summary(entries, summary_env(data["environment"]), results_dir)
     return data
 
 

@@ -124,13 +124,8 @@ def _samples_to_score_table(data: dict[str, Any]) -> list[str]:
     if ratio:
         lines.append("")
         for agent, r in ratio.items():
-            if r["ratio"] is None:
-                what = f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)"
-            elif r["ratio"] >= 1:
-                what = f"{r['ratio']:.2f}× fewer samples than GRPO"
-            else:
-                what = f"{1 / r['ratio']:.2f}× more samples than GRPO"
-            lines.append(f"* {LABELS.get(agent, agent)} to GRPO's final evaluation score ({r['score']:.1%}): {what}.")
+            lines.append(f"* {LABELS.get(agent, agent)} to GRPO's final evaluation score ({r['score']:.1%}): "
+                         f"{sts.ratio_text(r, 'GRPO')}.")
     return lines
 
 

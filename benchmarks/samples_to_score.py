@@ -34,13 +34,13 @@ def median_with_misses(values: Sequence[float | None]) -> float | None:
     return None if not np.isfinite(median) else median
 
 
-def samples_to_score(curves: Sequence[Sequence[dict[str, float]]], thresholds: Sequence[float] = THRESHOLDS
-                     ) -> dict[str, dict[str, Any]]:
-    """Per threshold (as a string, e.g. "0.65"): each seed's samples and seconds to reach it, the seeds that did,
-    and the medians (:func:`median_with_misses`)."""
+def samples_to_score(curves: Sequence[Sequence[dict[str, float]]], thresholds: Sequence[float] = THRESHOLDS,
+                     key: str = "overall") -> dict[str, dict[str, Any]]:
+    """Per threshold (as a string, e.g. "0.65"): each seed's samples and seconds to reach it (its points' ``key``),
+    the seeds that did, and the medians (:func:`median_with_misses`)."""
     table = {}
     for threshold in thresholds:
-        hits = [first_reaching(points, threshold) for points in curves]
+        hits = [first_reaching(points, threshold, key) for points in curves]
         samples = [None if h is None else float(h["samples"]) for h in hits]
         seconds = [None if h is None else float(h["seconds"]) for h in hits]
         table[f"{threshold:g}"] = {"samples": samples, "seconds": seconds, "reached": sum(h is not None for h in hits),
@@ -49,29 +49,42 @@ def samples_to_score(curves: Sequence[Sequence[dict[str, float]]], thresholds: S
     return table
 
 
-def final_score(curves: Sequence[Sequence[dict[str, float]]]) -> float:
+def final_score(curves: Sequence[Sequence[dict[str, float]]], key: str = "overall") -> float:
     """The mean over seeds of the last evaluation of each curve."""
-    return float(np.mean([points[-1]["overall"] for points in curves]))
+    return float(np.mean([points[-1][key] for points in curves]))
 
 
-def efficiency_ratio(reference: Sequence[Sequence[dict[str, float]]], other: Sequence[Sequence[dict[str, float]]]
-                     ) -> dict[str, Any]:
+def efficiency_ratio(reference: Sequence[Sequence[dict[str, float]]], other: Sequence[Sequence[dict[str, float]]],
+                     key: str = "overall") -> dict[str, Any]:
     """How many times fewer samples ``other`` needs than ``reference`` to reach the reference's final score (the mean
     of its seeds' last evaluations): ratio = median samples of the reference / median samples of the other (None when
     the other's median never gets there)."""
-    target = final_score(reference)
-    ref = samples_to_score(reference, [target])[f"{target:g}"]
-    mine = samples_to_score(other, [target])[f"{target:g}"]
+    target = final_score(reference, key)
+    ref = samples_to_score(reference, [target], key)[f"{target:g}"]
+    mine = samples_to_score(other, [target], key)[f"{target:g}"]
     ratio = (None if mine["median_samples"] is None or ref["median_samples"] is None
              else ref["median_samples"] / mine["median_samples"])
     return {"score": target, "reference_samples": ref["median_samples"], "samples": mine["median_samples"],
             "reached": mine["reached"], "seeds": mine["seeds"], "ratio": ratio}
 
 
-def markdown(table: dict[str, dict[str, dict[str, Any]]], labels: dict[str, str]) -> list[str]:
-    """Per agent and threshold: the median samples and minutes of training, and the seeds that reached it."""
+def ratio_text(r: dict[str, Any], reference: str) -> str:
+    """One :func:`efficiency_ratio` in words, against the agent named ``reference``."""
+    if r["reference_samples"] is None:
+        return f"{reference}'s own median seed never reaches its mean final score, so there is no ratio"
+    if r["samples"] is None:
+        return f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)"
+    if r["ratio"] >= 1:
+        return f"{r['ratio']:.2f}× fewer samples than {reference}"
+    return f"{1 / r['ratio']:.2f}× more samples than {reference}"
+
+
+def markdown(table: dict[str, dict[str, dict[str, Any]]], labels: dict[str, str], score_format: str = ".0%"
+             ) -> list[str]:
+    """Per agent and threshold: the median samples and minutes of training, and the seeds that reached it
+    (thresholds shown with ``score_format``)."""
     thresholds = list(next(iter(table.values())))
-    lines = ["| agent | " + " | ".join(f"to {float(t):.0%}: samples (min)" for t in thresholds) + " |",
+    lines = ["| agent | " + " | ".join(f"to {float(t):{score_format}}: samples (min)" for t in thresholds) + " |",
              "|---|" + "---|" * len(thresholds)]
     for agent, row in table.items():
         cells = []

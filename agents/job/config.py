@@ -32,7 +32,7 @@ class TrainConfig:
     """One training job: the job's own settings, the env's (``env``) and the agent's (``algorithm``)."""
 
     agent: str = "ddpo-is"
-    """ddpo-is | ddpo-sf | rwr | rwr-sparse."""
+    """ddpo-is | ddpo-sf | rwr | rwr-sparse | awm | diffusion-nft (agents.AGENT_CONFIGS)."""
     reward: str = "jpeg_compressibility"
     """A reward: a built-in name, your own as package.module:function (fn(images, prompts) -> rewards, or a
     rewards.Scorer subclass), or a weighted sum such as 'jpeg_compressibility=1,mypkg.rewards:sharp=2'."""
@@ -66,6 +66,9 @@ class TrainConfig:
     """Epochs between captioned sample grids in TensorBoard (0: none)."""
     evaluate: bool = True
     """Evaluate 100 fixed prompts and seeds before and after training (the PNGs need it)."""
+    eval_seed: int = 10_000
+    """Seed of the fixed evaluation set's initial noise and sampling noise. Choose settings on another seed (a
+    validation set) than the one you report, so the reported numbers are not the ones the settings were tuned on."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     collective_timeout_s: int = 3600

@@ -66,7 +66,7 @@ from ddpo_env.prompts import PromptSource
 from rewards import REWARDS
 from rewards.combine import resolve_reward, weighted_sum
 
-EVAL_SEED = 10_000  # x_T and sampling noise of the fixed evaluation set (before = after = eval command)
+EVAL_SEED = TrainConfig.eval_seed  # the fixed evaluation set's seed by default (and `ddpo evaluate`'s)
 
 
 class TrainResult(NamedTuple):
@@ -243,14 +243,15 @@ def claim_output_dir(out: Path, overwrite: bool, main: bool) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, resumed: bool) -> EvaluationResult:
+def _evaluate_before(agent: Any, eval_env: Any, prompts: list[str], out: Path, resumed: bool, seed: int
+                     ) -> EvaluationResult:
     """The untrained model's evaluation on the fixed set, kept in before.npz (arrays ``images`` (N, H, W, 3) uint8
     and ``rewards`` (N,)) so a resumed job reuses it rather than evaluating the base model again."""
     path = out / "before.npz"
     if resumed and path.is_file():
         saved = np.load(path)
         return EvaluationResult(saved["images"], saved["rewards"], prompts)
-    result = evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED, progress=True)
+    result = evaluate_policy(agent.policy, eval_env, prompts, seed=seed, progress=True)
     np.savez(path, images=result.images, rewards=result.rewards)
     return result
 
@@ -309,7 +310,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     eval_env = (build_env(cfg, num_envs=25, model=env.unwrapped.backend, rewards=rewards)
                 if evaluate or grids or monitoring else None)
     prompts = evaluation_prompts(env)
-    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None) if evaluate else None
+    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None, cfg.eval_seed) if evaluate else None
     if ranks:
         ranks.barrier()  # the other ranks wait for rank 0's evaluation
 
@@ -340,7 +341,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
         return TrainResult(metrics, None, None, agent)
     with agent.ema_weights():  # the EMA weights when ema_decay > 0
         # with LoRA the base model is the adapter switched off: the KL to it along the evaluation trajectories is cheap
-        after = (evaluate_policy(agent.policy, eval_env, prompts, seed=EVAL_SEED, kl=agent.policy.lora_rank > 0,
+        after = (evaluate_policy(agent.policy, eval_env, prompts, seed=cfg.eval_seed, kl=agent.policy.lora_rank > 0,
                                  progress=True) if evaluate else None)
         exported = export_weights(agent.policy, out)
     plot_rewards(progress.history, None if before is None else float(before.rewards.mean()),
