@@ -47,36 +47,72 @@ def test_algorithms_benchmark_writes_curves_table_and_summary_and_resumes(tmp_pa
     assert summary["command"].endswith("--report-only")  # the command that wrote these figures
 
 
-def test_algorithms_sweep_picks_each_agents_best_rate_for_the_main_run(tmp_path):
+def test_algorithms_sweep_picks_each_agents_best_rate_on_the_validation_set_for_the_main_run(tmp_path):
     argv = ["--model", "tiny", "--agents", "ddpo-is", "--epochs", "1", "--samples-per-epoch", "4",
-            "--num-steps", "2", "--workers", "1", "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+            "--num-steps", "2", "--workers", "1", "--rewards", "jpeg_compressibility",
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
     argv += ["--name", "mine"]  # the sweep writes mine_sweep.*, which the main run mine.* reads
-    sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2"])
-    assert {r["seed"] for r in sweep["runs"]} == {algorithms_sweep.SWEEP_SEED}
+    sweep = algorithms.main([*argv, "--sweep", "--rates", "1e-4,1e-2", "--seeds", "1"])
+    assert {r["seed"] for r in sweep["runs"]} == {algorithms_sweep.SWEEP_SEEDS[0]}
+    assert {r["eval_seed"] for r in sweep["runs"]} == {algorithms_sweep.VALIDATION_EVAL_SEED}
     assert {r["learning_rate"] for r in sweep["runs"]} == {1e-4, 1e-2}
     gains = {r["learning_rate"]: np.mean(r["eval_after"]) - np.mean(r["eval_before"]) for r in sweep["runs"]}
     best = max(gains, key=gains.get)
-    assert algorithms_sweep.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": best}
+    assert algorithms_sweep.best_rates(tmp_path / "mine_sweep.json") == {"ddpo-is": {"jpeg_compressibility": best}}
     md = (tmp_path / "mine_sweep.md").read_text()
     other = next(rate for rate in gains if rate != best)  # gains can tie on a tiny model: not min(gains)
-    assert f"| DDPO-IS | **{best:g}** |" in md and f"| DDPO-IS | {other:g} |" in md
-    main = algorithms.main([*argv, "--seeds", "1", "--rewards", "jpeg_compressibility", "--lora-rank", "0"])
+    assert f"| DDPO-IS | {best:g} | **" in md and f"| DDPO-IS | {other:g} | " in md
+    assert f"| DDPO-IS | {other:g} | **" not in md
+    main = algorithms.main([*argv, "--seeds", "1", "--lora-rank", "0"])
     assert [r["learning_rate"] for r in main["runs"]] == [best]
     assert main["settings"]["lora_rank"] == 0 and (tmp_path / "mine.md").is_file()
+    assert main["settings_from"]["split"] == "validation"  # the rates were not chosen on the reported seeds
+    # the main run reports the test set: the same prompts at other noise, so the untrained model scores otherwise
+    assert main["runs"][0]["eval_seed"] == algorithms_sweep.TEST_EVAL_SEED
+    assert main["runs"][0]["eval_before"] != sweep["runs"][0]["eval_before"]
 
 
-def test_sweep_rate_choice_skips_rates_that_destroy_the_digits(tmp_path):
-    def run(agent, rate, gain, agreement):  # before: mean 0, std 1 → the gain is after's mean
+def test_main_run_records_evaluation_curves_and_samples_to_score(tmp_path):
+    argv = ["--model", "tiny", "--agents", "ddpo-is,awm", "--rewards", "jpeg_compressibility", "--seeds", "1",
+            "--epochs", "3", "--samples-per-epoch", "8", "--num-steps", "2", "--workers", "1", "--curve-every", "1",
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    data = algorithms.main(argv)
+    for run in data["runs"]:  # epochs 1, 2 by the callback and the job's own final evaluation at 3
+        assert [p["samples"] for p in run["eval_curve"]] == [8, 16, 24]
+        assert run["eval_curve"][-1]["reward"] == pytest.approx(np.mean(run["eval_after"]))
+        assert all(np.isfinite(p["reward"]) for p in run["eval_curve"])
+    row = data["table"]["jpeg_compressibility"]["awm"]
+    assert row["eval_curve_samples"] == [8, 16, 24] and len(row["eval_curve_gains"]) == 1
+    to_gain = data["samples_to_score"]["jpeg_compressibility"]
+    assert set(to_gain["thresholds"]) == {"ddpo-is", "awm"} and set(to_gain["efficiency"]) == {"awm"}
+    md = (tmp_path / "algorithms.md").read_text()
+    assert "## Samples to score" in md and "![evaluation reward vs samples]" in md
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["algorithms_samples_to_score"]["value"]["jpeg_compressibility"]) == {"ddpo-is", "awm"}
+
+
+def test_sweep_rate_choice_skips_rates_that_destroy_the_digits_on_any_seed(tmp_path):
+    def run(agent, rate, gain, agreement, reward="jpeg_compressibility"):  # before: mean 0, std 1 → gain = after
         return {"agent": agent, "learning_rate": rate, "eval_before": [-1.0, 1.0], "eval_after": [gain, gain],
-                "agreement_after": agreement}
+                "agreement_after": agreement, "reward": reward}
 
     runs = [run("ddpo-is", 1e-3, 0.5, 1.0), run("ddpo-is", 3e-3, 1.5, 0.9), run("ddpo-is", 1e-2, 3.0, 0.5),
             run("rwr", 1e-3, 0.2, 0.7), run("rwr", 3e-3, 2.0, 0.6),  # no rate keeps 80 %: the one keeping most
-            run("ddpo-sf", 1e-3, 0.1, None), run("ddpo-sf", 3e-3, 0.4, None)]  # no digit measure: best gain
+            run("ddpo-sf", 1e-3, 0.1, None), run("ddpo-sf", 3e-3, 0.4, None),  # no digit measure: best gain
+            # a second reward, two seeds a rate: 3e-3 gains most but one of its seeds falls under the floor
+            run("ddpo-is", 1e-3, 0.5, 0.9, "r2"), run("ddpo-is", 1e-3, 0.7, 0.9, "r2"),
+            run("ddpo-is", 3e-3, 2.0, 0.95, "r2"), run("ddpo-is", 3e-3, 2.0, 0.7, "r2")]
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"runs": runs}))
-    assert algorithms_sweep.best_rates(path) == {"ddpo-is": 3e-3, "rwr": 1e-3, "ddpo-sf": 3e-3}
-    assert algorithms_sweep.best_rates(path, min_agreement=0.0) == {"ddpo-is": 1e-2, "rwr": 3e-3, "ddpo-sf": 3e-3}
+    c = "jpeg_compressibility"
+    assert algorithms_sweep.best_rates(path) == {"ddpo-is": {c: 3e-3, "r2": 1e-3}, "rwr": {c: 1e-3},
+                                                 "ddpo-sf": {c: 3e-3}}
+    assert algorithms_sweep.best_rates(path, min_agreement=0.0) == {"ddpo-is": {c: 1e-2, "r2": 3e-3},
+                                                                    "rwr": {c: 3e-3}, "ddpo-sf": {c: 3e-3}}
+    chosen = algorithms_sweep.best_rates(path)
+    assert algorithms_sweep.rate_for(chosen, "ddpo-is", "r2", 5e-3) == 1e-3
+    assert algorithms_sweep.rate_for(chosen, "rwr", "r2", 5e-3) == 1e-3  # not swept on r2: its rate on the other
+    assert algorithms_sweep.rate_for(chosen, "awm", "r2", 5e-3) == 5e-3  # not swept at all: the default
 
 
 def test_sweep_rates_flag_takes_shared_or_per_agent_rates():

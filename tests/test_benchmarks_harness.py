@@ -137,8 +137,12 @@ def test_the_settings_source_is_a_known_split_recorded_in_the_json_and_the_repor
     assert compositional_task.SETTINGS_FROM.split == "test" and "seeds 0 and 1" in compositional_task.SETTINGS_FROM.how
     sweep = tmp_path / "algorithms_sweep.json"
     assert algorithms_sweep.rates_source(False, sweep, {}, ["rwr"]).split == "none"  # no sweep: the defaults
-    chosen = algorithms_sweep.rates_source(False, sweep, {"rwr": 3e-3}, ["rwr", "ddpo-sf"])
-    assert chosen.split == "test" and "seed 100" in chosen.how and "ddpo-sf at the default rate" in chosen.how
+    rates = {"rwr": {"jpeg_compressibility": 3e-3}}
+    sweep.write_text(json.dumps({"runs": [{"agent": "rwr", "eval_seed": algorithms_sweep.VALIDATION_EVAL_SEED}]}))
+    chosen = algorithms_sweep.rates_source(False, sweep, rates, ["rwr", "ddpo-sf"])
+    assert chosen.split == "validation" and "ddpo-sf at the default rate" in chosen.how
+    sweep.write_text(json.dumps({"runs": [{"agent": "rwr"}]}))  # a sweep from before eval_seed: the test set's
+    assert algorithms_sweep.rates_source(False, sweep, rates, ["rwr"]).split == "test"
     assert algorithms_sweep.rates_source(True, sweep, {}, ["rwr"]).split == "none"  # the sweep reports every rate
     assert kl_frontier.SETTINGS_FROM.split == "train"
 

@@ -240,7 +240,7 @@ def test_the_evaluation_curve_scores_the_policy_every_few_epochs_without_countin
 
 
 def test_samples_to_score_takes_each_seeds_first_evaluation_at_the_threshold_and_counts_misses():
-    from benchmarks.samples_to_score import efficiency_ratio, samples_to_score
+    from benchmarks.samples_to_score import efficiency_ratio, ratio_text, samples_to_score
 
     def curve(*scores):
         return [{"samples": 64 * (i + 1), "seconds": 10.0 * (i + 1), "overall": s} for i, s in enumerate(scores)]
@@ -256,6 +256,15 @@ def test_samples_to_score_takes_each_seeds_first_evaluation_at_the_threshold_and
     assert ratio["score"] == pytest.approx((0.62 + 0.71 + 0.58) / 3)
     assert ratio["reference_samples"] == 128 and ratio["samples"] == 64 and ratio["ratio"] == 2.0
     assert efficiency_ratio(curves, [curve(0.5, 0.5, 0.5)] * 3)["ratio"] is None
+    assert ratio_text(ratio, "GRPO") == "2.00× fewer samples than GRPO"
+    later = efficiency_ratio([curve(0.6, 0.6, 0.6)] * 3, [curve(0.5, 0.6, 0.6)] * 3)  # 128 samples against 64
+    assert ratio_text(later, "NFT") == "2.00× more samples than NFT"
+    assert ratio_text(efficiency_ratio(curves, [curve(0.5, 0.5, 0.5)] * 3), "GRPO").startswith("not reached")
+    slow_reference = [curve(0.5, 0.5, 0.7), curve(0.5, 0.5, 0.5), curve(0.5, 0.5, 0.5)]  # its median never gets there
+    assert "own median seed never reaches" in ratio_text(efficiency_ratio(slow_reference, fast), "GRPO")
+    # another score key, as the algorithms benchmark's gain curves use
+    gains = [[{**p, "gain": 10 * p["overall"]} for p in c] for c in curves]
+    assert samples_to_score(gains, [6.5], key="gain")["6.5"]["median_samples"] == 192
 
 
 @pytest.mark.slow  # starts worker processes (benchmarks.harness)
