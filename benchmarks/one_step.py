@@ -10,6 +10,10 @@ largest, and along random directions; with DDPO's uniform loss and with ``step_w
 weights, and is discarded by the others). Writes ``benchmarks/results/one_step.{json,md}`` and summary.json's
 ``step_gradient_max_share`` (the largest step share, mean over seeds) and ``one_step_test_seeds_up`` (seeds whose
 step along the whole gradient raises the reward by > 2 standard errors), each per weighting.
+
+``--model shapes``: the same on the shapes task's benchmark settings (:mod:`benchmarks.compositional_task`: GRPO-style
+DDPO-IS, groups of 8, steps 0-3 trained, lr 3e-3, ``geneval_strict``, the task's 100 evaluation samples); writes
+one_step_shapes.{json,md} and the summary keys with ``_shapes`` appended.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ WEIGHTS = ("uniform", "sensitivity", "gradient")
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=7e-3, help="DDPO-IS's (the algorithms sweep's best)")
+    parser.add_argument("--model", choices=("default", "shapes"), default="default")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="default: DDPO-IS's 7e-3 on the default model (the algorithms sweep's best), GRPO's 3e-3 "
+                             "on shapes (the agents sweep's)")
     parser.add_argument("--controls", type=int, default=3)
     parser.add_argument("--step-weights", default=",".join(WEIGHTS),
                         help="the step_weights settings measured, each on the same rollouts (comma-separated)")
@@ -42,8 +49,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from agents.job.diagnose_gradients import run
 
     env_info = environment(command_line("benchmarks.one_step", argv))
-    settings = {**PRESETS["cpu"], **AGENT_SETTINGS["ddpo-is"], "agent": "ddpo-is", "reward": "jpeg_compressibility",
-                "learning_rate": args.learning_rate, "threads": 1}
+    if args.model == "shapes":
+        from benchmarks import compositional_task as shapes
+
+        settings = {**shapes.PRESETS["cpu"], **shapes.AGENT_SETTINGS["grpo"], "reward": "geneval_strict",
+                    "threads": 1, "learning_rate": args.learning_rate or 3e-3}
+        name, suffix, setting = "one_step_shapes", "_shapes", "the shapes benchmark's settings (GRPO)"
+    else:
+        settings = {**PRESETS["cpu"], **AGENT_SETTINGS["ddpo-is"], "agent": "ddpo-is",
+                    "reward": "jpeg_compressibility", "learning_rate": args.learning_rate or 7e-3, "threads": 1}
+        name, suffix, setting = "one_step", "", "the algorithms benchmark's settings"
     arms: dict[str, list[dict[str, Any]]] = {}
     start = time.perf_counter()
     for weights in args.step_weights.split(","):
@@ -60,14 +75,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     max_share = {w: float(np.mean([max(s["shares"].values()) for s in seeds])) for w, seeds in arms.items()}
     up = {w: sum(s["directions"][0]["raises"] for s in seeds) for w, seeds in arms.items()}
     results_dir = Path(args.results_dir)
-    write_json(results_dir / "one_step.json", {"settings": settings, "arms": arms, "max_share_mean": max_share,
+    write_json(results_dir / f"{name}.json", {"settings": settings, "arms": arms, "max_share_mean": max_share,
                                                "seeds_up": up, "environment": env_info,
                                                "minutes": (time.perf_counter() - start) / 60})
-    lines = ["# One sign step along DDPO-IS's gradient, at the algorithms benchmark's settings\n",
+    lines = [f"# One sign step along DDPO-IS's gradient, at {setting}\n",
              f"`{env_info['command']}` — {env_info['date']}, {env_info['machine']}, rev {env_info['git_revision']}\n",
              "Each step's share of the gradient (‖g_k‖²/Σ‖g‖²) and the fixed evaluation reward's change (100 "
-             "samples, kB of JPEG) after one sign step of the learning rate, ± its standard error, on the second "
-             "rollout of the seed (the first is sampled and discarded, or measures the *gradient* weights). "
+             f"samples, {settings['reward']}) after one sign step of the learning rate, ± its standard error, on the "
+             "second rollout of the seed (the first is sampled and discarded, or measures the *gradient* weights). "
              "*uniform*: DDPO's loss; *sensitivity*: `step_weights=\"sensitivity\"`, each step's log-likelihood "
              "scaled by median s / s_k; *gradient*: by median g / g_k, measured on the first rollout "
              "(agents/step_weights.py). Every weighting sees the same rollouts.\n"]
@@ -84,11 +99,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "the gradient (mean).\n"]
         lines += ["Shares per step (mean over seeds): " + ", ".join(
             f"{k}: {100 * np.mean([s['shares'][k] for s in seeds]):.0f} %" for k in seeds[0]["shares"]) + "\n"]
-    (results_dir / "one_step.md").write_text("\n".join(lines), encoding="utf-8")
-    update_summary({"step_gradient_max_share": (max_share, "largest step's share of DDPO-IS's gradient per "
-                                                "step_weights, algorithms benchmark settings, mean of seeds"),
-                    "one_step_test_seeds_up": (up, f"of {args.seeds} seeds, one sign step along the whole gradient "
-                                               "raises the reward by > 2 standard errors, per step_weights")},
+    (results_dir / f"{name}.md").write_text("\n".join(lines), encoding="utf-8")
+    update_summary({f"step_gradient_max_share{suffix}": (max_share, "largest step's share of DDPO-IS's gradient "
+                                                         f"per step_weights, {setting}, mean of seeds"),
+                    f"one_step_test_seeds_up{suffix}": (up, f"of {args.seeds} seeds, one sign step along the whole "
+                                                        "gradient raises the reward by > 2 standard errors, per "
+                                                        f"step_weights, {setting}")},
                    env_info, results_dir)
     print("\n".join(lines))
     return {"arms": arms, "max_share": max_share, "seeds_up": up}
