@@ -58,7 +58,7 @@ from benchmarks.reports import (
     write_report,
 )
 
-AGENTS = ("ddpo-is", "ddpo-sf", "rwr", "awm", "diffusion-nft")
+AGENTS = ("ddpo-is", "ddpo-sf", "rwr", "awm", "diffusion-nft", "ddpo-is-balanced")
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility")  # the paper's Fig. 4 pair: the default invocation
 ALL_REWARDS = (*REWARDS, "digit_margin")  # --rewards all: with the prompt-dependent digit margin
 
@@ -77,10 +77,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: over Stable Diffusion's 16,384 latent values, so 1e-3 here plays the role of the paper's 1e-4 (with 1e-4 and
 #: LoRA, make train's job moved +0.2 std in 12 epochs; configs/make_train.toml).
 #: The matching losses (AWM, DiffusionNFT) take the advantages of GRPO-style groups of 8 samples of one prompt, as
-#: both papers do.
+#: both papers do. A row whose settings name an ``agent`` is a variant of that agent: ``ddpo-is-balanced`` is DDPO-IS
+#: with each step's log-likelihood weighted by the measured norms of the steps' gradients (agents/step_weights.py).
 AGENT_SETTINGS: dict[str, dict[str, Any]] = {"ddpo-is": {"clip_range": 1e-3}, "rwr": {"temperature": 1.0},
                                             "awm": {"group_advantages": True, "group_size": 8},
-                                            "diffusion-nft": {"group_advantages": True, "group_size": 8}}
+                                            "diffusion-nft": {"group_advantages": True, "group_size": 8},
+                                            "ddpo-is-balanced": {"agent": "ddpo-is", "clip_range": 1e-3,
+                                                                 "step_weights": "gradient"}}
 DEFAULT_RATE = 3e-3  # an agent's rate until a sweep says better
 CURVE_EVERY = 4  # epochs between the main run's evaluations (its last is the job's own final evaluation)
 
@@ -96,6 +99,7 @@ def train_job(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     settings = dict(job)
     every = settings.pop("curve_every", 0)
+    label = settings.pop("label", None)  # a variant's name (AGENT_SETTINGS), else the agent's
     cfg = TrainConfig.from_flat({**settings, "output_dir": output_dir(run_dir)})
     curve = RewardCurve(cfg, every) if every else None
     result = train(cfg, callbacks=[curve] if curve else [])
@@ -106,8 +110,9 @@ def train_job(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         return mean_present([e.get(key) for e in epochs])
 
     return {
-        "agent": cfg.agent, "reward": cfg.reward, "seed": cfg.seed, "learning_rate": cfg.algorithm.learning_rate,
-        "eval_seed": cfg.eval_seed, "train_reward_mean": [e["reward_mean"] for e in epochs],
+        "agent": label or cfg.agent, "reward": cfg.reward, "seed": cfg.seed,
+        "learning_rate": cfg.algorithm.learning_rate, "eval_seed": cfg.eval_seed,
+        "train_reward_mean": [e["reward_mean"] for e in epochs],
         "eval_curve": with_final(curve.points, cfg, m["train_seconds"], float(result.after.rewards.mean()))
         if curve else None,
         "eval_before": result.before.rewards.tolist(), "eval_after": result.after.rewards.tolist(),
@@ -226,17 +231,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for a in agents]
         extra = {}
     jobs = [Job(job_id(a, r, s, lr), {**TrainConfig.from_flat({
-        **base, **AGENT_SETTINGS.get(a, {}), **extra, "agent": a, "reward": r, "seed": s, "learning_rate": lr,
-    }).to_flat(), **({"curve_every": args.curve_every} if args.curve_every and not args.sweep else {})})
+        **base, **AGENT_SETTINGS.get(a, {}), **extra, "agent": AGENT_SETTINGS.get(a, {}).get("agent", a), "reward": r,
+        "seed": s, "learning_rate": lr,
+    }).to_flat(), **({"curve_every": args.curve_every} if args.curve_every and not args.sweep else {}),
+        **({"label": a} if "agent" in AGENT_SETTINGS.get(a, {}) else {})})
         for a, r, s, lr in grid]
+
+    def saved_signature(saved: dict[str, Any]) -> dict[str, Any]:  # agents added since the file was written may join
+        return {"settings": saved.get("settings"),
+                "agent_settings": {**AGENT_SETTINGS, **saved.get("agent_settings", {})}}
+
     runner = GridRun.from_args(
         Grid(name, train_job, jobs, KEY_FIELDS, rates_source(args.sweep, sweep_json, chosen, agents),
-             {"settings": settings, "agent_settings": AGENT_SETTINGS}),
+             {"settings": settings, "agent_settings": AGENT_SETTINGS}, saved_signature),
         args, parser, command_line("benchmarks.algorithms", argv))
 
     def document(records: list[dict[str, Any]]) -> dict[str, Any]:
         runs = sorted(records, key=lambda r: (r["reward"], r["agent"], r["seed"], r["learning_rate"]))
-        table = sweep_table(runs) if args.sweep else aggregate(runs, agents, rewards)
+        table = sweep_table(runs) if args.sweep else aggregate(
+            runs, list(dict.fromkeys([*agents, *(r["agent"] for r in runs)])),
+            list(dict.fromkeys([*rewards, *(r["reward"] for r in runs)])))
         return {"settings": settings, "agent_settings": AGENT_SETTINGS, "table": table, "runs": runs}
 
     data = runner.run(document, describe=lambda run: (

@@ -72,6 +72,22 @@ def test_algorithms_sweep_picks_each_agents_best_rate_on_the_validation_set_for_
     assert main["runs"][0]["eval_before"] != sweep["runs"][0]["eval_before"]
 
 
+def test_a_variant_of_an_agent_joins_a_finished_sweep_with_resume(tmp_path):
+    argv = ["--model", "tiny", "--epochs", "1", "--samples-per-epoch", "4", "--num-steps", "2", "--workers", "1",
+            "--rewards", "jpeg_compressibility", "--sweep", "--seeds", "1", "--rates", "1e-3",
+            "--results-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    first = algorithms.main([*argv, "--agents", "ddpo-is"])
+    both = algorithms.main([*argv, "--agents", "ddpo-is-balanced", "--resume", "--keep-outputs"])  # the first kept
+    assert [r["agent"] for r in both["runs"]] == ["ddpo-is", "ddpo-is-balanced"]
+    assert both["runs"][0] == first["runs"][0]
+    assert set(algorithms_sweep.best_rates(tmp_path / "algorithms_sweep.json")) == {"ddpo-is", "ddpo-is-balanced"}
+    assert "| DDPO-IS, gradient step weights | 0.001 |" in (tmp_path / "algorithms_sweep.md").read_text()
+    # the variant trained with step weights: its run folder's config says so
+    metrics = next((tmp_path / "runs").rglob("ddpo-is-balanced*/output/metrics.json"))
+    config = json.loads(metrics.read_text())["config"]
+    assert config["step_weights"] == "gradient" and config["agent"] == "ddpo-is"
+
+
 def test_main_run_records_evaluation_curves_and_samples_to_score(tmp_path):
     argv = ["--model", "tiny", "--agents", "ddpo-is,awm", "--rewards", "jpeg_compressibility", "--seeds", "1",
             "--epochs", "3", "--samples-per-epoch", "8", "--num-steps", "2", "--workers", "1", "--curve-every", "1",
