@@ -37,11 +37,11 @@ import numpy as np
 from agents.job.train import TrainConfig
 from benchmarks.algorithms_report import markdown, plot, samples_to_gain
 from benchmarks.algorithms_sweep import (
-    MIN_AGREEMENT,
     SWEEP_RATES,
     SWEEP_SEEDS,
     VALIDATION_EVAL_SEED,
     best_rates,
+    floor_stats,
     parse_rates,
     rate_for,
     rates_source,
@@ -153,15 +153,9 @@ def aggregate(runs: list[dict[str, Any]], agents: list[str], rewards: list[str])
                 **{key: mean_present([r.get(key) for r in mine]) for key in (
                     "optimizer_steps", "clip_fraction", "kl_to_base", "effective_sample_size", "agreement_before",
                     "agreement_after")},
-                **_floor(mine), **_eval_curves(mine, float(initial_std)),
+                **floor_stats(mine), **_eval_curves(mine, float(initial_std)),
             }
     return table
-
-
-def _floor(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The digits-read floor on every seed: the worst seed's share and how many seeds keep the floor."""
-    read = [r["agreement_after"] for r in runs if r.get("agreement_after") is not None]
-    return {"agreement_min": min(read), "floor_kept": sum(a >= MIN_AGREEMENT for a in read)} if read else {}
 
 
 def _eval_curves(runs: list[dict[str, Any]], initial_std: float) -> dict[str, Any]:

@@ -63,6 +63,13 @@ def best_rates(sweep_json: Path, min_agreement: float | None = None) -> dict[str
     return best
 
 
+def floor_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The digits-read floor over seeds: the worst seed's share and how many seeds keep :data:`MIN_AGREEMENT` (none
+    when no run measured it)."""
+    read = [r["agreement_after"] for r in runs if r.get("agreement_after") is not None]
+    return {"agreement_min": float(min(read)), "floor_kept": sum(a >= MIN_AGREEMENT for a in read)} if read else {}
+
+
 def rate_for(chosen: dict[str, dict[str, float]], agent: str, reward: str, default: float) -> float:
     """The main run's rate for ``agent`` on ``reward``: the sweep's for that reward, else (a sweep of other rewards)
     its rate on the first reward swept, else ``default``."""
@@ -91,12 +98,11 @@ def sweep_table(runs: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for (agent, rate, reward), mine in grouped.items():
         gains = [run_gain(r) for r in mine]
-        read = [r["agreement_after"] for r in mine if r.get("agreement_after") is not None]
         table.setdefault(agent, {}).setdefault(rate, {})[reward] = {
             "seeds": [r["seed"] for r in mine], "gain_per_seed": gains, "gain_in_initial_std": float(np.mean(gains)),
-            "agreement_after": float(np.mean(read)) if read else None,
-            "agreement_min": float(min(read)) if read else None,
-            **{key: mean_present([r.get(key) for r in mine]) for key in ("clip_fraction", "kl_to_base")}}
+            "agreement_min": None, **floor_stats(mine),
+            **{key: mean_present([r.get(key) for r in mine]) for key in ("agreement_after", "clip_fraction",
+                                                                         "kl_to_base")}}
     return table
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from agents.hooks import EpochEndCallback
 from benchmarks.harness import SettingsSource, output_dir
+from benchmarks.reward_curve import TrainingClock
 
 #: Each benchmark agent as the training job's settings, measured on this task (benchmarks.compositional_sweep;
 #: docs/shapes.md). The policy-gradient agents train only the first 4 of the 10 steps: training more of the later
@@ -175,8 +176,7 @@ class EvaluationCurve(EpochEndCallback):
         self.prompts = eval_prompts("train", 1, limit, eval_set)
         self.points: list[dict[str, float]] = []
         self._env: Any = None
-        self._start, self._cpu_start = time.perf_counter(), time.process_time()
-        self._evaluating = self._evaluating_cpu = 0.0  # wall and CPU seconds spent in these evaluations
+        self.clock = TrainingClock()
 
     def on_epoch_end(self) -> None:
         from agents.job.evaluation import evaluate_policy
@@ -185,18 +185,15 @@ class EvaluationCurve(EpochEndCallback):
         agent, epoch = self.model, self.model.num_epochs
         if epoch % self.every and epoch != self.cfg.epochs:
             return
-        start, cpu = time.perf_counter(), time.process_time()
-        if self._env is None:
-            self._env = eval_env(agent.diffusion_env.backend, self.cfg)
-        with agent.ema_weights():
-            result = evaluate_policy(agent.policy, self._env, self.prompts, seed=eval_seed(self.eval_set))
-        scores = category_scores(result.images, self.prompts)
-        self.points.append({"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch,
-                            "seconds": start - self._start - self._evaluating,
-                            "cpu_seconds": cpu - self._cpu_start - self._evaluating_cpu,
-                            "overall": float(scores["overall"]), "partial": float(scores["partial"])})
-        self._evaluating += time.perf_counter() - start
-        self._evaluating_cpu += time.process_time() - cpu
+        times = self.clock.training()
+        with self.clock.evaluating():
+            if self._env is None:
+                self._env = eval_env(agent.diffusion_env.backend, self.cfg)
+            with agent.ema_weights():
+                result = evaluate_policy(agent.policy, self._env, self.prompts, seed=eval_seed(self.eval_set))
+            scores = category_scores(result.images, self.prompts)
+            self.points.append({"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch, **times,
+                                "overall": float(scores["overall"]), "partial": float(scores["partial"])})
 
 
 def sample_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -216,7 +213,7 @@ def sample_job(args: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     else:
         result = train(cfg, callbacks=[curve_callback] if curve_callback else [])
         agent, curve = result.agent, [e["reward_mean"] for e in result.metrics["epochs"]]
-    train_seconds = time.perf_counter() - start - (curve_callback._evaluating if curve_callback else 0.0)
+    train_seconds = time.perf_counter() - start - (curve_callback.clock.evaluating_seconds if curve_callback else 0.0)
     with agent.ema_weights():
         samples = evaluate(agent.policy, agent.diffusion_env.backend, cfg, args["eval_seeds"], args["limit"],
                            eval_set)

@@ -6,6 +6,8 @@ not train on rather than the training reward, and reads samples-to-score off it 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,10 +15,40 @@ import numpy as np
 from agents.hooks import EpochEndCallback
 
 
+class TrainingClock:
+    """Wall and CPU seconds of training since it was made, the time spent inside :meth:`evaluating` left out. The CPU
+    seconds are the process's: with one torch thread per job, what the time would be on an idle core when other jobs
+    share the machine."""
+
+    def __init__(self) -> None:
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        self._paused = self._paused_cpu = 0.0  # wall and CPU seconds spent evaluating
+
+    @property
+    def evaluating_seconds(self) -> float:
+        """Wall seconds spent inside :meth:`evaluating`."""
+        return self._paused
+
+    def training(self) -> dict[str, float]:
+        """``seconds`` and ``cpu_seconds`` of training so far."""
+        return {"seconds": time.perf_counter() - self._start - self._paused,
+                "cpu_seconds": time.process_time() - self._cpu_start - self._paused_cpu}
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Time that does not count as training."""
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - start
+            self._paused_cpu += time.process_time() - cpu
+
+
 class RewardCurve(EpochEndCallback):
     """Every ``every`` epochs (not the last: the job evaluates that itself), the mean reward of the policy on the job's
     fixed evaluation set. ``points`` holds per evaluation the epoch, the samples trained on, the training seconds so
-    far and the process's CPU seconds of training (these evaluations left out of both) and the mean ``reward``."""
+    far and the process's CPU seconds of training (:class:`TrainingClock`) and the mean ``reward``."""
 
     def __init__(self, cfg: Any, every: int) -> None:
         super().__init__()
@@ -26,8 +58,7 @@ class RewardCurve(EpochEndCallback):
         self.points: list[dict[str, float]] = []
         self._env: Any = None
         self._prompts: list[str] = []
-        self._start, self._cpu_start = time.perf_counter(), time.process_time()
-        self._evaluating = self._evaluating_cpu = 0.0
+        self.clock = TrainingClock()
 
     def on_epoch_end(self) -> None:
         from agents.job.evaluation import evaluate_policy
@@ -36,26 +67,15 @@ class RewardCurve(EpochEndCallback):
         agent, epoch = self.model, self.model.num_epochs
         if epoch % self.every or epoch >= self.cfg.epochs:
             return
-        start, cpu = time.perf_counter(), time.process_time()
-        if self._env is None:
-            self._env = build_env(self.cfg, num_envs=25, model=agent.diffusion_env.backend)
-            self._prompts = evaluation_prompts(self._env)
-        with agent.ema_weights():
-            result = evaluate_policy(agent.policy, self._env, self._prompts, seed=self.cfg.eval_seed)
-        self.points.append(self.point(epoch, start, cpu, float(np.mean(result.rewards))))
-        self._evaluating += time.perf_counter() - start
-        self._evaluating_cpu += time.process_time() - cpu
-
-    def point(self, epoch: int, wall: float, cpu: float, reward: float) -> dict[str, float]:
-        """The curve's point for ``epoch``: ``wall``/``cpu`` the clocks when it ended (before any evaluation)."""
-        return {"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch,
-                "seconds": wall - self._start - self._evaluating,
-                "cpu_seconds": cpu - self._cpu_start - self._evaluating_cpu, "reward": reward}
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        times = self.clock.training()
+        with self.clock.evaluating():
+            if self._env is None:
+                self._env = build_env(self.cfg, num_envs=25, model=agent.diffusion_env.backend)
+                self._prompts = evaluation_prompts(self._env)
+            with agent.ema_weights():
+                result = evaluate_policy(agent.policy, self._env, self._prompts, seed=self.cfg.eval_seed)
+            self.points.append({"epoch": epoch, "samples": epoch * self.cfg.samples_per_epoch, **times,
+                                "reward": float(np.mean(result.rewards))})
 
 
 def with_final(points: list[dict[str, float]], cfg: Any, train_seconds: float, reward: float) -> list[dict[str, Any]]:

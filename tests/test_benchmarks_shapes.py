@@ -234,7 +234,7 @@ def test_the_evaluation_curve_scores_the_policy_every_few_epochs_without_countin
     curve = task.EvaluationCurve(cfg, every=2, limit=3)
     train(cfg, callbacks=[curve])
     assert [p["epoch"] for p in curve.points] == [2, 3] and [p["samples"] for p in curve.points] == [32, 48]
-    assert 0 < curve.points[0]["seconds"] < curve.points[1]["seconds"] and curve._evaluating > 0
+    assert 0 < curve.points[0]["seconds"] < curve.points[1]["seconds"] and curve.clock.evaluating_seconds > 0
     assert 0 < curve.points[0]["cpu_seconds"] < curve.points[1]["cpu_seconds"]
     assert all(0 <= p["overall"] <= 1 and 0 <= p["partial"] <= 1 for p in curve.points)
 
