@@ -310,7 +310,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[BaseCallback] = (),
     eval_env = (build_env(cfg, num_envs=25, model=env.unwrapped.backend, rewards=rewards)
                 if evaluate or grids or monitoring else None)
     prompts = evaluation_prompts(env)
-    before = _evaluate_before(agent, eval_env, prompts, out, resume_from is not None, cfg.eval_seed) if evaluate else None
+    before = (_evaluate_before(agent, eval_env, prompts, out, resume_from is not None, cfg.eval_seed)
+              if evaluate else None)
     if ranks:
         ranks.barrier()  # the other ranks wait for rank 0's evaluation
 
