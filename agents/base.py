@@ -224,13 +224,20 @@ class DiffusionAgent(AgentState, UpdateLoop, TrainedSteps, OnPolicyAlgorithm):
                     if key.startswith("reward_"):
                         terms.setdefault(key.removeprefix("reward_"), []).append(float(value))
             self._last_obs = obs
-        if (self.config.compile_sampling or self.config.recompute_log_probs) and self.uses_old_log_probs:
+        if self.recomputes_log_probs and self.uses_old_log_probs:
             self.recompute_log_probs()
         self._compute_advantages(self.buffer.non_finite(), terms)
         self._sampling_seconds = time.perf_counter() - start
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    @property
+    def recomputes_log_probs(self) -> bool:
+        """Whether the rollout's old log-probs are recomputed by the eager network in the training passes' batch shape
+        (``recompute_log_probs``; None: with ``compile_sampling`` and on a CUDA device)."""
+        choice = self.config.recompute_log_probs
+        return self.config.compile_sampling or (self.device.type == "cuda" if choice is None else choice)
 
     def recompute_log_probs(self) -> None:
         """Replace the rollout's log-probs (log π_old of the trained steps) by what the eager network computes for the

@@ -62,12 +62,14 @@ class AgentConfig:
     """torch.compile the network for the passes that record no gradient (sampling, evaluation, the KL reference;
     training passes stay eager): each batch shape compiles once on first use (tens of seconds on a CPU). The
     rollout's log-probs are then recomputed eagerly (recompute_log_probs), as compiled kernels round differently."""
-    recompute_log_probs: bool = False
+    recompute_log_probs: bool | None = None
     """After sampling, recompute the rollout's log-probs log π_old of the trained steps with the eager network in the
     training passes' batch shape, so that the first update's ratios are exactly 1 wherever sampling and training
-    kernels round differently (always on with compile_sampling; on a GPU, kernels are picked per batch shape:
-    benchmarks.gpu_ratio measures whether a model needs it). Costs one gradient-free forward per trained transition
-    (DDPO-IS; the losses of DDPO-SF and RWR have no ratio and skip it)."""
+    kernels round differently. None (default): on where they were measured to differ, with compile_sampling (always)
+    and on a CUDA device, where kernels are picked per batch shape (float32 on an H200: |log ratio| 1.7e-4 without it,
+    beyond DDPO's clip range 1e-4; docs/gpu.md); True / False: on / off (off is ignored with compile_sampling).
+    Costs one gradient-free forward per trained transition (DDPO-IS; the losses of DDPO-SF and RWR have no ratio and
+    skip it)."""
     gradient_checkpointing: bool = False
     """Recompute the UNet's activations during the backward pass instead of storing them (diffusers' gradient
     checkpointing): the same gradients with much less activation memory, for ~30 % more compute."""

@@ -27,13 +27,13 @@ class FinalSampleAgent(DiffusionAgent):
     def _kl_probe(self) -> tuple[TrajectoryBatch, torch.Tensor]:
         """One micro-batch of the rollout's transitions (its first samples, one step each, chosen by a generator of
         their own) and their log-probs under the sampling weights, as the eager network computes them (the stored
-        ones unless ``compile_sampling`` sampled them with other kernels, or ``recompute_log_probs`` asks)."""
+        ones unless :attr:`recomputes_log_probs`)."""
         n = min(self.rank_batch_size, self.buffer.num_samples)
         choose = torch.Generator().manual_seed(self.config.seed * 100_003 + self.num_epochs + 1)  # the epoch trained
         samples = torch.arange(n, device="cpu")
         steps = torch.randint(self.num_steps, (n,), generator=choose, device="cpu")
         batch = self.buffer.transitions(samples.to(self.device), steps.to(self.device))
-        if not (self.config.compile_sampling or self.config.recompute_log_probs):
+        if not self.recomputes_log_probs:
             return batch, batch.old_log_probs
         with torch.no_grad(), self.diffusion_env.backend.eager():
             return batch, self.transition_log_probs(batch)

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     command = INSTALL.replace("bash benchmarks/gpu_smoke.sh", f"DDPO_REV={revision or 'unknown'} bash "
                               "benchmarks/gpu_smoke.sh")  # no .git travels: the revision goes along by name
-    print(f'device call: run with carry [".whl"], timeout_s 420, command:\n{command}')
+    print(f'device call: run with carry [".whl"], timeout_s 480, command:\n{command}')
     return 0
 
 

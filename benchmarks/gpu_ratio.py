@@ -13,11 +13,13 @@ float32 / bfloat16 / float16 × compile_sampling off / on, on Stable Diffusion 1
 (:func:`agents.step_stats.first_update_log_ratios`), then one ``agent.train()``: did the LoRA weights move, are they
 finite (or was the update skipped for a non-finite gradient).
 
-Order: bfloat16 compiled, bfloat16 eager, float16, float32 (compiling the UNet takes about a minute per dtype on an
-H200). With ``--budget-s`` a combination is skipped (recorded so) when the seconds spent plus what the last one of
-its kind (compiled or eager) took would pass the budget. A failing combination is recorded with its error and the
-next one runs; the exit status is then 1. ``--out`` (default benchmarks/results/gpu_ratio.json) is rewritten before
-and after each combination, so a timeout keeps what finished and shows the one it stopped ("running"). ``--tiny``:
+The eager rows measure the raw disagreement (``recompute_log_probs=False``; the agents' default recomputes on CUDA
+because of it). Order: the eager rows (bfloat16, float16, float32), then the compiled ones (``--modes``; compiling SD
+1.5's UNet took over 100 s for the first dtype on an H200). With ``--budget-s`` a combination is skipped (recorded
+so) when the seconds spent plus what the last one of its kind (compiled or eager) took would pass the budget. A
+failing combination is recorded with its error and the next one runs; the exit status is then 1. ``--out`` (default
+benchmarks/results/gpu_ratio.json) is rewritten before and after each combination, so a timeout keeps what finished
+and shows the one it stopped ("running"). ``--tiny``:
 the tiny architecture, for a CPU dry run.
 
 ``--compile-options backend=eager``: the agent's ``compile_sampling`` takes no options, so with options the agent is
@@ -48,6 +50,7 @@ from benchmarks.record import RESULTS_DIR, command_line, environment, write_json
 from rewards import JpegCompressibility, VectorTerminalReward
 
 DTYPES = ("bfloat16", "float16", "float32")
+MODES = ("eager", "compiled")
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -62,9 +65,11 @@ def parse_options(text: str) -> dict[str, Any]:
     return options
 
 
-def combinations(dtypes: list[str]) -> list[tuple[str, bool]]:
-    """(dtype, compiled) in the order of :data:`DTYPES` (the most informative first), compiled before eager."""
-    return [(dtype, compiled) for dtype in sorted(dtypes, key=DTYPES.index) for compiled in (True, False)]
+def combinations(dtypes: list[str], modes: tuple[str, ...] = MODES) -> list[tuple[str, bool]]:
+    """(dtype, compiled): eager rows first (quick, and what a default GPU run does), then compiled ones; each in the
+    order of :data:`DTYPES` (the most informative first)."""
+    return [(dtype, mode == "compiled") for mode in MODES if mode in modes
+            for dtype in sorted(dtypes, key=DTYPES.index)]
 
 
 def run_combination(base: Any, dtype: str, compiled: bool, args: argparse.Namespace,
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sample-batch", type=int, default=4, help="envs = samples per rollout")
     parser.add_argument("--batch-size", type=int, default=4, help="training micro-batch")
     parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="eager, compiled or both: sampling's network (compiling SD 1.5 takes minutes per dtype)")
     parser.add_argument("--compile-options", default="", help="torch.compile options, e.g. backend=eager")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip combinations that would end after this many seconds (by the last of their kind)")
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "build_seconds": time.perf_counter() - start,
               "environment": environment(command_line("benchmarks.gpu_ratio", argv)),
               "combinations": [{"dtype": d, "compile": c, "status": "pending"}
-                               for d, c in combinations(args.dtypes.split(","))]}
+                               for d, c in combinations(args.dtypes.split(","), tuple(args.modes.split(",")))]}
     took: dict[bool, float] = {}  # compiled → seconds of the last combination of that kind
     for row in report["combinations"]:
         dtype, compiled = row["dtype"], row["compile"]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call on a GPU machine, about 5 minutes (budgeted for an H200), most important first:
+# The whole GPU check in one call on a GPU machine, about 7 minutes (budgeted for an H200), most important first:
 #   a. tests/test_gpu.py                                                   -> test_gpu.txt
 #   b. python -m benchmarks.gpu_ratio: first-update ratios, SD 1.5 architecture, 512 px, 10 steps -> gpu_ratio.json
 #   c. ddpo train on the tiny model, bfloat16, KL penalty and EMA, 2 epochs, then --resume auto to 3 -> train.json
 #   d. python -m benchmarks.gpu: one epoch, LoRA and full fine-tune      -> gpu_sd15.json, gpu_sd15.md
 # Everything lands in $OUT, 7 files (few, flat and plainly named, to travel back easily): those, smoke.log (all output) and smoke.json
 # (each section's exit status and seconds; nvidia-smi, torch and CUDA versions). Each section runs under its own
-# timeout (T_TEST, T_RATIO, T_TRAIN, T_BENCH seconds, 295 in all; set them to change it); a failing one is recorded
+# timeout (T_TEST, T_RATIO, T_TRAIN, T_BENCH seconds, 400 in all; set them to change it); a failing one is recorded
 # and the next one runs; the exit status is 1 when any failed. Train run folders go to a temporary folder.
 # DDPO_REV names the revision in smoke.json (no .git travels to the device; make gpu-bundle's command sets it).
 # On the GPU machine, install the wheels of `make gpu-bundle` first (it prints the device call).
@@ -27,7 +27,7 @@ LOG=$OUT/smoke.log
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-: "${T_TEST:=60}" "${T_RATIO:=100}" "${T_TRAIN:=45}" "${T_BENCH:=90}"
+: "${T_TEST:=60}" "${T_RATIO:=80}" "${T_TRAIN:=90}" "${T_BENCH:=170}"
 TRAIN=(--model tiny --dtype bfloat16 --kl-coef 0.1 --ema-decay 0.9 --num-envs 4 --samples-per-epoch 8
        --batch-size 4 --num-steps 4 --image-every 0 --output-dir "$WORK/train")
 if (( DRY )); then
@@ -36,7 +36,7 @@ if (( DRY )); then
   TRAIN+=(--device cpu) EPOCHS=1
   BENCH=(--tiny --device cpu --num-steps 2)
 else
-  RATIO=(--num-steps 10 --sample-batch 4 --batch-size 2 --budget-s $((T_RATIO - 25)))  # other shapes, other kernels
+  RATIO=(--num-steps 10 --sample-batch 4 --batch-size 2 --modes eager --budget-s $((T_RATIO - 25)))  # other shapes
   TRAIN+=(--device cuda) EPOCHS=2
   BENCH=(--device cuda)
 fi

@@ -163,7 +163,8 @@ def _value_for(name, default):
                "lora_targets": ("to_q,to_v", ("to_q", "to_v")), "scheduler_overrides": ('{"eta": 1}', {"eta": 1}),
                "reward_options": ('{"jpeg_compressibility": {}}', {"jpeg_compressibility": {}}),
                "agent": ("rwr", "rwr"), "reward": ("jpeg_incompressibility", "jpeg_incompressibility"),
-               "resume": ("", ""), "output_dir": ("elsewhere", "elsewhere"), "held_out_prompts": ("h.txt", "h.txt")}
+               "resume": ("", ""), "output_dir": ("elsewhere", "elsewhere"), "held_out_prompts": ("h.txt", "h.txt"),
+               "recompute_log_probs": (None, True)}
     if name in special:
         return special[name]
     if isinstance(default, bool):

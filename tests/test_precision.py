@@ -95,3 +95,27 @@ def test_a_half_precision_full_fine_tune_keeps_the_base_model_as_reference_in_it
     batch = agent.buffer.transitions(torch.arange(2), torch.zeros(2, dtype=torch.int64))
     penalty, info = agent.kl_penalty(batch)
     assert info["kl"] == 0.0  # the same weights, the same autocast kernels
+
+
+def test_old_log_probs_are_recomputed_with_compiled_sampling_and_on_cuda_unless_turned_off():
+    """On a CUDA device kernels are picked per batch shape, so the default (None) recomputes there; on a CPU it does
+    not need to (the test above: exact ratio 1 without it). An explicit choice wins, except that compiled sampling
+    always recomputes."""
+    agent = one_update_agent("float32")
+    assert agent.config.recompute_log_probs is None and not agent.recomputes_log_probs
+    cpu = agent.device
+    agent.device = torch.device("cuda")  # the decision only; nothing runs on it
+    assert agent.recomputes_log_probs
+    agent.config.recompute_log_probs = False
+    assert not agent.recomputes_log_probs
+    agent.device = cpu
+    agent.config.recompute_log_probs = True
+    assert agent.recomputes_log_probs
+    agent.config.recompute_log_probs, agent.config.compile_sampling = False, True
+    assert agent.recomputes_log_probs
+
+
+def test_recomputing_old_log_probs_on_a_cpu_changes_nothing_and_keeps_ratio_one():
+    agent = one_update_agent("bfloat16", recompute_log_probs=True)
+    agent.collect_rollout()
+    assert first_update_log_ratios(agent) == {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0}

@@ -101,7 +101,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         doc = docs.get(name, "") + (f" On the command line: {PROMPTS_HELP}." if name == "prompts" else "")
         flag, help_text = f"--{name.replace('_', '-')}", f"{doc} (default: {shown!r})"
         help_text = help_text.replace("%", "%%")
-        if isinstance(default, bool):
+        if isinstance(default, bool) or str(f.type) == "bool | None":  # None: the field decides (auto)
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             kind = _flag_type(str(f.type), default)
