@@ -27,7 +27,7 @@ VALIDATION_EVAL_SEED = 20_000  # the evaluation set the sweep scores: the same p
 #: 3e-3) and, for the matching losses, the rates that won on the shapes task (3e-3) and the one below.
 SWEEP_RATES: dict[str, tuple[float, ...]] = {"ddpo-is": (3e-3, 1e-2), "ddpo-sf": (3e-3, 1e-2), "rwr": (1e-3, 3e-3),
                                             "rwr-sparse": (1e-3, 3e-3), "awm": (1e-3, 3e-3),
-                                            "diffusion-nft": (1e-3, 3e-3), "ddpo-is-balanced": (3e-3, 1e-2)}
+                                            "diffusion-nft": (1e-3, 3e-3), "ddpo-is-balanced": (1e-3, 3e-3, 1e-2)}
 #: The main run's rate for an agent and reward is its best sweep rate among those that keep this share of the digits
 #: readable on every sweep seed (make train's floor): a rate that gains reward by destroying the model is not the
 #: algorithm doing better.
