@@ -12,16 +12,17 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from benchmarks import gpu_bundle
+from benchmarks import gpu_bundle, gpu_import
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_gpu_smoke_dry_run_runs_every_section_into_files_the_device_tool_returns(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "DDPO_REV": "abc1234"}
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_smoke.sh"), "--dry-run"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -50,6 +51,21 @@ def test_the_gpu_smoke_dry_run_runs_every_section_into_files_the_device_tool_ret
     rows = json.loads((tmp_path / "gpu_tiny.json").read_text())["rows"]
     assert [(r["trainer"], r["gradient_checkpointing"], r["lora_rank"]) for r in rows] == [
         ("ddpo-env", False, 4), ("ddpo-env", False, 0)]
+
+    # back here: the files join benchmarks/results under the docs' names, with the revision the check was given
+    results = tmp_path / "results"
+    with pytest.raises(ValueError, match="dry run"):
+        gpu_import.import_check(tmp_path, results)
+    written = {p.name for p in gpu_import.import_check(tmp_path, results, allow_dry_run=True)}
+    assert written == {"gpu_smoke.json", "gpu_smoke.log", "gpu_test.txt", "gpu_ratio.json", "gpu_train.json",
+                       "gpu_tiny.json", "gpu_tiny.md"}
+    imported = json.loads((results / "gpu_ratio.json").read_text())
+    assert smoke["environment"]["git_revision"] == imported["environment"]["git_revision"] == "abc1234"
+    assert str(tmp_path) not in (results / "gpu_ratio.json").read_text() + (results / "gpu_smoke.log").read_text()
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary) == {"gpu_samples_per_s", "gpu_peak_memory_gb", "gpu_first_update_log_ratio_without_recompute"}
+    assert set(summary["gpu_first_update_log_ratio_without_recompute"]["value"]) == {"bfloat16", "float16", "float32"}
+    assert summary["gpu_samples_per_s"]["value"] == max(r["samples_per_s"] for r in rows)
 
 
 def test_the_gpu_bundle_is_what_the_image_lacks_at_the_versions_installed_here(capsys):
