@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     png = results_dir / f"{name}.png"
     plot(table, settings["samples_per_epoch"], png,
          f"{settings['model']} model, {settings.get('num_steps', 'default')} steps, "
-         f"LoRA r{settings.get('lora_rank', 0)}, {args.seeds} seeds, "
+         f"LoRA r{settings.get('lora_rank', 0)}, {args.seeds or 3} seeds, "
          f"{settings['epochs']} × {settings['samples_per_epoch']} samples per run")
     data["samples_to_score"] = samples_to_gain(table)
     write_report(results_dir, name, markdown(data, png.name))

@@ -74,7 +74,9 @@ def ratio_text(r: dict[str, Any], reference: str) -> str:
         return f"{reference}'s own median seed never reaches its mean final score, so there is no ratio"
     if r["samples"] is None:
         return f"not reached by the median seed ({r['reached']}/{r['seeds']} seeds)"
-    if r["ratio"] >= 1:
+    if r["ratio"] == 1:
+        return f"as many samples as {reference}"
+    if r["ratio"] > 1:
         return f"{r['ratio']:.2f}× fewer samples than {reference}"
     return f"{1 / r['ratio']:.2f}× more samples than {reference}"
 

@@ -259,6 +259,7 @@ def test_samples_to_score_takes_each_seeds_first_evaluation_at_the_threshold_and
     assert ratio_text(ratio, "GRPO") == "2.00× fewer samples than GRPO"
     later = efficiency_ratio([curve(0.6, 0.6, 0.6)] * 3, [curve(0.5, 0.6, 0.6)] * 3)  # 128 samples against 64
     assert ratio_text(later, "NFT") == "2.00× more samples than NFT"
+    assert ratio_text(efficiency_ratio(fast, fast), "GRPO") == "as many samples as GRPO"
     assert ratio_text(efficiency_ratio(curves, [curve(0.5, 0.5, 0.5)] * 3), "GRPO").startswith("not reached")
     slow_reference = [curve(0.5, 0.5, 0.7), curve(0.5, 0.5, 0.5), curve(0.5, 0.5, 0.5)]  # its median never gets there
     assert "own median seed never reaches" in ratio_text(efficiency_ratio(slow_reference, fast), "GRPO")
