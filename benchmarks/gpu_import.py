@@ -113,12 +113,15 @@ def _summarise(results_dir: Path, stems: list[str]) -> None:
         rows, s = [r for r in bench["rows"] if r["trainer"] == "ddpo-env"], bench["settings"]
         if not rows:
             continue
-        fast, small = max(rows, key=lambda r: r["samples_per_s"]), min(rows, key=lambda r: r["peak_gb"])
+        fast = max(rows, key=lambda r: r["samples_per_s"])
         figures["gpu_samples_per_s"] = (fast["samples_per_s"], f"samples/s, {stem.removeprefix('gpu_')} "
                                         f"architecture {s['num_steps']} steps, {s['dtype']}, LoRA rank "
                                         f"{fast['lora_rank']}")
-        figures["gpu_peak_memory_gb"] = (small["peak_gb"], f"GB, sample batch {s['sample_batch']} / train batch "
-                                         f"{s['batch_size']}, LoRA rank {small['lora_rank']}")
+        measured = [r for r in rows if r["peak_gb"] is not None]  # None: no CUDA memory to measure (a dry run)
+        if measured:
+            small = min(measured, key=lambda r: r["peak_gb"])
+            figures["gpu_peak_memory_gb"] = (small["peak_gb"], f"GB, sample batch {s['sample_batch']} / train "
+                                             f"batch {s['batch_size']}, LoRA rank {small['lora_rank']}")
         update_summary(figures, bench["environment"], results_dir)
 
 
