@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ from benchmarks.record import command_line
 from benchmarks.samples_to_score import efficiency_ratio
 
 AGENTS = ("ddpo-is", "grpo", "ddpo-sf", "rwr")
+#: The validation sweep of the shapes agents (benchmarks.agents_sweep, reward geneval_strict).
+VALIDATION_SWEEP = "benchmarks/results/agents_sweep.json"
 
 
 def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -76,10 +79,16 @@ def measure(run: dict[str, Any], features: Any, reference: dict[str, np.ndarray]
     return record
 
 
-def chosen_settings(path: str, agents: list[str], steps: int) -> tuple[dict[str, dict[str, Any]], SettingsSource]:
+def chosen_settings(path: str, agents: list[str], steps: int, reward: str = REWARD
+                    ) -> tuple[dict[str, dict[str, Any]], SettingsSource]:
     """Each agent's settings with the learning rate a validation sweep chose (``benchmarks.agents_sweep``'s JSON at
-    ``path``), and where they came from; an agent the sweep has no rate for is refused."""
+    ``path``), and where they came from; an agent the sweep has no rate for, or a sweep trained on another reward
+    than ``reward``, is refused."""
     saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    if saved.get("reward", REWARD) != reward:
+        raise ValueError(f"--settings-from {path} chose its rates training on {saved.get('reward', REWARD)!r}, not "
+                         f"{reward!r}: give --reward {saved.get('reward', REWARD)}, or sweep this reward first "
+                         f"(python -m benchmarks.agents_sweep --reward {reward} --name agents_sweep_{reward})")
     missing = [a for a in agents if saved.get("chosen", {}).get(a) is None]
     if missing:
         raise ValueError(f"--settings-from {path} chose no learning rate for {missing}: sweep them first "
@@ -101,8 +110,12 @@ def make_grid(args: argparse.Namespace, settings: dict[str, Any], agents: list[s
     per_agent = {a: agent_settings(a, steps) for a in [BASE, *agents]}
     source = SETTINGS_FROM
     if args.settings_from:
-        chosen, source = chosen_settings(args.settings_from, agents, steps)
+        chosen, source = chosen_settings(args.settings_from, agents, steps, args.reward)
         per_agent.update(chosen)
+    else:
+        print(f"benchmarks.compositional: the built-in settings, chosen on the prompts and seeds this benchmark "
+              f"reports (split {source.split!r}, recorded in the results); for settings chosen on a validation set "
+              f"give --settings-from {VALIDATION_SWEEP} (python -m benchmarks.agents_sweep)", file=sys.stderr)
 
     base = {**settings, "reward": args.reward, **QUIET}
     if categories:

@@ -299,8 +299,11 @@ def test_the_agents_table_records_evaluation_curves_samples_to_score_and_its_sum
              "reward": "geneval_strict", "runs": [{"seed": 0}, {"seed": 1}],
              "environment": {"git_revision": "abc1234", "date": "2026-12-04 06:00 UTC"}}
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))
-    chosen, source = compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo", "diffusion-nft"], 10)
+    chosen, source = compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo", "diffusion-nft"], 10,
+                                                   "geneval_strict")
     assert chosen["grpo"]["learning_rate"] == 1e-2 and chosen["grpo"]["group_size"] == 8
     assert chosen["diffusion-nft"]["learning_rate"] == 3e-4 and source.split == "validation"
     with pytest.raises(ValueError, match=r"chose no learning rate for \['grpo-window'\]"):
-        compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo-window"], 10)
+        compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo-window"], 10, "geneval_strict")
+    with pytest.raises(ValueError, match="chose its rates training on 'geneval_strict', not 'geneval'"):
+        compositional.chosen_settings(str(tmp_path / "sweep.json"), ["grpo"], 10, "geneval")
