@@ -168,6 +168,23 @@ def write_rows(results_dir: Path, label: str, arch: dict[str, Any], settings: di
     return text
 
 
+def summary_figures(rows: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+    """summary.json's ``gpu_samples_per_s`` (the fastest ddpo-env row) and ``gpu_peak_memory_gb`` (the smallest;
+    left out when no row measured CUDA memory)."""
+    ours = [r for r in rows if r["trainer"] == "ddpo-env"]
+    if not ours:
+        return {}
+    fastest = max(ours, key=lambda r: r["samples_per_s"])
+    figures = {"gpu_samples_per_s": (fastest["samples_per_s"], f"samples/s, SD1.5 512px {settings['num_steps']} "
+                                     f"steps, LoRA rank {fastest['lora_rank']}")}
+    measured = [r for r in ours if r["peak_gb"] is not None]  # None: no CUDA memory to measure (a CPU run)
+    if measured:
+        smallest = min(measured, key=lambda r: r["peak_gb"])
+        figures["gpu_peak_memory_gb"] = (smallest["peak_gb"], f"GB, sample batch {settings['sample_batch']} / "
+                                         f"train batch {settings['batch_size']}, LoRA rank {smallest['lora_rank']}")
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a miniature of the architecture (tests, CPU)")
@@ -207,14 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # written after every row: a run stopped by a timeout keeps the rows that finished
                 text = write_rows(results_dir, label, arch, settings, rows, env_info, args.epochs)
     if not (args.tiny or args.no_summary):
-        fastest = max((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["samples_per_s"])
-        smallest = min((r for r in rows if r["trainer"] == "ddpo-env"), key=lambda r: r["peak_gb"])
-        update_summary({"gpu_samples_per_s": (fastest["samples_per_s"], f"samples/s, SD1.5 512px "
-                                              f"{settings['num_steps']} steps, LoRA rank {fastest['lora_rank']}"),
-                        "gpu_peak_memory_gb": (smallest["peak_gb"], f"GB, sample batch {settings['sample_batch']} / "
-                                               f"train batch {settings['batch_size']}, LoRA rank "
-                                               f"{smallest['lora_rank']}")},
-                       env_info, results_dir)
+        update_summary(summary_figures(rows, settings), env_info, results_dir)
     print(text)
     return {"rows": rows}
 

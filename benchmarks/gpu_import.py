@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
+from benchmarks.gpu import summary_figures
 from benchmarks.record import RESULTS_DIR, update_summary
 
 RENAMED = {"smoke.json": "gpu_smoke.json", "smoke.log": "gpu_smoke.log", "test_gpu.txt": "gpu_test.txt",
@@ -80,22 +80,13 @@ def import_check(folder: Path, results_dir: Path = RESULTS_DIR, allow_dry_run: b
 
 
 def _device_out_dir(folder: Path) -> str:
-    """The device's ``$OUT`` as its log printed it (``gpu_smoke: results in /root/out``), or ''."""
-    log = folder / "smoke.log"
-    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
-    for line in text.splitlines():
-        if line.startswith("gpu_smoke: results in "):
-            return line.removeprefix("gpu_smoke: results in ").strip()
-    commands = [json.loads((folder / n).read_text(encoding="utf-8")).get("environment", {}).get("command", "")
-                for n in ("gpu_ratio.json",) if (folder / n).is_file()]
-    for command in commands:  # --out <dir>/gpu_ratio.json
-        if "--out " in command:
-            return str(Path(command.split("--out ")[1].split()[0]).parent)
-    return ""
+    """The device's ``$OUT``, read off the ``--out <dir>/gpu_ratio.json`` of gpu_ratio's recorded command, or ''."""
+    ratio = folder / "gpu_ratio.json"
+    command = json.loads(ratio.read_text(encoding="utf-8"))["environment"]["command"] if ratio.is_file() else ""
+    return str(Path(command.split("--out ")[1].split()[0]).parent) if "--out " in command else ""
 
 
 def _summarise(results_dir: Path, stems: list[str]) -> None:
-    figures: dict[str, tuple[Any, str]] = {}
     ratio_path = results_dir / "gpu_ratio.json"
     if ratio_path.is_file():
         ratio = json.loads(ratio_path.read_text(encoding="utf-8"))
@@ -110,19 +101,9 @@ def _summarise(results_dir: Path, stems: list[str]) -> None:
                        "recompute by default")}, ratio["environment"], results_dir)
     for stem in stems:
         bench = json.loads((results_dir / f"{stem}.json").read_text(encoding="utf-8"))
-        rows, s = [r for r in bench["rows"] if r["trainer"] == "ddpo-env"], bench["settings"]
-        if not rows:
-            continue
-        fast = max(rows, key=lambda r: r["samples_per_s"])
-        figures["gpu_samples_per_s"] = (fast["samples_per_s"], f"samples/s, {stem.removeprefix('gpu_')} "
-                                        f"architecture {s['num_steps']} steps, {s['dtype']}, LoRA rank "
-                                        f"{fast['lora_rank']}")
-        measured = [r for r in rows if r["peak_gb"] is not None]  # None: no CUDA memory to measure (a dry run)
-        if measured:
-            small = min(measured, key=lambda r: r["peak_gb"])
-            figures["gpu_peak_memory_gb"] = (small["peak_gb"], f"GB, sample batch {s['sample_batch']} / train "
-                                             f"batch {s['batch_size']}, LoRA rank {small['lora_rank']}")
-        update_summary(figures, bench["environment"], results_dir)
+        figures = summary_figures(bench["rows"], bench["settings"])
+        if figures:
+            update_summary(figures, bench["environment"], results_dir)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
